@@ -1,0 +1,81 @@
+"""The two commands, `orproxy` and `orlogserver`.
+
+gevent must patch the standard library before anything else imports it, so this module
+does that first. Mistakes in arguments or configuration print one line and exit 2.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from orproxy import __version__  # noqa: E402
+from orproxy.config import ConfigError, load_config  # noqa: E402
+from orproxy.serving import serve  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    if text.isdigit() and int(text) <= 65535:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def proxy_main(argv: list[str] | None = None) -> None:
+    parser = _Parser(prog="orproxy", description="A logging reverse proxy for LLM APIs.")
+    parser.add_argument("--config", default="config.yaml", help="YAML configuration (default: config.yaml)")
+    parser.add_argument("--host", help="listen address (overrides server.host)")
+    parser.add_argument("--port", type=_port, help="listen port (overrides server.port; 0 picks a free one)")
+    parser.add_argument("--version", action="version", version=f"orproxy {__version__}")
+    args = parser.parse_args(argv)
+
+    from orproxy.proxy import ProxyApp
+
+    try:
+        config = load_config(args.config)
+        app = ProxyApp(config)
+    except ConfigError as e:
+        _fail("orproxy", str(e))
+    try:
+        serve(app, args.host or config.host, config.port if args.port is None else args.port,
+              "orproxy", config.shutdown_timeout)
+    except OSError as e:
+        _fail("orproxy", f"cannot listen on {args.host or config.host}:{args.port or config.port}: {e.strerror}")
+
+
+def logserver_main(argv: list[str] | None = None) -> None:
+    parser = _Parser(prog="orlogserver", description="The logging server of orproxy: ingest, API and UI.")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8080, help="listen port (default: 8080; 0 picks a free one)")
+    parser.add_argument("--log-dir", default="logs", help="where the log files go (default: logs)")
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0,
+                        help="seconds in-flight uploads get to finish on SIGTERM (default: 10)")
+    parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
+    args = parser.parse_args(argv)
+
+    from orproxy.logserver.app import LogServerApp
+
+    try:
+        app = LogServerApp(args.log_dir)
+    except OSError as e:
+        _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
+    try:
+        serve(app, args.host, args.port, "orlogserver", args.shutdown_timeout)
+    except OSError as e:
+        _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+
+
+if __name__ == "__main__":
+    {"proxy": proxy_main, "logserver": logserver_main}[sys.argv[1]](sys.argv[2:])

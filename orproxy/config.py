@@ -1,0 +1,192 @@
+"""The proxy's configuration: every setting declared once, validated by small pure functions.
+
+A mistake is reported as one line, `file: key.path: what was wrong`, and the commands turn
+that ConfigError into exit code 2 (see CONTRACT.md, "Configuration").
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+from orproxy.routes import Route, RouteTable
+
+DEFAULT_REDACTED = ("authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie")
+
+
+class ConfigError(Exception):
+    """A configuration mistake, already worded for the user."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "localhost"
+    port: int = 5601
+    shutdown_timeout: float = 10.0
+    console: bool = True
+    log_file: str | None = None
+    server_url: str = "http://localhost:8080"
+    logging_enabled: bool = True
+    log_unrouted: bool = False
+    redact_headers: frozenset[str] = frozenset(DEFAULT_REDACTED)
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    routes: RouteTable = field(default_factory=lambda: RouteTable([]))
+
+
+# --- validators: each takes (value, where) and returns the clean value or raises ---------
+
+def _fail(where: str, value: Any, expected: str) -> ConfigError:
+    shown = json.dumps(value) if isinstance(value, str) else repr(value)
+    return ConfigError(f"{where}: {shown} is not {expected}")
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail(where, value, "true or false")
+
+
+def _str(value: Any, where: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise _fail(where, value, "a non-empty string")
+
+
+def _port(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+        return value
+    raise _fail(where, value, "a port number (0-65535)")
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise _fail(where, value, "a positive number of seconds")
+
+
+def _http_url(value: Any, where: str) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(where, value, "an http(s) URL")
+    try:
+        parts.port
+    except ValueError:
+        raise _fail(where, value, "an http(s) URL with a valid port") from None
+    return value
+
+
+def _path_prefix(value: Any, where: str) -> str:
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    raise _fail(where, value, "a path prefix starting with '/'")
+
+
+def _header_list(value: Any, where: str) -> frozenset[str]:
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return frozenset(v.lower() for v in value)
+    raise _fail(where, value, "a list of header names")
+
+
+def _section(data: Any, where: str, known: dict[str, Callable[[Any, str], Any]]) -> dict[str, Any]:
+    """Check a mapping's keys against the declared ones and validate each value."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise _fail(where, data, "a mapping")
+    clean = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key (expected one of: {', '.join(known)})")
+        clean[key] = known[key](value, path)
+    return clean
+
+
+_ROUTE_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "source": _path_prefix,
+    "destination": _http_url,
+    "name": _str,
+    "logging": _bool,
+    "connect_timeout": _seconds,
+    "read_timeout": _seconds,
+}
+
+
+def _routes(data: Any, defaults: dict[str, float]) -> RouteTable:
+    """Accept a list of routes, or the Go program's mapping of name -> {source, destination}."""
+    if data is None:
+        return RouteTable([])
+    if isinstance(data, dict):
+        items = [(f"routes.{name}", {"name": str(name), **(spec or {})} if isinstance(spec, dict) else spec)
+                 for name, spec in data.items()]
+    elif isinstance(data, list):
+        items = [(f"routes[{i}]", spec) for i, spec in enumerate(data)]
+    else:
+        raise _fail("routes", data, "a list of routes or a mapping of name to route")
+    routes = []
+    for where, spec in items:
+        clean = _section(spec, where, _ROUTE_KEYS)
+        for required in ("source", "destination"):
+            if required not in clean:
+                raise ConfigError(f"{where}.{required}: missing")
+        routes.append(Route(
+            source=clean["source"],
+            destination=clean["destination"],
+            name=clean.get("name") or clean["source"],
+            logging=clean.get("logging", True),
+            connect_timeout=clean.get("connect_timeout", defaults["connect_timeout"]),
+            read_timeout=clean.get("read_timeout", defaults["read_timeout"]),
+        ))
+    return RouteTable(routes)
+
+
+def parse_config(data: Any) -> Config:
+    """Build a Config from parsed YAML; raise ConfigError naming the key on any mistake."""
+    top = _section(data, "", {"server": lambda v, w: v, "logging": lambda v, w: v,
+                              "upstream": lambda v, w: v, "routes": lambda v, w: v})
+    server = _section(top.get("server"), "server", {
+        "port": _port, "host": _str, "shutdown_timeout": _seconds})
+    log = _section(top.get("logging"), "logging", {
+        "console": _bool, "file": _str, "server_url": _http_url, "enabled": _bool,
+        "binary_files": _bool, "redact_headers": _header_list, "default": _bool})
+    upstream = _section(top.get("upstream"), "upstream", {
+        "connect_timeout": _seconds, "read_timeout": _seconds})
+    defaults = {"connect_timeout": upstream.get("connect_timeout", 10.0),
+                "read_timeout": upstream.get("read_timeout", 600.0)}
+    return Config(
+        host=server.get("host", "localhost"),
+        port=server.get("port", 5601),
+        shutdown_timeout=server.get("shutdown_timeout", 10.0),
+        console=log.get("console", True),
+        log_file=log.get("file"),
+        server_url=log.get("server_url", "http://localhost:8080").rstrip("/"),
+        # `binary_files: false` was the Go program's switch for the same stream.
+        logging_enabled=log.get("enabled", True) and log.get("binary_files", True),
+        log_unrouted=log.get("default", False),
+        redact_headers=log.get("redact_headers", frozenset(DEFAULT_REDACTED)),
+        connect_timeout=defaults["connect_timeout"],
+        read_timeout=defaults["read_timeout"],
+        routes=_routes(top.get("routes"), defaults),
+    )
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML file; every error message starts with the file name."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

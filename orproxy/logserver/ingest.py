@@ -1,0 +1,94 @@
+"""Ingest: the proxy's streamed PUTs written to files as the bytes arrive.
+
+The file grows while the exchange is in flight, so a reader (the UI's live tail) can
+follow it. Memory stays constant: one block at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gevent.pywsgi import Input
+
+from orproxy.logserver.blobs import LogDir
+
+BLOCK = 65536
+MAX_METADATA = 1024 * 1024
+
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+class BadInput(ValueError):
+    """The uploaded data cannot be accepted (e.g. metadata that is not a JSON object)."""
+
+
+def arriving_blocks(environ: dict[str, Any]) -> Iterator[bytes]:
+    """The body in blocks as they arrive, not as `read(n)` would hand them over.
+
+    pywsgi's `read(n)` waits for n bytes (FACTS.md), which would hold a slow SSE stream
+    back for minutes. On a chunked upload under pywsgi we read to the end of the current
+    chunk (bytes already in flight: the proxy sends each block as one chunk); elsewhere we
+    read lines, which keeps text streams such as SSE live.
+    """
+    body = environ["wsgi.input"]
+    if isinstance(body, Input) and body.chunked_input:
+        while True:
+            left = body.chunk_length - body.position
+            block = body.read(left if left > 0 else 1)  # 1: parse the next chunk's size line
+            if not block:
+                return
+            yield block
+    else:
+        while block := body.readline(BLOCK):
+            yield block
+
+
+class Ingest:
+    def __init__(self, log_dir: LogDir, observers: list[Observer] | None = None) -> None:
+        self.log_dir = log_dir
+        self.observers = observers or []
+
+    def _update(self, exchange_id: str, now: float, change: Callable[[dict[str, Any]], None]) -> None:
+        with self.log_dir.metadata(exchange_id, now) as document:
+            change(document)
+        for observer in self.observers:
+            observer(exchange_id, document)
+
+    def store_part(self, exchange_id: str, kind: str, environ: dict[str, Any]) -> str:
+        """Stream one request/response part into its .bin file; returns the file name."""
+        now = time.time()
+        path = self.log_dir.part_path(exchange_id, kind, now)
+        name = os.path.basename(path)
+        self._update(exchange_id, now, lambda d: d["parts"].update(
+            {kind: {"file": name, "received_at": now, "complete": False, "bytes": 0}}))
+        size, error = 0, None
+        with open(path, "wb", buffering=0) as f:
+            try:
+                for block in arriving_blocks(environ):
+                    f.write(block)
+                    size += len(block)
+            except (OSError, ValueError) as e:  # the proxy went away mid-stream
+                error = str(e) or type(e).__name__
+
+        def finished(d: dict[str, Any]) -> None:
+            d["parts"][kind].update(complete=error is None, bytes=size, completed_at=time.time())
+            if error:
+                d["parts"][kind]["error"] = error
+
+        self._update(exchange_id, now, finished)
+        return name
+
+    def store_metadata(self, exchange_id: str, environ: dict[str, Any]) -> None:
+        data = environ["wsgi.input"].read(MAX_METADATA + 1)
+        if len(data) > MAX_METADATA:
+            raise BadInput(f"metadata larger than {MAX_METADATA} bytes")
+        try:
+            proxy_metadata = json.loads(data)
+        except ValueError as e:
+            raise BadInput(f"metadata is not JSON: {e}") from None
+        if not isinstance(proxy_metadata, dict):
+            raise BadInput("metadata must be a JSON object")
+        self._update(exchange_id, time.time(), lambda d: d.update(proxy=proxy_metadata))

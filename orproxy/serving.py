@@ -1,0 +1,66 @@
+"""Serving a WSGI app on gevent: TCP_NODELAY, the raw request for the proxy, graceful stop.
+
+Both commands use `serve()`. gunicorn users get the same apps from orproxy.wsgi.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent import socket
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+
+class RawRequestHandler(WSGIHandler):
+    """pywsgi's handler, plus what a byte-exact proxy needs and without its two traps.
+
+    - TCP_NODELAY: pywsgi writes the head and the first body block separately; with Nagle on,
+      a reused connection waits ~40 ms for a delayed ACK (FACTS.md).
+    - The raw request target and header lines, which PATH_INFO and HTTP_* keys lose.
+    """
+
+    def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket)
+        super().__init__(sock, address, server, rfile)
+
+    def get_environ(self) -> dict[str, Any]:
+        env = super().get_environ()
+        env["orproxy.raw_uri"] = self.path
+        env["orproxy.socket"] = self.socket
+        headers: list[tuple[str, str]] = []
+        for line in self.headers.headers:
+            if line[:1] in " \t" and headers:  # obsolete line folding (RFC 9112 5.2)
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {line.strip()}")
+            else:
+                name, _, value = line.partition(":")
+                headers.append((name.strip(), value.strip()))
+        env["orproxy.headers"] = headers
+        return env
+
+    def log_request(self) -> None:
+        """The proxy prints its own console line; pywsgi's access log would double it."""
+
+
+def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0) -> None:
+    """Serve until SIGINT/SIGTERM, then let in-flight requests finish for `shutdown_timeout`."""
+    server = WSGIServer((host, port), app, handler_class=RawRequestHandler, log=None,
+                        error_log=sys.stderr)
+    server.init_socket()
+    bound_host, bound_port = server.socket.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"{name} listening on http://{shown}:{bound_port}", flush=True)
+
+    stopping = Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, stopping.set)
+    server.start()
+    stopping.wait()
+    server.stop(timeout=shutdown_timeout)

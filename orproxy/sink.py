@@ -1,0 +1,160 @@
+"""The sink: each log stream is a gevent Queue that a greenlet feeds into a streaming PUT.
+
+Logging must never slow, fail or alter a proxied request (CONTRACT.md). So `write` never
+blocks: it enqueues within two memory budgets (per stream and for the whole process) and,
+past either, stops logging that stream, counts what it dropped, and ends the logged body
+with a truncation marker. A logging server that is down, or that stalls, is given a rest
+(`RETRY_AFTER`) during which new streams are dropped at once instead of piling up
+connections; logging resumes by itself when it answers again.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import requests
+from gevent.queue import SimpleQueue
+
+from orproxy.transport import StreamingAdapter
+
+STREAM_BUDGET = 8 * 1024 * 1024      # bytes queued for one stream before it is truncated
+TOTAL_BUDGET = 64 * 1024 * 1024      # bytes queued for all streams together
+MAX_ACTIVE_STREAMS = 2048            # concurrent PUTs; more means the server is not keeping up
+CONNECT_TIMEOUT = 2.0
+IO_TIMEOUT = 10.0                    # a logging server silent this long is treated as stalled
+RETRY_AFTER = 1.0                    # seconds to leave a failed logging server alone
+
+_END = None
+
+
+def truncation_marker(dropped: int) -> bytes:
+    return (f"\r\n[orproxy: log truncated here; {dropped} bytes were proxied but not logged "
+            f"because the logging server was slow or unreachable]\r\n").encode()
+
+
+class LogSink:
+    """Opens log streams to one logging server and keeps the shared budget and counters."""
+
+    def __init__(self, server_url: str, adapter: StreamingAdapter | None = None) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.adapter = adapter or StreamingAdapter()
+        self.queued_bytes = 0
+        self.active_streams = 0
+        self.retry_at = 0.0
+        self.dropped_bytes = 0
+        self.failed_streams = 0
+        self._reported_down = False
+
+    def open(self, exchange_id: str, kind: str) -> "LogStream":
+        """A stream for `PUT {server}/{id}/{kind}`; a dead one while the server rests."""
+        if time.monotonic() < self.retry_at or self.active_streams >= MAX_ACTIVE_STREAMS:
+            return LogStream(self, None)
+        return LogStream(self, f"{self.server_url}/{exchange_id}/{kind}")
+
+    def send_json(self, exchange_id: str, kind: str, document: dict[str, Any]) -> None:
+        """One small JSON document (the exchange's metadata), sent in the background."""
+        stream = self.open(exchange_id, kind)
+        stream.write(json.dumps(document, separators=(",", ":")).encode())
+        stream.close()
+
+    def stream_failed(self, error: Exception) -> None:
+        self.failed_streams += 1
+        self.retry_at = time.monotonic() + RETRY_AFTER
+        if not self._reported_down:
+            self._reported_down = True
+            print(f"orproxy: logging server {self.server_url} unreachable ({error}); "
+                  "proxying continues, logging resumes when it answers", file=sys.stderr, flush=True)
+
+    def stream_succeeded(self) -> None:
+        if self._reported_down:
+            self._reported_down = False
+            print(f"orproxy: logging server {self.server_url} answers again", file=sys.stderr, flush=True)
+
+
+class NullStream:
+    """The stream of an exchange that is not logged (logging off, or `logging: false`)."""
+
+    dropped = 0
+
+    def write(self, block: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class LogStream:
+    """One streamed PUT. `write` and `close` are cheap and never block the caller."""
+
+    __slots__ = ("sink", "queue", "queued", "dropped", "dead", "closed")
+
+    def __init__(self, sink: LogSink, url: str | None) -> None:
+        self.sink = sink
+        self.queued = 0
+        self.dropped = 0
+        self.closed = False
+        self.dead = url is None
+        self.queue: SimpleQueue | None = None
+        if url is not None:
+            self.queue = SimpleQueue()
+            sink.active_streams += 1
+            gevent.spawn(self._put, url)
+
+    def write(self, block: bytes) -> None:
+        if self.dead or self.dropped:
+            self.dropped += len(block)
+            self.sink.dropped_bytes += len(block)
+            return
+        size = len(block)
+        if self.queued + size > STREAM_BUDGET or self.sink.queued_bytes + size > TOTAL_BUDGET:
+            self.dropped += size
+            self.sink.dropped_bytes += size
+            return
+        self.queued += size
+        self.sink.queued_bytes += size
+        self.queue.put(block)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.dead:
+            if self.dropped:
+                self.queue.put(truncation_marker(self.dropped))
+            self.queue.put(_END)
+
+    def _blocks(self) -> Iterator[bytes]:
+        while (block := self.queue.get()) is not _END:
+            self.queued -= len(block)
+            self.sink.queued_bytes -= len(block)
+            yield block
+
+    def _put(self, url: str) -> None:
+        request = requests.PreparedRequest()
+        request.method, request.url, request.body = "PUT", url, self._blocks()
+        request.headers = [("Content-Type", "application/octet-stream")]
+        try:
+            response = self.sink.adapter.send(request, timeout=(CONNECT_TIMEOUT, IO_TIMEOUT))
+            response.raw.read()
+            response.close()
+            if response.status_code >= 300:
+                raise requests.exceptions.HTTPError(f"HTTP {response.status_code}")
+            self.sink.stream_succeeded()
+        except Exception as error:  # noqa: BLE001 - any failure only ends this log stream
+            self.dead = True
+            self.sink.stream_failed(error)
+            self._release_queue()
+        finally:
+            self.sink.active_streams -= 1
+
+    def _release_queue(self) -> None:
+        """Give back the budget of blocks that will never be sent."""
+        while self.queue.qsize():
+            block = self.queue.get()
+            if block is not _END:
+                self.queued -= len(block)
+                self.sink.queued_bytes -= len(block)

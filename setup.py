@@ -1,0 +1,32 @@
+"""Packaging for orproxy: the proxy, the logging server and their two commands."""
+from setuptools import find_packages, setup
+
+setup(
+    name="orproxy",
+    version="0.1.0",
+    description="A logging reverse proxy for LLM APIs, on gevent",
+    python_requires=">=3.11",
+    packages=find_packages(include=["orproxy", "orproxy.*"]),
+    package_data={"orproxy": ["logserver/static/*", "logserver/static/**/*"]},
+    install_requires=[
+        "gevent>=24.2",
+        "requests>=2.32",
+        "PyYAML>=6.0",
+        "httptools>=0.6",
+        "brotli>=1.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "gunicorn>=23",
+            "openai>=1.0",
+            "websocket-client>=1.8",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "orproxy=orproxy.cli:proxy_main",
+            "orlogserver=orproxy.cli:logserver_main",
+        ],
+    },
+)

@@ -45,9 +45,12 @@ def proxy_main(argv: list[str] | None = None) -> None:
 
     try:
         config = load_config(args.config)
-        app = ProxyApp(config)
     except ConfigError as e:
         _fail("orproxy", str(e))
+    try:
+        app = ProxyApp(config)
+    except ConfigError as e:
+        _fail("orproxy", f"{args.config}: {e}")
     try:
         serve(app, args.host or config.host, config.port if args.port is None else args.port,
               "orproxy", config.shutdown_timeout)

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import TextIO
 
+from orproxy.config import ConfigError
 from orproxy.exchange import Exchange
 
 
@@ -16,7 +17,10 @@ class ConsoleLog:
     def __init__(self, to_stdout: bool, path: str | None) -> None:
         self.outputs: list[TextIO] = [sys.stdout] if to_stdout else []
         if path:
-            self.outputs.append(open(path, "a", encoding="utf-8", buffering=1))
+            try:
+                self.outputs.append(open(path, "a", encoding="utf-8", buffering=1))
+            except OSError as e:
+                raise ConfigError(f"logging.file: cannot open {path!r} for appending: {e.strerror}") from None
 
     def request(self, exchange: Exchange) -> None:
         if not self.outputs:

@@ -12,6 +12,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from gevent import socket
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 
@@ -48,11 +49,48 @@ class RawRequestHandler(WSGIHandler):
     def log_request(self) -> None:
         """The proxy prints its own console line; pywsgi's access log would double it."""
 
+    def handle(self) -> None:
+        self.server.idle_handlers.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.idle_handlers.discard(self)
+
+    def handle_one_response(self) -> None:
+        self.server.idle_handlers.discard(self)
+        try:
+            super().handle_one_response()
+        finally:
+            if self.server.stopping:
+                self.close_connection = True  # finish this response, take no new request
+            else:
+                self.server.idle_handlers.add(self)
+
+
+class GracefulWSGIServer(WSGIServer):
+    """Stops by letting requests in flight finish, while idle keep-alive connections close."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, spawn=Pool(), **kwargs)
+        self.idle_handlers: set[RawRequestHandler] = set()
+        self.stopping = False
+
+    def stop_gracefully(self, timeout: float) -> None:
+        self.stopping = True
+        self.close()  # no new connections
+        for handler in list(self.idle_handlers):
+            try:
+                handler.socket.shutdown(socket.SHUT_RD)  # its wait for a request line ends
+            except OSError:
+                pass
+        self.pool.join(timeout=timeout)
+        self.pool.kill(block=True, timeout=1)
+
 
 def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0) -> None:
     """Serve until SIGINT/SIGTERM, then let in-flight requests finish for `shutdown_timeout`."""
-    server = WSGIServer((host, port), app, handler_class=RawRequestHandler, log=None,
-                        error_log=sys.stderr)
+    server = GracefulWSGIServer((host, port), app, handler_class=RawRequestHandler, log=None,
+                                error_log=sys.stderr)
     server.init_socket()
     bound_host, bound_port = server.socket.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -63,4 +101,4 @@ def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: floa
         gevent.signal_handler(signum, stopping.set)
     server.start()
     stopping.wait()
-    server.stop(timeout=shutdown_timeout)
+    server.stop_gracefully(shutdown_timeout)

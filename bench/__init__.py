@@ -1,0 +1,1 @@
+"""orproxy benchmark harness: see README.md; run bench/run.py."""

@@ -1,0 +1,334 @@
+"""orproxy benchmark: direct vs orproxy (logging on) vs nginx, side by side in one run.
+
+    .venv/bin/python bench/run.py [--quick] [--json OUT] [--only latency,rps,...] [--install]
+
+Starts the fake upstream, orproxy with its logging server, and nginx (when installed),
+pins the proxies to CPU 0 and the upstream and load generator to CPU 1, runs the
+scenarios of bench/scenarios.py, prints a table and saves JSON. See bench/README.md.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench import load, report  # noqa: E402
+from bench.procs import StartError, wait_idle  # noqa: E402
+from bench.report import Row  # noqa: E402
+from bench.scenarios import CHAT, FULL, QUICK, SCENARIOS, log_dir_size, run_all  # noqa: E402
+from bench.targets import Direct, Nginx, Orproxy, Upstream  # noqa: E402
+
+DEFAULT_JSON = os.path.join(REPO, "bench", "results", "latest.json")
+TARGETS = ("direct", "orproxy", "nginx")
+
+
+class Bench:
+    """The run's shared state, handed to every scenario."""
+
+    def __init__(self, args):
+        self.args = args
+        self.p = dict(QUICK if args.quick else FULL)
+        self.repo = REPO
+        self.t0 = time.monotonic()
+        self.results, self.rows, self.notes, self.timings = {}, [], [], {}
+        self.all_targets = []
+        self.busy_cpu = 0  # measurements started before the proxies were idle
+        ncpu = len(os.sched_getaffinity(0))
+        self.pinned = ncpu >= 2 and not args.no_pin
+        self.cpus_proxy = "0" if self.pinned else None
+        self.cpus_client = "1" if self.pinned else None
+        self.run_dir = tempfile.mkdtemp(prefix="orproxy-bench-", dir=args.log_dir)
+        self.workdir = self.run_dir
+        self.log_root = self.run_dir
+        self.use_wrk = bool(load.wrk_path()) and not args.no_wrk
+        self.loadgen_name = "wrk" if self.use_wrk else "python-gevent"
+
+    @property
+    def targets(self):
+        return [t for t in self.all_targets if t.available]
+
+    # -- output ------------------------------------------------------------------------
+    def progress(self, msg):
+        print("[%6.1fs] %s" % (time.monotonic() - self.t0, msg), file=sys.stderr, flush=True)
+
+    def note(self, msg):
+        self.notes.append(msg)
+        self.progress("note: " + msg)
+
+    @staticmethod
+    def size(n):
+        if not isinstance(n, int):
+            return str(n)
+        for unit, k in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if n >= k and n % k == 0:
+                return "%d %s" % (n // k, unit)
+        return "%d B" % n
+
+    # -- targets -----------------------------------------------------------------------
+    def each_target(self, label, only=None):
+        """The available targets, skipping (and noting) any whose process has died."""
+        for t in list(self.targets):
+            if only is not None and not only(t):
+                continue
+            dead = [(role, proc) for role, proc in t.roles().items()
+                    if proc is not None and not proc.alive()]
+            if dead:
+                role, proc = dead[0]
+                t.available = False
+                t.note = "%s died (exit %s) before %s" % (role, proc.popen.returncode, label)
+                self.note("%s: %s\n%s" % (t.name, t.note, proc.tail()))
+                continue
+            if not wait_idle(self.server_pids()):
+                self.busy_cpu += 1
+            self.progress("%s: %s" % (label, t.name))
+            yield t
+
+    def server_pids(self):
+        return [proc.pid for t in self.targets for proc in t.roles().values()
+                if proc is not None and proc.alive()]
+
+    def load_loop(self, t, concurrency, duration):
+        """requests/s of 1 KB JSON chat completions at `concurrency`, after a warm-up."""
+        path = CHAT
+        req = load.chat_request(t.host, t.port, path)
+        warmup = self.p["rps_warmup"]
+        if not self.use_wrk:
+            return load.closed_loop(t.host, t.port, req, concurrency, duration, warmup)
+        load.closed_loop(t.host, t.port, req, concurrency, warmup, 0)
+        return load.wrk_loop(t.host, t.port, path, concurrency, duration, self.cpus_client)
+
+    # -- the logging server's files ------------------------------------------------------
+    def log_count(self, t):
+        return sum(len(files) for _, _, files in os.walk(t.log_dir)) if t.has_logserver else None
+
+    def log_bytes(self, t):
+        return log_dir_size(t.log_dir) if t.has_logserver else None
+
+    def settle_logs(self, t, timeout=60.0):
+        """Wait (bounded) until the logging server stops writing; return the dir's size."""
+        deadline = time.monotonic() + timeout
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            size = log_dir_size(t.log_dir)
+            if size != last:
+                last, stable_since = size, time.monotonic()
+            elif time.monotonic() - stable_since >= 0.5:
+                break
+            gevent.sleep(0.1)
+        return last
+
+    def clear_logs(self, t):
+        """Bulk scenarios log gigabytes to tmpfs: free them before the next one."""
+        for root, _, files in os.walk(t.log_dir):
+            for f in files:
+                if f.endswith(".bin"):
+                    try:
+                        os.unlink(os.path.join(root, f))
+                    except OSError:
+                        pass
+
+    # -- common rows ---------------------------------------------------------------------
+    def error_row(self, group, per):
+        errors = {k: v.get("errors", 0) for k, v in per.items()}
+        if any(errors.values()):
+            self.rows.append(Row(group, "failed requests", "", errors, kind="info"))
+
+    def log_files_row(self, group):
+        counts = {t.name: self.log_count(t) for t in self.targets if t.has_logserver}
+        if counts:
+            self.rows.append(Row(group, "files in log dir so far", "", counts, kind="info"))
+
+
+# -- set-up ------------------------------------------------------------------------------
+
+def install_tools(need):
+    """apt-get install nginx/wrk from Debian, without letting the package start nginx."""
+    if os.geteuid() != 0:
+        return "cannot install %s: not root" % " ".join(need)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    policy = "/usr/sbin/policy-rc.d"
+    made_policy = False
+    if not os.path.exists(policy):
+        # exit 101 = "action forbidden": the package's postinst must not start a system
+        # nginx on port 80 that would outlive the benchmark.
+        with open(policy, "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod(policy, 0o755)
+        made_policy = True
+    try:
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends"] + need
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            return "apt-get install %s failed: %s" % (" ".join(need), r.stderr.strip()[-300:])
+    finally:
+        if made_policy:
+            os.unlink(policy)
+    return None
+
+
+def fs_type(path):
+    best, kind = "", "?"
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mnt = parts[1]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, kind = mnt, parts[2]
+    return kind
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="scenarios:\n" + "\n".join(
+                                     "  %-8s %s%s" % (s.name, s.help, "" if s.default else " (not in a plain run)")
+                                     for s in SCENARIOS.values()))
+    ap.add_argument("--quick", action="store_true", help="small sizes and counts: a smoke run under a minute")
+    ap.add_argument("--json", default=DEFAULT_JSON, metavar="PATH", help="where to save results (default bench/results/latest.json)")
+    ap.add_argument("--only", metavar="LIST", help="comma-separated scenarios to run")
+    ap.add_argument("--targets", default=",".join(TARGETS), metavar="LIST", help="comma-separated subset of " + ",".join(TARGETS))
+    ap.add_argument("--install", action="store_true", help="apt-get install nginx and wrk when missing (needs root)")
+    ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even when wrk is installed")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--log-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+                    metavar="DIR", help="parent of the run's temporary dir (logs, configs, process output); default /dev/shm (tmpfs)")
+    ap.add_argument("--keep", action="store_true", help="keep the run's temporary dir (logs, process output)")
+    ap.add_argument("--upstream-cmd", default="%s %s" % (shlex.quote(sys.executable), os.path.join(REPO, "tests", "fake_upstream.py")),
+                    help="command of the fake upstream (gets --port 0)")
+    bindir = os.path.dirname(sys.executable)
+    ap.add_argument("--proxy-cmd", default=os.path.join(bindir, "orproxy"), help="command of the proxy (gets --config, --port 0)")
+    ap.add_argument("--logserver-cmd", default=os.path.join(bindir, "orlogserver"), help="command of the logging server (gets --host, --port, --log-dir)")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",")] if args.only else [
+        s.name for s in SCENARIOS.values() if s.default]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        ap.error("unknown scenario(s): %s (known: %s)" % (", ".join(unknown), ", ".join(SCENARIOS)))
+    args.scenarios = names
+    for name in ("upstream_cmd", "proxy_cmd", "logserver_cmd"):
+        setattr(args, name + "_argv", command(getattr(args, name)))
+    args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    bad = [n for n in args.target_names if n not in TARGETS]
+    if bad:
+        ap.error("unknown target(s): %s" % ", ".join(bad))
+    return args
+
+
+def command(text):
+    """Split a command line; make relative paths absolute (children run in the run dir)."""
+    return [os.path.abspath(a) if "/" in a and not a.startswith("/") and os.path.exists(a) else a
+            for a in shlex.split(text)]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    install_note = None
+    if args.install:
+        need = [p for p in ("nginx", "wrk") if not shutil.which(p) and not os.path.exists("/usr/sbin/" + p)]
+        if need:
+            print("installing %s from Debian packages..." % " ".join(need), file=sys.stderr, flush=True)
+            install_note = install_tools(need)
+    ctx = Bench(args)
+    if install_note:
+        ctx.note(install_note)
+    if ctx.pinned:
+        os.sched_setaffinity(0, {1})  # this process is the load generator
+    load_start = loadavg()
+    ok = False
+    upstream = None
+    try:
+        upstream = Upstream(args.upstream_cmd_argv, ctx)
+        try:
+            upstream.start()
+        except StartError as e:
+            print("bench: the fake upstream did not start: %s" % e, file=sys.stderr)
+            return 1
+        makers = {"direct": lambda: Direct(ctx),
+                  "orproxy": lambda: Orproxy(ctx, args.proxy_cmd_argv, args.logserver_cmd_argv),
+                  "nginx": lambda: Nginx(ctx)}
+        for name in TARGETS:
+            if name in args.target_names:
+                t = makers[name]()
+                ctx.all_targets.append(t)
+                t.start(upstream)
+                ctx.progress("target %s: %s" % (name, "up on port %s" % t.port if t.available else t.note))
+        run_all(ctx, args.scenarios)
+        ok = True
+    finally:
+        for t in ctx.all_targets:
+            t.stop()
+        if upstream is not None:
+            upstream.proc.stop()
+        if not ok:
+            print("bench: stopped early; run dir kept: %s" % ctx.run_dir, file=sys.stderr)
+    return finish(ctx, args, upstream, load_start) if ok else 1
+
+
+def finish(ctx, args, upstream, load_start):
+    keep = args.keep or bool(ctx.results.get("errors"))
+    elapsed = time.monotonic() - ctx.t0
+    names = [t.name for t in ctx.targets]
+    proxies = [n for n in names if n not in ("direct", "nginx")]
+    pin = ("proxies + logging server on CPU 0, upstream + load generator on CPU 1 (taskset)"
+           if ctx.pinned else "not pinned")
+    wrk = load.wrk_version() if ctx.use_wrk else None
+    header = [
+        "orproxy benchmark, %s, %s run, %.0f s" % (time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                   "quick" if args.quick else "full", elapsed),
+        "conditions: %d cores, load avg %s -> %s; %s; log dir %s (%s)" % (
+            os.cpu_count(), load_start, loadavg(), pin, args.log_dir, fs_type(args.log_dir)),
+        "load generator: %s for requests/s; Python raw-socket client (gevent) for the rest" % (
+            "wrk %s" % wrk if wrk else "Python gevent closed loop (wrk not installed: --install)"
+            if not args.no_wrk else "Python gevent closed loop (--no-wrk)"),
+    ]
+    for t in ctx.all_targets:
+        header.append("%-8s %s%s" % (t.name + ":", t.note or "", " [%s]" % t.version if t.version else ""))
+    if ctx.busy_cpu:
+        ctx.notes.append("%d measurements started before the proxies had gone idle "
+                         "(5 s wait): the previous one's after-work overlapped" % ctx.busy_cpu)
+    header += ["note: " + n.splitlines()[0] for n in ctx.notes]
+    text = report.table(ctx.rows, names, proxies, header)
+    print(text)
+    meta = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
+            "elapsed_s": round(elapsed, 1), "cores": os.cpu_count(), "pinned": ctx.pinned,
+            "cpus_proxy": ctx.cpus_proxy, "cpus_client": ctx.cpus_client,
+            "log_dir": args.log_dir, "log_dir_fs": fs_type(args.log_dir),
+            "loadavg_start": load_start, "loadavg_end": loadavg(),
+            "loadgen_rps": "wrk %s" % wrk if wrk else "python-gevent",
+            "python": platform.python_version(), "kernel": platform.release(),
+            "params": ctx.p, "scenarios": args.scenarios, "timings_s": ctx.timings, "busy_cpu_waits": ctx.busy_cpu,
+            "notes": ctx.notes, "upstream_cmd": args.upstream_cmd,
+            "proxy_cmd": args.proxy_cmd, "logserver_cmd": args.logserver_cmd}
+    report.save_json(args.json, meta, {t.name: t.describe() for t in ctx.all_targets},
+                     ctx.results, ctx.rows)
+    print("\nsaved %s" % os.path.relpath(args.json), file=sys.stderr)
+    if keep:
+        print("run dir kept: %s" % ctx.run_dir, file=sys.stderr)
+    else:
+        shutil.rmtree(ctx.run_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""What the benchmark measures against: the fake upstream itself (direct), orproxy with
+its logging server, nginx as a plain reverse proxy. Each target starts its processes,
+says where to send requests, and names the processes whose memory is reported.
+A target that cannot start is kept with a note, and the scenarios skip it.
+"""
+import os
+import shutil
+import signal
+import subprocess
+
+from bench.procs import Proc, StartError, free_port
+
+API = "/v1"  # every request goes to {target}/v1/...; the proxy route is source "/v1/"
+
+
+class Upstream:
+    """The fake OpenAI-compatible upstream, shared by every target."""
+
+    def __init__(self, argv, ctx):
+        self.proc = Proc("upstream", argv + ["--port", "0"], ctx.workdir,
+                         cpus=ctx.cpus_client, cwd=ctx.repo)
+
+    def start(self):
+        self.proc.start()
+        self.port = self.proc.wait_listening()
+        self.url = "http://127.0.0.1:%d" % self.port
+        return self
+
+
+class Target:
+    name = "?"
+    host = "127.0.0.1"
+    is_proxy = True       # gets ratio columns against direct and nginx
+    has_logserver = False
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.port = None
+        self.available = False
+        self.note = ""
+        self.version = None
+
+    def start(self, upstream):
+        raise NotImplementedError
+
+    def stop(self):
+        pass
+
+    def roles(self):
+        """{'proxy': Proc, 'logserver': Proc}: processes whose memory is reported."""
+        return {}
+
+    def describe(self):
+        return {"available": self.available, "note": self.note, "port": self.port,
+                "version": self.version}
+
+
+class Direct(Target):
+    name = "direct"
+    is_proxy = False
+
+    def start(self, upstream):
+        self.port = upstream.port
+        self.available = True
+        self.note = "the fake upstream itself"
+
+
+CONFIG = """\
+server:
+  host: "127.0.0.1"
+  port: 0
+logging:
+  console: false
+  server_url: "http://127.0.0.1:%(logport)d"
+  enabled: true
+routes:
+  - source: "/v1/"
+    destination: "%(upstream)s/"
+    name: "bench"
+"""
+
+
+class Orproxy(Target):
+    """orproxy + orlogserver, both pinned to the proxy CPU, logging on, logs in log_dir."""
+
+    name = "orproxy"
+    has_logserver = True
+
+    def __init__(self, ctx, proxy_argv, logserver_argv):
+        super().__init__(ctx)
+        self.proxy_argv = proxy_argv
+        self.logserver_argv = logserver_argv
+        self.log_dir = os.path.join(ctx.log_root, "orproxy-logs")
+        self.config_path = os.path.join(ctx.workdir, "orproxy.yaml")
+        self.proxy = None
+        self.logserver = None
+        self.logport = None
+
+    def _logserver_proc(self, port):
+        return Proc("orlogserver", self.logserver_argv + [
+            "--host", "127.0.0.1", "--port", str(port), "--log-dir", self.log_dir],
+            self.ctx.workdir, cpus=self.ctx.cpus_proxy, cwd=self.ctx.workdir)
+
+    def start(self, upstream):
+        for argv in (self.proxy_argv, self.logserver_argv):
+            if not shutil.which(argv[0]) and not os.path.exists(argv[0]):
+                self.note = "not built yet (%s missing)" % argv[0]
+                return
+        os.makedirs(self.log_dir, exist_ok=True)
+        try:
+            self.logserver = self._logserver_proc(0).start()
+            self.logport = self.logserver.wait_listening()
+            with open(self.config_path, "w") as f:
+                f.write(CONFIG % {"logport": self.logport, "upstream": upstream.url})
+            # cwd is the work dir so a relative logging.file or logs/ never lands in the repo
+            self.proxy = Proc("orproxy", self.proxy_argv + [
+                "--config", self.config_path, "--port", "0"],
+                self.ctx.workdir, cpus=self.ctx.cpus_proxy, cwd=self.ctx.workdir).start()
+            self.port = self.proxy.wait_listening()
+        except StartError as e:
+            self.note = "failed to start: %s" % e
+            self.stop()
+            return
+        self.available = True
+        self.note = "logging on, logging server on the same CPU"
+        self.version = _version(self.proxy_argv)
+
+    def stop(self):
+        for p in (self.proxy, self.logserver):
+            if p is not None:
+                p.stop()
+
+    def roles(self):
+        return {"proxy": self.proxy, "logserver": self.logserver}
+
+    # -- the logging server's misfortunes (scenario "logdown") --------------------------
+    def kill_logserver(self):
+        self.logserver.signal(signal.SIGKILL)
+        self.logserver.popen.wait(5)
+
+    def restart_logserver(self):
+        """Start it again on the same port, so the proxy's server_url still points at it."""
+        proc = self._logserver_proc(self.logport)
+        skip = len(proc.output())  # same output file: look past the first run's lines
+        self.logserver = proc.start()
+        self.logserver.wait_listening(skip=skip)
+
+    def stall_logserver(self):
+        self.logserver.signal(signal.SIGSTOP)
+
+    def resume_logserver(self):
+        self.logserver.signal(signal.SIGCONT)
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path %(dir)s/client_body;
+    proxy_temp_path %(dir)s/proxy_temp;
+    fastcgi_temp_path %(dir)s/fastcgi_temp;
+    uwsgi_temp_path %(dir)s/uwsgi_temp;
+    scgi_temp_path %(dir)s/scgi_temp;
+    upstream fake { server 127.0.0.1:%(upstream)d; keepalive 128; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:%(port)d;
+        client_max_body_size 0;
+        location / {
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;          # SSE and bulk bodies pass as they come
+            proxy_request_buffering off;  # uploads stream too
+            proxy_buffer_size 64k;        # unbuffered proxying reads this much at a time
+            proxy_buffers 8 64k;
+            proxy_busy_buffers_size 128k;
+            client_body_buffer_size 64k;
+            proxy_read_timeout 600s;
+        }
+    }
+}
+"""
+
+
+class Nginx(Target):
+    """nginx, one worker, pinned to the proxy CPU, streaming both ways, no access log."""
+
+    name = "nginx"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.proc = None
+
+    def start(self, upstream):
+        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if not binary:
+            self.note = "not installed (run with --install, or apt-get install nginx)"
+            return
+        d = os.path.join(self.ctx.workdir, "nginx")
+        os.makedirs(d, exist_ok=True)
+        port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF % {"dir": d, "upstream": upstream.port, "port": port})
+        self.proc = Proc("nginx", [binary, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")],
+                         self.ctx.workdir, cpus=self.ctx.cpus_proxy, cwd=d)
+        try:
+            self.proc.start()
+            self.port = self.proc.wait_port(port)
+        except StartError as e:
+            self.note = "failed to start: %s" % e
+            self.stop()
+            return
+        self.available = True
+        self.version = _version([binary])
+        self.note = "plain reverse proxy, 1 worker, no access log"
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop()
+
+    def roles(self):
+        return {"proxy": self.proc}
+
+
+def _version(argv):
+    try:
+        out = subprocess.run(argv[:1] + ["-v" if "nginx" in argv[0] else "--version"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else None

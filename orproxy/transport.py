@@ -12,6 +12,8 @@ bodies: none of which a proxy may do.
 """
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -85,7 +87,17 @@ class ConnectionPool:
     def _connect(self, key: tuple[str, str, int], timeout: float) -> Connection:
         scheme, host, port = key
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            if _is_ip_literal(host):  # skip the resolver's thread pool round trip
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect((host, port))
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as e:
             raise requests.exceptions.ConnectTimeout(f"connect to {host}:{port} timed out") from e
         except OSError as e:
@@ -110,6 +122,15 @@ class ConnectionPool:
         for idle in self.idle.values():
             while idle:
                 idle.pop().close()
+
+
+@functools.lru_cache(maxsize=256)
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def split_url(url: str) -> tuple[tuple[str, str, int], str, str]:

@@ -49,17 +49,23 @@ def summarize_ms(samples_ns):
 
 # -- concurrency 1 --------------------------------------------------------------------
 
-def sequential(host, port, request, count, conn=None):
-    """`count` requests one after another on one keep-alive connection; latencies in ns."""
+def sequential(host, port, request, count, conn=None, time_limit=60.0):
+    """`count` requests one after another on one keep-alive connection (stopping early
+    after `time_limit` seconds: a hanging target must not hold the run); latencies in ns."""
     conn = conn or Connection(host, port, timeout=10)
-    lat, errors = [], 0
+    lat, errors, failing = [], 0, 0
     clock = time.perf_counter_ns
+    stop = clock() + int(time_limit * 1e9)
     for _ in range(count):
         t0 = clock()
+        if t0 > stop or failing >= 3:
+            break
         try:
             r = conn.request(request)
+            failing = 0
         except (OSError, ValueError):
             errors += 1
+            failing += 1
             conn.close()
             continue
         t1 = clock()
@@ -281,12 +287,21 @@ def first_byte_request(host, port, path, first_delay_ms):
 
 # -- bulk -------------------------------------------------------------------------
 
-def download(host, port, path, nbytes, timeout=120):
+def time_limit(nbytes):
+    """A bulk transfer slower than 10 MB/s (plus 30 s) is cut off, so the run ends."""
+    return 30 + nbytes / 10e6
+
+
+def download(host, port, path, nbytes, timeout=30):
     conn = Connection(host, port, timeout=timeout)
     req = build_request("GET", "%s?n=%d" % (path, nbytes), "%s:%d" % (host, port))
     t0 = time.perf_counter()
     try:
-        r = conn.request(req)
+        with gevent.Timeout(time_limit(nbytes)):
+            r = conn.request(req)
+    except (OSError, ValueError, gevent.Timeout) as e:
+        return {"ok": False, "status": "error: %s" % (e or type(e).__name__), "bytes": None,
+                "seconds": time.perf_counter() - t0, "mb_s": None}
     finally:
         conn.close()
     secs = time.perf_counter() - t0
@@ -295,7 +310,7 @@ def download(host, port, path, nbytes, timeout=120):
             "mb_s": r.nbytes / 1e6 / secs}
 
 
-def upload(host, port, path, nbytes, block=256 * 1024, timeout=120):
+def upload(host, port, path, nbytes, block=256 * 1024, timeout=30):
     """A chunked PUT of nbytes, sent as fast as the connection takes it."""
     conn = Connection(host, port, timeout=timeout)
     head = build_request("PUT", path, "%s:%d" % (host, port),
@@ -304,13 +319,17 @@ def upload(host, port, path, nbytes, block=256 * 1024, timeout=120):
     full, rest = divmod(nbytes, block)
     t0 = time.perf_counter()
     try:
-        conn.send(head)
-        for _ in range(full):
-            conn.sock.sendall(frame)
-        if rest:
-            conn.sock.sendall(b"%x\r\n" % rest + b"u" * rest + b"\r\n")
-        conn.sock.sendall(b"0\r\n\r\n")
-        r = conn.read_response(keep_body=True)
+        with gevent.Timeout(time_limit(nbytes)):
+            conn.send(head)
+            for _ in range(full):
+                conn.sock.sendall(frame)
+            if rest:
+                conn.sock.sendall(b"%x\r\n" % rest + b"u" * rest + b"\r\n")
+            conn.sock.sendall(b"0\r\n\r\n")
+            r = conn.read_response(keep_body=True)
+    except (OSError, ValueError, gevent.Timeout) as e:
+        return {"ok": False, "status": "error: %s" % (e or type(e).__name__), "bytes": nbytes,
+                "seconds": time.perf_counter() - t0, "mb_s": None}
     finally:
         conn.close()
     secs = time.perf_counter() - t0

@@ -14,7 +14,7 @@ SIGN = {"<=": "\u2264", ">=": "\u2265"}
 class Row:
     group: str                 # scenario heading in the table, e.g. "1 KB JSON, c=1"
     metric: str                # e.g. "added p50"
-    unit: str                  # "ms", "req/s", "MB/s", "MB", ""
+    unit: str                  # "ms", "req/s", "MB/s", "MiB", ""
     values: dict               # target name -> number (or None, or a short string)
     kind: str = "abs"          # "abs": ratios to direct and nginx; "added": ratio to nginx
                                # only (direct is 0 by definition); "info": no ratios

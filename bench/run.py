@@ -18,6 +18,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
@@ -26,13 +27,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import load, report  # noqa: E402
-from bench.procs import StartError, wait_idle  # noqa: E402
+from bench.procs import StartError, cpu_ticks, wait_idle  # noqa: E402
 from bench.report import Row  # noqa: E402
 from bench.scenarios import CHAT, FULL, QUICK, SCENARIOS, log_dir_size, run_all  # noqa: E402
 from bench.targets import Direct, Nginx, Orproxy, Upstream  # noqa: E402
 
 DEFAULT_JSON = os.path.join(REPO, "bench", "results", "latest.json")
 TARGETS = ("direct", "orproxy", "nginx")
+NOISY_CORES = 0.3  # other work above this during a measurement is named in the notes
 
 
 class Bench:
@@ -45,7 +47,11 @@ class Bench:
         self.t0 = time.monotonic()
         self.results, self.rows, self.notes, self.timings = {}, [], [], {}
         self.all_targets = []
-        self.busy_cpu = 0  # measurements started before the proxies were idle
+        self.overlaps = 0  # measurements started before the proxies were idle
+        self.upstream = None
+        self.work = OtherWork(lambda: self.server_pids() + (
+            [self.upstream.proc.pid] if self.upstream and self.upstream.proc.alive() else []))
+        self.disturbed = []  # [label, target, cores of other work during it, seconds]
         ncpu = len(os.sched_getaffinity(0))
         self.pinned = ncpu >= 2 and not args.no_pin
         self.cpus_proxy = "0" if self.pinned else None
@@ -92,9 +98,32 @@ class Bench:
                 self.note("%s: %s\n%s" % (t.name, t.note, proc.tail()))
                 continue
             if not wait_idle(self.server_pids()):
-                self.busy_cpu += 1
+                self.overlaps += 1
             self.progress("%s: %s" % (label, t.name))
+            before = self.work.snapshot()
             yield t
+            share = self.work.between(before, self.work.snapshot())
+            self.disturbed.append([label, t.name, share["other_cores"], share["wall_s"]])
+
+    def probe(self):
+        """Before each scenario: one chat completion per target, 5 s at most. A target
+        that does not answer is dropped for the rest of the run (else every request of
+        every scenario would wait for its timeout)."""
+        for t in self.targets:
+            conn = load.Connection(t.host, t.port, timeout=5)
+            try:
+                with gevent.Timeout(6):
+                    r = conn.request(load.chat_request(t.host, t.port, CHAT))
+                if r.status == 200:
+                    continue
+                why = "answered %d" % r.status
+            except (OSError, ValueError, gevent.Timeout) as e:
+                why = "%s: %s" % (type(e).__name__, e)
+            finally:
+                conn.close()
+            t.available = False
+            t.note = "dropped: a 1 KB chat completion failed (%s)" % why
+            self.note("%s %s" % (t.name, t.note))
 
     def server_pids(self):
         return [proc.pid for t in self.targets for proc in t.roles().values()
@@ -108,7 +137,11 @@ class Bench:
         if not self.use_wrk:
             return load.closed_loop(t.host, t.port, req, concurrency, duration, warmup)
         load.closed_loop(t.host, t.port, req, concurrency, warmup, 0)
-        return load.wrk_loop(t.host, t.port, path, concurrency, duration, self.cpus_client)
+        try:
+            return load.wrk_loop(t.host, t.port, path, concurrency, duration, self.cpus_client)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            self.note("wrk against %s failed (%s); Python load generator instead" % (t.name, e))
+            return load.closed_loop(t.host, t.port, req, concurrency, duration, 0)
 
     # -- the logging server's files ------------------------------------------------------
     def log_count(self, t):
@@ -193,6 +226,34 @@ def fs_type(path):
     return kind
 
 
+class OtherWork:
+    """How much CPU other processes on the machine used over an interval: the busy time of
+    all CPUs (/proc/stat) minus this process's, its reaped children's and its live
+    children's. The machine is shared; this says which figures other work disturbed."""
+
+    def __init__(self, live_pids):
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.live_pids = live_pids
+
+    def snapshot(self):
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        t = os.times()
+        ours = t.user + t.system + t.children_user + t.children_system
+        ours += cpu_ticks(self.live_pids()) / self.hz
+        # user nice system idle iowait irq softirq steal
+        return (time.monotonic(), (v[0] + v[1] + v[2] + v[5] + v[6]) / self.hz,
+                v[7] / self.hz, ours)
+
+    @staticmethod
+    def between(a, b):
+        wall = b[0] - a[0]
+        other = max(0.0, (b[1] - a[1]) - (b[3] - a[3]))
+        return {"wall_s": round(wall, 2), "other_cpu_s": round(other, 2),
+                "other_cores": round(other / wall, 2) if wall > 0 else None,
+                "steal_cores": round((b[2] - a[2]) / wall, 2) if wall > 0 else None}
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -255,10 +316,29 @@ def main(argv=None):
     if ctx.pinned:
         os.sched_setaffinity(0, {1})  # this process is the load generator
     load_start = loadavg()
+    ctx.start_work = ctx.work.snapshot()
+    crashed = True
+    try:
+        rc = run(ctx, args, load_start)
+        crashed = False
+        return rc
+    except (BrokenPipeError, KeyboardInterrupt):
+        crashed = False
+        return 1
+    finally:
+        # The run dir may hold a lot on tmpfs: removed unless asked for, or needed to see
+        # what went wrong (a scenario or the harness failed; each process's output is there).
+        if args.keep or crashed or ctx.results.get("errors"):
+            print("run dir kept: %s" % ctx.run_dir, file=sys.stderr)
+        else:
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+
+
+def run(ctx, args, load_start):
     ok = False
     upstream = None
     try:
-        upstream = Upstream(args.upstream_cmd_argv, ctx)
+        upstream = ctx.upstream = Upstream(args.upstream_cmd_argv, ctx)
         try:
             upstream.start()
         except StartError as e:
@@ -272,6 +352,7 @@ def main(argv=None):
                 t = makers[name]()
                 ctx.all_targets.append(t)
                 t.start(upstream)
+                t.started = t.available  # keeps its column even if dropped later
                 ctx.progress("target %s: %s" % (name, "up on port %s" % t.port if t.available else t.note))
         run_all(ctx, args.scenarios)
         ok = True
@@ -280,53 +361,60 @@ def main(argv=None):
             t.stop()
         if upstream is not None:
             upstream.proc.stop()
-        if not ok:
-            print("bench: stopped early; run dir kept: %s" % ctx.run_dir, file=sys.stderr)
     return finish(ctx, args, upstream, load_start) if ok else 1
 
 
 def finish(ctx, args, upstream, load_start):
-    keep = args.keep or bool(ctx.results.get("errors"))
     elapsed = time.monotonic() - ctx.t0
-    names = [t.name for t in ctx.targets]
+    names = [t.name for t in ctx.all_targets if getattr(t, "started", False)]
     proxies = [n for n in names if n not in ("direct", "nginx")]
     pin = ("proxies + logging server on CPU 0, upstream + load generator on CPU 1 (taskset)"
            if ctx.pinned else "not pinned")
     wrk = load.wrk_version() if ctx.use_wrk else None
+    share = ctx.work.between(ctx.start_work, ctx.work.snapshot())
     header = [
         "orproxy benchmark, %s, %s run, %.0f s" % (time.strftime("%Y-%m-%d %H:%M:%S"),
                                                    "quick" if args.quick else "full", elapsed),
-        "conditions: %d cores, load avg %s -> %s; %s; log dir %s (%s)" % (
-            os.cpu_count(), load_start, loadavg(), pin, args.log_dir, fs_type(args.log_dir)),
-        "load generator: %s for requests/s; Python raw-socket client (gevent) for the rest" % (
-            "wrk %s" % wrk if wrk else "Python gevent closed loop (wrk not installed: --install)"
-            if not args.no_wrk else "Python gevent closed loop (--no-wrk)"),
+        "conditions: %d cores; %s; log dir %s (%s)" % (
+            os.cpu_count(), pin, args.log_dir, fs_type(args.log_dir)),
+        "other work on the machine during the run: %.2f cores on average (steal %.2f); "
+        "load avg %s -> %s" % (share["other_cores"] or 0, share["steal_cores"] or 0,
+                               load_start, loadavg()),
+        "load generator: %s for requests/s; Python raw-socket client (gevent) for the rest"
+        % ("wrk %s" % wrk if wrk else "Python gevent closed loop (--no-wrk)" if args.no_wrk
+           else "Python gevent closed loop (wrk not installed: --install)"),
     ]
     for t in ctx.all_targets:
-        header.append("%-8s %s%s" % (t.name + ":", t.note or "", " [%s]" % t.version if t.version else ""))
-    if ctx.busy_cpu:
+        note = (t.note or "").splitlines()[0] if t.note else ""
+        header.append("%-8s %s%s" % (t.name + ":", note, " [%s]" % t.version if t.version else ""))
+    if ctx.overlaps:
         ctx.notes.append("%d measurements started before the proxies had gone idle "
-                         "(5 s wait): the previous one's after-work overlapped" % ctx.busy_cpu)
-    header += ["note: " + n.splitlines()[0] for n in ctx.notes]
-    text = report.table(ctx.rows, names, proxies, header)
-    print(text)
+                         "(5 s wait): the previous one's after-work overlapped" % ctx.overlaps)
+    # (windows under 0.5 s are left out: /proc/stat counts 10 ms ticks)
+    noisy = ["%s/%s %.1f" % (label, name, cores) for label, name, cores, wall in ctx.disturbed
+             if cores is not None and cores >= NOISY_CORES and wall >= 0.5]
+    if noisy:
+        ctx.notes.append("other work over %.2f cores during (measurement/target cores): %s"
+                         % (NOISY_CORES, ", ".join(noisy)))
+    for n in ctx.notes:
+        header += textwrap.wrap("note: " + n.splitlines()[0], 110, subsequent_indent="      ")
+    for row in ctx.rows:
+        row.check(proxies)
     meta = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
             "elapsed_s": round(elapsed, 1), "cores": os.cpu_count(), "pinned": ctx.pinned,
             "cpus_proxy": ctx.cpus_proxy, "cpus_client": ctx.cpus_client,
             "log_dir": args.log_dir, "log_dir_fs": fs_type(args.log_dir),
-            "loadavg_start": load_start, "loadavg_end": loadavg(),
+            "loadavg_start": load_start, "loadavg_end": loadavg(), "other_work": share,
             "loadgen_rps": "wrk %s" % wrk if wrk else "python-gevent",
             "python": platform.python_version(), "kernel": platform.release(),
-            "params": ctx.p, "scenarios": args.scenarios, "timings_s": ctx.timings, "busy_cpu_waits": ctx.busy_cpu,
+            "params": ctx.p, "scenarios": args.scenarios, "timings_s": ctx.timings, "not_idle_before": ctx.overlaps,
+            "other_work_per_measurement": ctx.disturbed,
             "notes": ctx.notes, "upstream_cmd": args.upstream_cmd,
             "proxy_cmd": args.proxy_cmd, "logserver_cmd": args.logserver_cmd}
     report.save_json(args.json, meta, {t.name: t.describe() for t in ctx.all_targets},
                      ctx.results, ctx.rows)
+    print(report.table(ctx.rows, names, proxies, header), flush=True)
     print("\nsaved %s" % os.path.relpath(args.json), file=sys.stderr)
-    if keep:
-        print("run dir kept: %s" % ctx.run_dir, file=sys.stderr)
-    else:
-        shutil.rmtree(ctx.run_dir, ignore_errors=True)
     return 0
 
 

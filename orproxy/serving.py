@@ -49,6 +49,16 @@ class RawRequestHandler(WSGIHandler):
     def log_request(self) -> None:
         """The proxy prints its own console line; pywsgi's access log would double it."""
 
+    def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
+        """A request too malformed to reach the app: the app words the 400 if it can
+        (pywsgi's documented hook for this; its default is an empty 400)."""
+        default = super()._handle_client_error(ex)
+        malformed_request = getattr(self.server.application, "malformed_request", None)
+        if malformed_request is None:
+            return default
+        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        return "400", malformed_request(f"malformed request: {message}")
+
     def handle(self) -> None:
         self.server.idle_handlers.add(self)
         try:

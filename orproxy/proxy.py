@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket as _stdlib_socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from gevent import socket
 
 from orproxy.config import Config
 from orproxy.console import ConsoleLog
+from orproxy.errors import error_response
 from orproxy.exchange import Exchange
 from orproxy.headers import Headers, header_value, masked, serialize_head, strip_hop_by_hop
 from orproxy.incoming import ClientBodyError, body_blocks, client_socket, raw_target, request_headers
@@ -52,20 +54,25 @@ class ProxyApp:
         headers = request_headers(environ)
         if route is None:
             logs.request.write(self._request_head(exchange, environ, headers))
-            return self._error(exchange, logs, start_response, 404, "no_route",
+            return self._error(exchange, logs, start_response, "no_route",
                                f"no route matches {exchange.target.partition('?')[0]}")
         exchange.upstream_url = route.origin + route.upstream_target(exchange.target)
         try:
             upstream_headers, body = self._upstream_request(exchange, environ, headers, logs)
         except ValueError as e:
-            return self._error(exchange, logs, start_response, 400, "bad_request", str(e))
+            return self._error(exchange, logs, start_response, "bad_request", str(e))
         logs.request.write(self._request_head(exchange, environ, upstream_headers))
 
         watch = ClientWatch(client_socket(environ))
-        if body is None:
+
+        def request_sent() -> None:  # the whole body went upstream: its log is complete
+            logs.request.close()
             watch.start()
+
+        if body is None:
+            request_sent()
         else:
-            body = _then(tee(body, logs.request, exchange.count_request), watch.start)
+            body = _then(tee(body, logs.request, exchange.count_request), request_sent)
         request = requests.PreparedRequest()
         request.method, request.url, request.headers, request.body = (
             exchange.method, exchange.upstream_url, upstream_headers, body)
@@ -163,34 +170,35 @@ class ProxyApp:
     def _upstream_error(self, exchange: Exchange, logs: "_Logs", start_response: Callable,
                         error: BaseException) -> list[bytes]:
         if isinstance(error, ClientBodyError):
-            return self._error(exchange, logs, start_response, 400, "bad_request", str(error))
+            return self._error(exchange, logs, start_response, "bad_request", str(error))
         if isinstance(error, requests.exceptions.ConnectTimeout):
-            return self._error(exchange, logs, start_response, 502, "upstream_unreachable",
+            return self._error(exchange, logs, start_response, "upstream_unreachable",
                                f"connecting to the upstream timed out: {error}")
         if isinstance(error, requests.exceptions.ReadTimeout):
-            return self._error(exchange, logs, start_response, 504, "upstream_timeout",
+            return self._error(exchange, logs, start_response, "upstream_timeout",
                                f"the upstream did not answer in time: {error}")
         if isinstance(error, (requests.exceptions.RequestException, OSError)):
-            return self._error(exchange, logs, start_response, 502, "upstream_unreachable",
+            return self._error(exchange, logs, start_response, "upstream_unreachable",
                                f"the upstream could not be reached: {error}")
         raise error
 
-    def _error(self, exchange: Exchange, logs: "_Logs", start_response: Callable, status: int,
-               code: str, message: str) -> list[bytes]:
+    def _error(self, exchange: Exchange, logs: "_Logs", start_response: Callable, code: str,
+               message: str) -> list[bytes]:
+        status_line, headers, body = error_response(code, message, exchange.id)
         exchange.fail(code)
-        exchange.status = status
-        body = json.dumps({"error": {"message": message, "type": "proxy_error", "code": code,
-                                     "request_id": exchange.id}}).encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                   ("X-Request-Id", exchange.id)]
-        reason = _REASONS[status]
+        exchange.status = int(status_line[:3])
         logs.request.close()
-        logs.response.write(serialize_head(f"HTTP/1.1 {status} {reason}", headers))
+        logs.response.write(serialize_head(f"HTTP/1.1 {status_line}", headers))
         logs.response.write(body)
         exchange.count_response(len(body))
         self._finish(exchange, logs)
-        start_response(f"{status} {reason}", headers)
+        start_response(status_line, headers)
         return [body]
+
+    def malformed_request(self, message: str) -> bytes:
+        """The whole response to a request the server could not even parse (serving.py)."""
+        status_line, headers, body = error_response("bad_request", message, str(uuid.uuid4()))
+        return serialize_head(f"HTTP/1.1 {status_line}", [*headers, ("Connection", "close")]) + body
 
     def _finish(self, exchange: Exchange, logs: "_Logs") -> None:
         exchange.ended_at = time.time()
@@ -198,9 +206,6 @@ class ProxyApp:
         exchange.log_dropped_bytes = logs.request.dropped + logs.response.dropped
         if logs.enabled:
             self.sink.send_json(exchange.id, "metadata", exchange.metadata())
-
-
-_REASONS = {400: "Bad Request", 404: "Not Found", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 class _Logs:

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from types import GeneratorType
 from typing import Any
 
 from gevent.pywsgi import Input
@@ -28,10 +29,11 @@ class BadInput(ValueError):
 def arriving_blocks(environ: dict[str, Any]) -> Iterator[bytes]:
     """The body in blocks as they arrive, not as `read(n)` would hand them over.
 
-    pywsgi's `read(n)` waits for n bytes (FACTS.md), which would hold a slow SSE stream
-    back for minutes. On a chunked upload under pywsgi we read to the end of the current
-    chunk (bytes already in flight: the proxy sends each block as one chunk); elsewhere we
-    read lines, which keeps text streams such as SSE live.
+    Both servers' `read(n)` wait for n bytes (FACTS.md; gunicorn's readline too, for
+    1 KiB), which would hold a slow SSE stream back for minutes and stall a live tail.
+    The proxy sends each block as one chunk, so reading chunk by chunk is prompt: under
+    pywsgi to the end of the current chunk; under gunicorn from its chunk parser, a
+    generator that yields each piece as it is received. Any other server: lines.
     """
     body = environ["wsgi.input"]
     if isinstance(body, Input) and body.chunked_input:
@@ -41,9 +43,27 @@ def arriving_blocks(environ: dict[str, Any]) -> Iterator[bytes]:
             if not block:
                 return
             yield block
-    else:
-        while block := body.readline(BLOCK):
-            yield block
+        return
+    pieces = _gunicorn_chunk_pieces(body)
+    if pieces is not None:
+        yield from (piece for piece in pieces if piece)
+        return
+    while block := body.readline(BLOCK):
+        yield block
+
+
+def _gunicorn_chunk_pieces(body: Any) -> Iterator[bytes] | None:
+    """gunicorn's chunked-body generator, if the body is untouched and gunicorn's layout is
+    the one this was written against (gunicorn 23-27); None otherwise."""
+    reader = getattr(body, "reader", None)
+    parser = getattr(reader, "parser", None)
+    buffers = (getattr(body, "buf", None), getattr(reader, "buf", None))
+    if type(reader).__name__ != "ChunkedReader" or not isinstance(parser, GeneratorType):
+        return None
+    if not all(hasattr(b, "tell") and b.tell() == 0 for b in buffers):
+        return None
+    reader.parser = None  # from now on gunicorn's own reads see the body as consumed
+    return parser
 
 
 class Ingest:

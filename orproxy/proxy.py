@@ -23,7 +23,7 @@ from orproxy.errors import error_response
 from orproxy.exchange import Exchange
 from orproxy.headers import Headers, header_value, masked, serialize_head, strip_hop_by_hop
 from orproxy.incoming import ClientBodyError, body_blocks, client_socket, raw_target, request_headers
-from orproxy.sink import LogSink, NullStream
+from orproxy.sink import LogSink, LogStream, NullStream
 from orproxy.tee import tee
 from orproxy.transport import BLOCK, StreamingAdapter, UpstreamBroken
 
@@ -202,24 +202,41 @@ class ProxyApp:
 
     def _finish(self, exchange: Exchange, logs: "_Logs") -> None:
         exchange.ended_at = time.time()
-        logs.response.close()
-        exchange.log_dropped_bytes = logs.request.dropped + logs.response.dropped
+        logs.close()
+        exchange.log_dropped_bytes = logs.dropped
         if logs.enabled:
             self.sink.send_json(exchange.id, "metadata", exchange.metadata())
 
 
 class _Logs:
-    """The request and response log streams of one exchange (dead ones when not logged)."""
+    """The request and response log streams of one exchange (null ones when not logged).
 
-    __slots__ = ("enabled", "request", "response")
+    The response stream opens with the response head, not before: a stream complete when
+    it starts goes to the lane (sink.py), and a response is complete far more often than
+    an exchange's first wait would suggest.
+    """
+
+    __slots__ = ("sink", "exchange_id", "enabled", "request", "_response")
 
     def __init__(self, sink: LogSink | None, exchange_id: str, enabled: bool) -> None:
-        self.enabled = enabled
-        if enabled:
-            self.request = sink.open(exchange_id, "request")
-            self.response = sink.open(exchange_id, "response")
-        else:
-            self.request = self.response = NullStream()
+        self.sink, self.exchange_id, self.enabled = sink, exchange_id, enabled
+        self.request = sink.open(exchange_id, "request") if enabled else NullStream()
+        self._response: LogStream | NullStream | None = None
+
+    @property
+    def response(self) -> "LogStream | NullStream":
+        if self._response is None:
+            self._response = self.sink.open(self.exchange_id, "response") if self.enabled else NullStream()
+        return self._response
+
+    def close(self) -> None:
+        self.request.close()
+        if self._response is not None:
+            self._response.close()
+
+    @property
+    def dropped(self) -> int:
+        return self.request.dropped + (self._response.dropped if self._response else 0)
 
 
 class ClientWatch:

@@ -1,5 +1,9 @@
 """The sink: each log stream is a gevent Queue that a greenlet feeds into a streaming PUT.
 
+A stream is started once the proxy next waits (a loop callback): if by then it is already
+complete, as most short exchanges are, its body goes to the lane (lane.py) instead, as one
+of a batch of pipelined PUTs on one connection.
+
 Logging must never slow, fail or alter a proxied request (CONTRACT.md). So `write` never
 blocks: it enqueues within two memory budgets (per stream and for the whole process) and,
 past either, stops logging that stream, counts what it dropped, and ends the logged body
@@ -19,7 +23,8 @@ import gevent
 import requests
 from gevent.queue import SimpleQueue
 
-from orproxy.transport import StreamingAdapter
+from orproxy.lane import Lane
+from orproxy.transport import StreamingAdapter, split_url
 
 STREAM_BUDGET = 8 * 1024 * 1024      # bytes queued for one stream before it is truncated
 TOTAL_BUDGET = 64 * 1024 * 1024      # bytes queued for all streams together
@@ -49,12 +54,40 @@ class LogSink:
         self.dropped_bytes = 0
         self.failed_streams = 0
         self._reported_down = False
+        self._starting: list[LogStream] = []
+        key, self.netloc, base = split_url(self.server_url)
+        self.base_path = base.rstrip("/")
+        self.origin = self.server_url[:len(self.server_url) - len(self.base_path)]
+        self.lane = Lane(self.adapter.pool, key, self.netloc, (CONNECT_TIMEOUT, IO_TIMEOUT),
+                         self._sent, self._lane_failed, self.stream_succeeded)
 
     def open(self, exchange_id: str, kind: str) -> "LogStream":
         """A stream for `PUT {server}/{id}/{kind}`; a dead one while the server rests."""
         if time.monotonic() < self.retry_at or self.active_streams >= MAX_ACTIVE_STREAMS:
             return LogStream(self, None)
-        return LogStream(self, f"{self.server_url}/{exchange_id}/{kind}")
+        stream = LogStream(self, f"{self.base_path}/{exchange_id}/{kind}")
+        if not self._starting:
+            gevent.get_hub().loop.run_callback(self._start_streams)
+        self._starting.append(stream)
+        return stream
+
+    def _start_streams(self) -> None:
+        """Runs in the event loop once the proxy waits: complete streams go to the lane."""
+        starting, self._starting = self._starting, []
+        for stream in starting:
+            if stream.dead:
+                continue
+            if stream.closed:
+                self.lane.put(stream.path, stream.whole_body())
+            else:
+                self.active_streams += 1
+                gevent.spawn(stream.put)
+
+    def _sent(self, size: int) -> None:
+        self.queued_bytes -= size
+
+    def _lane_failed(self, error: Exception, parts: int) -> None:
+        self.stream_failed(error)
 
     def send_json(self, exchange_id: str, kind: str, document: dict[str, Any]) -> None:
         """One small JSON document (the exchange's metadata), sent in the background."""
@@ -91,19 +124,16 @@ class NullStream:
 class LogStream:
     """One streamed PUT. `write` and `close` are cheap and never block the caller."""
 
-    __slots__ = ("sink", "queue", "queued", "dropped", "dead", "closed")
+    __slots__ = ("sink", "path", "queue", "queued", "dropped", "dead", "closed")
 
-    def __init__(self, sink: LogSink, url: str | None) -> None:
+    def __init__(self, sink: LogSink, path: str | None) -> None:
         self.sink = sink
+        self.path = path
         self.queued = 0
         self.dropped = 0
         self.closed = False
-        self.dead = url is None
-        self.queue: SimpleQueue | None = None
-        if url is not None:
-            self.queue = SimpleQueue()
-            sink.active_streams += 1
-            gevent.spawn(self._put, url)
+        self.dead = path is None
+        self.queue: SimpleQueue | None = None if path is None else SimpleQueue()
 
     def write(self, block: bytes) -> None:
         if self.dead or self.dropped:
@@ -125,7 +155,10 @@ class LogStream:
         self.closed = True
         if not self.dead:
             if self.dropped:
-                self.queue.put(truncation_marker(self.dropped))
+                marker = truncation_marker(self.dropped)
+                self.queued += len(marker)
+                self.sink.queued_bytes += len(marker)
+                self.queue.put(marker)
             self.queue.put(_END)
 
     def _blocks(self) -> Iterator[bytes]:
@@ -143,22 +176,18 @@ class LogStream:
             self.sink.queued_bytes -= len(block)
             yield block
 
-    def _whole_body(self) -> bytes:
-        """Everything queued, up to the end: for a stream already closed when its PUT starts."""
+    def whole_body(self) -> bytes:
+        """Everything queued, for a stream closed before it started; its budget stays
+        counted until the lane has sent it."""
         parts = []
         while (block := self.queue.get()) is not _END:
             parts.append(block)
-        body = b"".join(parts)
-        self.queued -= len(body)
-        self.sink.queued_bytes -= len(body)
-        return body
+        return b"".join(parts)
 
-    def _put(self, url: str) -> None:
-        # A short exchange is often over before this greenlet first runs: then one
-        # Content-Length PUT, head and body in one write, instead of a chunked stream.
+    def put(self) -> None:
+        """The streaming PUT of a stream still open when it started, fed from the queue."""
         request = requests.PreparedRequest()
-        request.method, request.url = "PUT", url
-        request.body = self._whole_body() if self.closed else self._blocks()
+        request.method, request.url, request.body = "PUT", self.sink.origin + self.path, self._blocks()
         request.headers = [("Content-Type", "application/octet-stream")]
         try:
             response = self.sink.adapter.send(request, timeout=(CONNECT_TIMEOUT, IO_TIMEOUT))

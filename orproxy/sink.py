@@ -81,7 +81,7 @@ class LogSink:
                 self.lane.put(stream.path, stream.whole_body())
             else:
                 self.active_streams += 1
-                gevent.spawn(stream.put)
+                stream.start()
 
     def _sent(self, size: int) -> None:
         self.queued_bytes -= size
@@ -122,9 +122,13 @@ class NullStream:
 
 
 class LogStream:
-    """One streamed PUT. `write` and `close` are cheap and never block the caller."""
+    """One log stream. `write` and `close` are cheap and never block the caller.
 
-    __slots__ = ("sink", "path", "queue", "queued", "dropped", "dead", "closed")
+    Blocks wait in a plain list until the stream starts (sink._start_streams); a stream
+    that is complete by then never needs more. One still open gets a queue and a PUT.
+    """
+
+    __slots__ = ("sink", "path", "pending", "queue", "queued", "dropped", "dead", "closed")
 
     def __init__(self, sink: LogSink, path: str | None) -> None:
         self.sink = sink
@@ -133,33 +137,51 @@ class LogStream:
         self.dropped = 0
         self.closed = False
         self.dead = path is None
-        self.queue: SimpleQueue | None = None if path is None else SimpleQueue()
+        self.pending: list[bytes] | None = []
+        self.queue: SimpleQueue | None = None
 
     def write(self, block: bytes) -> None:
-        if self.dead or self.dropped:
-            self.dropped += len(block)
-            self.sink.dropped_bytes += len(block)
-            return
         size = len(block)
-        if self.queued + size > STREAM_BUDGET or self.sink.queued_bytes + size > TOTAL_BUDGET:
-            self.dropped += size
+        if (self.dead or self.dropped or self.queued + size > STREAM_BUDGET
+                or self.sink.queued_bytes + size > TOTAL_BUDGET):
+            self.dropped += size  # from the first drop on, the rest is dropped: no holes
             self.sink.dropped_bytes += size
             return
-        self.queued += size
-        self.sink.queued_bytes += size
-        self.queue.put(block)
+        self._enqueue(block)
+
+    def _enqueue(self, block: bytes) -> None:
+        self.queued += len(block)
+        self.sink.queued_bytes += len(block)
+        if self.queue is None:
+            self.pending.append(block)
+        else:
+            self.queue.put(block)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if not self.dead:
-            if self.dropped:
-                marker = truncation_marker(self.dropped)
-                self.queued += len(marker)
-                self.sink.queued_bytes += len(marker)
-                self.queue.put(marker)
+        if self.dead:
+            return
+        if self.dropped:
+            self._enqueue(truncation_marker(self.dropped))
+        if self.queue is not None:
             self.queue.put(_END)
+
+    def whole_body(self) -> bytes:
+        """Everything written, for a stream closed before it started; its budget stays
+        counted until the lane has sent it."""
+        body = b"".join(self.pending)
+        self.pending = None
+        return body
+
+    def start(self) -> None:
+        """The stream is still open: from now on a greenlet PUTs it as it comes."""
+        self.queue = SimpleQueue()
+        for block in self.pending:
+            self.queue.put(block)
+        self.pending = None
+        gevent.spawn(self._put)
 
     def _blocks(self) -> Iterator[bytes]:
         """Queued blocks, those already waiting joined into one (fewer writes under load)."""
@@ -176,15 +198,7 @@ class LogStream:
             self.sink.queued_bytes -= len(block)
             yield block
 
-    def whole_body(self) -> bytes:
-        """Everything queued, for a stream closed before it started; its budget stays
-        counted until the lane has sent it."""
-        parts = []
-        while (block := self.queue.get()) is not _END:
-            parts.append(block)
-        return b"".join(parts)
-
-    def put(self) -> None:
+    def _put(self) -> None:
         """The streaming PUT of a stream still open when it started, fed from the queue."""
         request = requests.PreparedRequest()
         request.method, request.url, request.body = "PUT", self.sink.origin + self.path, self._blocks()

@@ -506,3 +506,30 @@ def test_logging_server_stalled_never_delays_requests(make_proxy, logserver):
             return None
         return rid
     wait_until(logged_again, timeout=20, interval=0.2, message="logging to resume after SIGCONT")
+
+
+def test_a_response_beyond_the_log_budget_is_logged_up_to_it_and_marked(make_proxy, logserver):
+    """With the logging server stalled, the proxy queues at most 8 MiB of one stream: the
+    client still gets every byte; the log gets a prefix, a truncation marker, and the
+    metadata counts what was dropped."""
+    p = make_proxy()
+    send(p.url, "GET", "/v1/echo")  # the logging server is known to answer
+    n = 32 * 1024 * 1024
+    os.kill(logserver.process.pid, signal.SIGSTOP)
+    try:
+        status, _, data, rid = send(p.url, "GET", "/v1/bytes?n=%d" % n)
+    finally:
+        os.kill(logserver.process.pid, signal.SIGCONT)
+    assert status == 200 and data == pattern_bytes(n)
+
+    metadata = logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=20)
+    dropped = metadata["proxy"]["log_dropped_bytes"]
+    assert 0 < dropped < n
+    logged_bytes = logserver.read(rid, "response")
+    _, _, body = split_head(logged_bytes)
+    marker = ("\r\n[orproxy: log truncated here; %d bytes were proxied but not logged because "
+              "the logging server was slow or unreachable]\r\n" % dropped).encode()
+    assert body.endswith(marker)
+    prefix = body[:-len(marker)]
+    assert len(prefix) + dropped == n
+    assert prefix == pattern_bytes(len(prefix))

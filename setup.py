@@ -14,6 +14,7 @@ setup(
         "PyYAML>=6.0",
         "httptools>=0.6",
         "brotli>=1.1",
+        "wsproto>=1.2",
     ],
     extras_require={
         "test": [
@@ -21,6 +22,7 @@ setup(
             "gunicorn>=23",
             "openai>=1.0",
             "websocket-client>=1.8",
+            "websockets>=13",
         ],
     },
     entry_points={

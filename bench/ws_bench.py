@@ -8,9 +8,11 @@ logging on (its orlogserver writing to tmpfs), the default; orproxy with logging
 Measured: the round-trip time of a small echo (websocket-client, one connection, so the
 client adds as little as possible) and the throughput of one 16 MiB binary message each
 way (`websockets`, whose masking is in C): upload to `/sink` until its ack, download from
-`/source`. As in bench/run.py, orproxy and its logging server share CPU 0 and the upstream
-and this client CPU 1, when `taskset` is there. Prints a table; figures move ±30% between
-runs on a shared machine, so compare columns of one run.
+`/source`. The targets take turns, round by round, so a change in the machine's load
+touches every column alike. Not pinned by default: pinned as in bench/run.py (`--pin`),
+the direct column would squeeze client and upstream onto one core while the proxied ones
+get a second, which flatters the proxy. Prints a table; figures move ±30% between runs on
+a shared machine, so compare columns of one run.
 """
 import argparse
 import os
@@ -33,107 +35,118 @@ BIG = 16 * 1024 * 1024
 
 
 def start(name, argv, outdir, cpus):
-    proc = Proc(name, argv, outdir, cpus=cpus if shutil.which("taskset") else None).start()
+    proc = Proc(name, argv, outdir, cpus=cpus).start()
     proc.wait_listening()
     return proc
 
 
-def orproxy(name, outdir, upstream_port, logserver_port, logging):
+def orproxy(name, outdir, upstream_port, logserver_port, logging, cpus):
     config = os.path.join(outdir, name + ".yaml")
     with open(config, "w") as f:
         f.write("server: {host: 127.0.0.1, port: 0}\n"
                 "logging: {console: false, enabled: %s, server_url: 'http://127.0.0.1:%d'}\n"
                 "routes:\n  - {source: /ws/, destination: 'http://127.0.0.1:%d/', name: ws}\n"
                 % ("true" if logging else "false", logserver_port, upstream_port))
-    return start(name, [os.path.join(BIN, "orproxy"), "--config", config], outdir, "0")
+    return start(name, [os.path.join(BIN, "orproxy"), "--config", config], outdir, cpus)
 
 
-def echo_rtt(url, count):
-    """Round-trip times (ms) of a 32-byte binary echo on one connection."""
-    ws = websocket.create_connection(url)
-    try:
-        for _ in range(min(200, count)):
-            ws.send_binary(SMALL)
-            ws.recv()
-        times = []
-        for _ in range(count):
+class Client:
+    """One target's three connections: a small echo, an upload sink and a download source."""
+
+    def __init__(self, url):
+        self.echo = websocket.create_connection(url + "/echo")
+        options = {"compression": None, "max_size": None, "ping_interval": None}
+        self.up = connect(url + "/sink", **options)
+        self.down = connect(url + "/source?n=%d" % BIG, **options)
+        self.rtt, self.rates = [], {"up": [], "down": []}
+
+    def echo_block(self, count, warmup=50):
+        """Round-trip times (ms) of a 32-byte binary echo."""
+        for i in range(warmup + count):
             t0 = time.perf_counter()
-            ws.send_binary(SMALL)
-            assert ws.recv() == SMALL
-            times.append((time.perf_counter() - t0) * 1000)
-        return times
-    finally:
-        ws.close()
+            self.echo.send_binary(SMALL)
+            assert self.echo.recv() == SMALL
+            if i >= warmup:
+                self.rtt.append((time.perf_counter() - t0) * 1000)
+
+    def transfer(self, data):
+        """MB/s of one 16 MiB message each way: to /sink until its ack, from /source."""
+        t0 = time.perf_counter()
+        self.up.send(data)
+        assert self.up.recv() == str(BIG)
+        self.rates["up"].append(BIG / (time.perf_counter() - t0) / 1e6)
+        t0 = time.perf_counter()
+        self.down.send("go")
+        assert len(self.down.recv()) == BIG
+        self.rates["down"].append(BIG / (time.perf_counter() - t0) / 1e6)
+
+    def result(self):
+        self.echo.close()
+        self.up.close()
+        self.down.close()
+        rtt = sorted(self.rtt)
+        return {"p50": statistics.median(rtt), "p99": rtt[int(len(rtt) * 0.99) - 1],
+                "up": statistics.median(self.rates["up"]), "down": statistics.median(self.rates["down"])}
 
 
-def transfer(url, direction, repeat):
-    """Median MB/s of one 16 MiB message, client -> upstream ("up") or back ("down")."""
+def measure(targets, rounds, echoes):
+    """Rounds that take turns between the targets, so a change in the machine's load
+    during the run touches every column alike."""
+    clients = {name: Client(url) for name, url in targets}
     data = os.urandom(BIG)
-    rates = []
-    path = "/sink" if direction == "up" else "/source?n=%d" % BIG
-    with connect(url + path, compression=None, max_size=None, ping_interval=None) as ws:
-        for i in range(repeat + 1):
-            t0 = time.perf_counter()
-            if direction == "up":
-                ws.send(data)
-                assert ws.recv() == str(BIG)
-            else:
-                ws.send("go")
-                assert len(ws.recv()) == BIG
-            if i:  # the first is a warm-up
-                rates.append(BIG / (time.perf_counter() - t0) / 1e6)
-    return statistics.median(rates)
-
-
-def measure(url, quick):
-    rtt = echo_rtt(url, 500 if quick else 3000)
-    rtt.sort()
-    return {"p50": statistics.median(rtt), "p99": rtt[int(len(rtt) * 0.99) - 1],
-            "up": transfer(url, "up", 2 if quick else 5),
-            "down": transfer(url, "down", 2 if quick else 5)}
+    for name, client in clients.items():  # warm-up
+        client.transfer(data)
+        client.rates = {"up": [], "down": []}
+    for r in range(rounds):
+        print("round %d/%d" % (r + 1, rounds), file=sys.stderr, flush=True)
+        for client in clients.values():
+            client.echo_block(echoes)
+            client.transfer(data)
+    return {name: client.result() for name, client in clients.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, about 20 s")
+    parser.add_argument("--pin", action="store_true",
+                        help="orproxy and orlogserver on CPU 0, the upstream and client on CPU 1 "
+                             "(direct then has one core for both ends: flatters the proxy)")
     args = parser.parse_args()
-    outdir = tempfile.mkdtemp(prefix="orproxy-wsbench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    cpus = (lambda c: c) if args.pin and shutil.which("taskset") else (lambda c: None)
+    tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    outdir = tempfile.mkdtemp(prefix="orproxy-wsbench-", dir=tmpfs)
     procs = []
     try:
         upstream = start("ws_upstream", [sys.executable, os.path.join(ROOT, "tests", "ws_upstream.py"),
-                                         "--port", "0"], outdir, "1")
+                                         "--port", "0"], outdir, cpus("1"))
         procs.append(upstream)
         logserver = start("orlogserver", [os.path.join(BIN, "orlogserver"), "--port", "0", "--log-dir",
-                                          os.path.join(outdir, "logs")], outdir, "0")
+                                          os.path.join(outdir, "logs")], outdir, cpus("0"))
         procs.append(logserver)
         targets = [("direct", "ws://127.0.0.1:%d" % upstream.port)]
         for name, logging in (("orproxy", True), ("orproxy (log off)", False)):
             proc = orproxy(name.replace(" ", "_").replace("(", "").replace(")", ""), outdir,
-                           upstream.port, logserver.port, logging)
+                           upstream.port, logserver.port, logging, cpus("0"))
             procs.append(proc)
             targets.append((name, "ws://127.0.0.1:%d/ws" % proc.port))
-        if shutil.which("taskset"):
+        if cpus("1"):
             os.sched_setaffinity(0, {1})
-        results = {}
-        for name, url in targets:
-            print("measuring %s ..." % name, file=sys.stderr, flush=True)
-            results[name] = measure(url, args.quick)
-        report(results, args.quick)
+        results = measure(targets, 3 if args.quick else 10, 300 if args.quick else 1000)
+        report(results, args.quick, bool(cpus("1")))
     finally:
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(outdir, ignore_errors=True)
 
 
-def report(results, quick):
+def report(results, quick, pinned):
     names = list(results)
     direct = results["direct"]
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     print("orproxy WebSocket benchmark, %s, %s run; %d cores, load avg %s; %s" % (
         time.strftime("%Y-%m-%d %H:%M:%S"), "quick" if quick else "full", os.cpu_count(), load,
-        "orproxy + orlogserver on CPU 0, upstream + client on CPU 1" if shutil.which("taskset")
-        else "not pinned"))
+        "orproxy + orlogserver on CPU 0, upstream + client on CPU 1" if pinned else "not pinned"))
     rows = [("small echo round trip p50 (ms)", "p50", "%.3f"),
             ("small echo round trip p99 (ms)", "p99", "%.3f"),
             ("16 MiB message up (MB/s)", "up", "%.0f"),

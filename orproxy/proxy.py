@@ -26,6 +26,7 @@ from orproxy.incoming import ClientBodyError, body_blocks, client_socket, raw_ta
 from orproxy.sink import LogSink, LogStream, NullStream
 from orproxy.tee import tee
 from orproxy.transport import BLOCK, StreamingAdapter, UpstreamBroken
+from orproxy.websocket import WebSocketProxy, is_websocket_upgrade
 
 STREAMING_TYPES = ("text/event-stream", "application/stream+json", "application/x-ndjson")
 
@@ -44,6 +45,7 @@ class ProxyApp:
         self.session.mount("https://", adapter)
         self.sink = LogSink(config.server_url, adapter) if config.logging_enabled else None
         self.console = ConsoleLog(config.console, config.log_file)
+        self.websockets = WebSocketProxy(self.sink, config.redact_headers)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         exchange = Exchange(environ["REQUEST_METHOD"], raw_target(environ), environ.get("REMOTE_ADDR", ""))
@@ -57,6 +59,9 @@ class ProxyApp:
             return self._error(exchange, logs, start_response, "no_route",
                                f"no route matches {exchange.target.partition('?')[0]}")
         exchange.upstream_url = route.origin + route.upstream_target(exchange.target)
+        if is_websocket_upgrade(headers):  # issue 5: the tunnel and its message log
+            return self.websockets.serve(exchange, environ, headers, logs, lambda error:
+                                         self._upstream_error(exchange, logs, start_response, error))
         try:
             upstream_headers, body = self._upstream_request(exchange, environ, headers, logs)
         except ValueError as e:

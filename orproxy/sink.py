@@ -187,6 +187,7 @@ class LogStream:
         """Queued blocks, those already waiting joined into one (fewer writes under load)."""
         queue = self.queue
         while (block := queue.get()) is not _END:
+            gevent.sleep(0)  # let the clients' writes that are ready go first, then gather
             if queue.qsize():
                 parts, size = [block], len(block)
                 while queue.qsize() and size < COALESCE_LIMIT and queue.peek() is not _END:

@@ -12,6 +12,7 @@ bodies: none of which a proxy may do.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import ipaddress
 from collections import deque
@@ -325,6 +326,42 @@ class _ParserState:
             self.complete = True
 
 
+class LeanResponse(requests.Response):
+    """A requests.Response whose header dict and cookie jar are built only if asked for:
+    the proxy reads the raw header list, and building both cost more than parsing the head."""
+
+    def __init__(self, status: int, reason: str, headers: Headers) -> None:  # noqa: D107
+        self._content = False
+        self._content_consumed = False
+        self._next = None
+        self.status_code, self.reason, self._headers_list = status, reason, headers
+        self._headers: CaseInsensitiveDict | None = None
+        self._cookies: Any = None
+        self.encoding = None
+        self.history: list[requests.Response] = []
+        self.elapsed = datetime.timedelta(0)
+
+    @property
+    def headers(self) -> CaseInsensitiveDict:  # type: ignore[override]
+        if self._headers is None:
+            self._headers = CaseInsensitiveDict(self._headers_list)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: CaseInsensitiveDict) -> None:
+        self._headers = value
+
+    @property
+    def cookies(self) -> Any:  # type: ignore[override]
+        if self._cookies is None:
+            self._cookies = requests.cookies.cookiejar_from_dict({})
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, value: Any) -> None:
+        self._cookies = value
+
+
 class StreamingAdapter(BaseAdapter):
     """Mounted on a requests.Session for http:// and https://; see the module docstring.
 
@@ -383,10 +420,7 @@ class StreamingAdapter(BaseAdapter):
                 conn.close()
                 raise
 
-        response = requests.Response()
-        response.status_code = state.status
-        response.reason = state.reason
-        response.headers = CaseInsensitiveDict(state.headers)
+        response = LeanResponse(state.status, state.reason, state.headers)
         response.raw = ResponseBody(conn, self.pool, state, read_timeout or 0)
         response.url = request.url
         response.request = request

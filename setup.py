@@ -15,6 +15,7 @@ setup(
         "httptools>=0.6",
         "brotli>=1.1",
         "wsproto>=1.2",
+        "simple-websocket>=1.0",  # the UI's live feed (/api/live), under pywsgi and gunicorn
     ],
     extras_require={
         "test": [
@@ -23,6 +24,9 @@ setup(
             "openai>=1.0",
             "websocket-client>=1.8",
             "websockets>=13",
+            "jsonschema>=4.18",              # the API's answers checked against its OpenAPI document
+            "openapi-spec-validator>=0.7",   # the OpenAPI document itself
+            "playwright>=1.40",              # the UI in Debian's chromium (never `playwright install`)
         ],
     },
     entry_points={

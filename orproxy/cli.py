@@ -9,6 +9,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import os  # noqa: E402
+import sqlite3  # noqa: E402
 import sys  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
@@ -58,6 +59,28 @@ def proxy_main(argv: list[str] | None = None) -> None:
         _fail("orproxy", f"cannot listen on {args.host or config.host}:{args.port or config.port}: {e.strerror}")
 
 
+def _duration(text: str) -> float:
+    from orproxy.logserver.units import parse_duration
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return seconds
+
+
+def _size(text: str) -> int:
+    from orproxy.logserver.units import parse_size
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return size
+
+
 def logserver_main(argv: list[str] | None = None) -> None:
     parser = _Parser(prog="orlogserver", description="The logging server of orproxy: ingest, API and UI.")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
@@ -65,19 +88,57 @@ def logserver_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-dir", default="logs", help="where the log files go (default: logs)")
     parser.add_argument("--shutdown-timeout", type=float, default=10.0,
                         help="seconds in-flight uploads get to finish on SIGTERM (default: 10)")
+    parser.add_argument("--nice", type=int, default=10, choices=range(0, 20), metavar="N",
+                        help="lower this server's CPU priority by N (default: 10; 0 keeps it), so that "
+                             "on a shared machine the proxy's traffic always goes first")
+    parser.add_argument("--reindex", action="store_true",
+                        help="rebuild the index (.ids/index.sqlite3 in the log dir) from the files, then exit")
+    parser.add_argument("--max-age", type=_duration, metavar="DURATION",
+                        help="delete exchanges older than this, in the background (e.g. 7d, 12h, 3600)")
+    parser.add_argument("--max-bytes", type=_size, metavar="SIZE",
+                        help="delete the oldest exchanges while their files exceed this (e.g. 500M, 10G)")
     parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
     args = parser.parse_args(argv)
+
+    if args.nice:
+        os.nice(args.nice)
+    if args.reindex:
+        _reindex(args.log_dir)
+        return
 
     from orproxy.logserver.app import LogServerApp
 
     try:
-        app = LogServerApp(args.log_dir)
+        app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes)
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
+    except sqlite3.Error as e:
+        _fail("orlogserver", f"--log-dir {args.log_dir}: the index cannot be opened: {e}")
     try:
         serve(app, args.host, args.port, "orlogserver", args.shutdown_timeout)
     except OSError as e:
         _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+
+
+def _reindex(log_dir: str) -> None:
+    from orproxy.logserver.blobs import LogDir
+    from orproxy.logserver.index import Index
+    from orproxy.logserver.reindex import reindex
+
+    if not os.path.isdir(log_dir):
+        _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
+    try:
+        files = LogDir(log_dir)
+        index = Index(files.path)
+        result = reindex(files, index)
+        index.close()
+    except OSError as e:
+        _fail("orlogserver", f"--log-dir {log_dir}: {e.strerror or e}")
+    except sqlite3.Error as e:
+        _fail("orlogserver", f"--log-dir {log_dir}: the index cannot be written: {e}")
+    print(f"orlogserver: indexed {result.indexed} exchanges from {files.path} in {result.seconds:.1f}s "
+          f"({result.derived} derived from their bodies, {result.removed} stale rows removed, "
+          f"{result.skipped} unreadable metadata files skipped)")
 
 
 if __name__ == "__main__":

@@ -210,4 +210,7 @@ def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: floa
         gevent.signal_handler(signum, stopping.set)
     server.start()
     stopping.wait()
+    begin_shutdown = getattr(app, "begin_shutdown", None)
+    if begin_shutdown is not None:  # e.g. the logging server ends its UI's endless streams
+        begin_shutdown()
     server.stop_gracefully(shutdown_timeout)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -40,6 +41,42 @@ def proxy_app() -> Callable:
 
 
 def logserver_app() -> Callable:
+    """The logging server; ORLOGSERVER_LOG_DIR (default logs), and retention from
+    ORLOGSERVER_MAX_AGE (e.g. 7d) and ORLOGSERVER_MAX_BYTES (e.g. 10G), as --max-age and
+    --max-bytes. Create it in each worker (no --preload): it starts threads."""
+    log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
+    os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.logserver.app import LogServerApp
+    from orproxy.logserver.units import parse_duration, parse_size
 
-    return _nodelay(LogServerApp(os.environ.get("ORLOGSERVER_LOG_DIR", "logs")))
+    limits = {}
+    for key, name, parse in (("max_age", "ORLOGSERVER_MAX_AGE", parse_duration),
+                             ("max_bytes", "ORLOGSERVER_MAX_BYTES", parse_size)):
+        text = os.environ.get(name)
+        try:
+            limits[key] = parse(text) if text else None
+            if text and limits[key] <= 0:
+                raise ValueError(f"{text!r} must be more than 0")
+        except ValueError as e:
+            print(f"orlogserver: {name}: {e}", file=sys.stderr)
+            sys.exit(4)  # gunicorn's APP_LOAD_ERROR: the master stops instead of rebooting workers
+    app = LogServerApp(log_dir, **limits)
+    _on_sigterm(app.begin_shutdown)
+    return _nodelay(app)
+
+
+def _on_sigterm(callback: Callable[[], None]) -> None:
+    """Call `callback` (in a greenlet) when the worker is told to stop, then gunicorn's
+    own handler. gunicorn's worker stops by waiting, up to --graceful-timeout, until no
+    connection is open, and the UI's live feeds never close by themselves. gunicorn offers
+    the app no hook for this; its handler is installed before the app is loaded."""
+    import gevent
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        gevent.spawn(callback)  # no blocking work inside a signal handler
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)

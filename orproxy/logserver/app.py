@@ -1,40 +1,83 @@
-"""The logging server's WSGI app: routes ingest PUTs, and answers everything else."""
+"""The logging server's WSGI app: routes ingest PUTs and the API, and wires the parts
+together (files, index, the indexer that keeps it current, retention)."""
 from __future__ import annotations
 
-import json
+import atexit
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import gevent
+
+from orproxy.logserver.api import Api
 from orproxy.logserver.blobs import KINDS, UUID_RE, LogDir
+from orproxy.logserver.index import Index
+from orproxy.logserver.indexer import Indexer
 from orproxy.logserver.ingest import BadInput, Ingest
+from orproxy.logserver.reindex import reindex
+from orproxy.logserver.replies import error_response, json_response
+from orproxy.logserver.retention import Retention
+from orproxy.logserver.ui import Ui
 
-
-def json_response(start_response: Callable, status: str, document: Any,
-                  headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    body = json.dumps(document).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body))), *(headers or [])])
-    return [body]
-
-
-def error_response(start_response: Callable, status: str, message: str,
-                   headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    return json_response(start_response, status, {"error": {"message": message}}, headers)
+__all__ = ["LogServerApp", "json_response", "error_response"]
 
 
 class LogServerApp:
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
+                 retention_interval: float = 60.0) -> None:
         self.log_dir = LogDir(log_dir)
         self.ingest = Ingest(self.log_dir)
+        self.index = Index(self.log_dir.path)
+        self.indexer = Indexer(self.log_dir, self.index, self.ingest)
+        self.retention = Retention(self.log_dir, self.index, max_age, max_bytes, retention_interval)
+        self.api = Api(self.log_dir, self.index, self._health)
+        self.ui = Ui(self.log_dir, self.index)
+        self.rebuilding = False
+        atexit.register(self.close)  # under gunicorn too: what is queued reaches the index
+        if self.index.recreated and self.log_dir.metadata_files():
+            self.rebuilding = True
+            gevent.spawn(self._rebuild)  # then retention: it prunes what the index lists
+        else:
+            self.retention.start()
+
+    def _rebuild(self) -> None:
+        """A new (or schema-changed) index over existing files: fill it in the background."""
+        try:
+            result = reindex(self.log_dir, self.index, lambda fn, *a: self.indexer.pool.apply(fn, a))
+            print(f"orlogserver: indexed {result.indexed} exchanges from {self.log_dir.path} "
+                  f"in {result.seconds:.1f}s", flush=True)
+        except Exception as e:
+            print(f"orlogserver: rebuilding the index failed: {e!r}", file=sys.stderr, flush=True)
+        finally:
+            self.rebuilding = False
+            self.retention.start()
+
+    def close(self) -> None:
+        """Write what the index queue still holds (up to 5 s) and stop the background work."""
+        try:
+            self.retention.close()
+            self.index.close()
+        except Exception as e:  # at exit: say it, do not raise
+            print(f"orlogserver: closing the index: {e!r}", file=sys.stderr, flush=True)
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping: end the UI's endless streams so it need not wait for them."""
+        self.ui.shutdown()
+
+    def _health(self) -> dict[str, Any]:
+        return {"rebuilding": self.rebuilding, "derive_errors": self.indexer.derive_errors,
+                "retention": {"max_age_s": self.retention.max_age, "max_bytes": self.retention.max_bytes}}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "/")
+        ui = self.ui.route(path)
+        if ui is not None:
+            return ui(environ, start_response)
         parts = path.strip("/").split("/")
-        if len(parts) == 2 and not parts[0] == "api":
+        if parts[0] == "api":
+            return self.api(environ, start_response)
+        if len(parts) == 2:
             return self._ingest(environ, start_response, *parts)
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-            return [f"orlogserver: logs in {self.log_dir.path}\n".encode()]
         return error_response(start_response, "404 Not Found", f"nothing at {path}")
 
     def _ingest(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,

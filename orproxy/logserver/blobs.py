@@ -7,19 +7,27 @@ nothing can be written outside the log dir.
 
 Which timestamp belongs to an exchange is kept as a symlink `.ids/<uuid> -> <ts>_<uuid8>`:
 created atomically by whichever part arrives first, readable by every worker process.
+
+Every rewrite of a metadata file bumps its `rev`: worker processes index the documents
+they wrote, and the index keeps only the newest revision whatever order they land in.
 """
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import re
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 KINDS = ("request", "response", "metadata")
+METADATA_SUFFIX = "_metadata.json"
+PREFIX_CACHE = 4096
+_PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{3}_[0-9a-f]{8}$")
 
 
 def timestamp(now: float) -> str:
@@ -32,17 +40,41 @@ class LogDir:
         self.ids = os.path.join(self.path, ".ids")
         os.makedirs(self.ids, exist_ok=True)
         self._lock = open(os.path.join(self.ids, ".lock"), "a")
+        self._prefixes: OrderedDict[str, str] = OrderedDict()  # id -> prefix, recently used
+
+    def _remember(self, exchange_id: str, prefix: str) -> str:
+        self._prefixes[exchange_id] = prefix
+        if len(self._prefixes) > PREFIX_CACHE:
+            self._prefixes.popitem(last=False)
+        return prefix
 
     def exchange_prefix(self, exchange_id: str, now: float) -> tuple[str, bool]:
         """`<ts>_<uuid8>` of an exchange, and whether this call created it."""
         exchange_id = exchange_id.lower()
+        known = self._prefixes.get(exchange_id)
+        if known is not None:  # a prefix never changes: spare the file system the lookups
+            return known, False
         link = os.path.join(self.ids, exchange_id)
         prefix = f"{timestamp(now)}_{exchange_id[:8]}"
         try:
             os.symlink(prefix, link)
-            return prefix, True
+            return self._remember(exchange_id, prefix), True
         except FileExistsError:
-            return os.readlink(link), False
+            return self._remember(exchange_id, os.readlink(link)), False
+
+    def ensure_link(self, exchange_id: str, prefix: str) -> bool:
+        """Make `.ids/<uuid>` point at `prefix` if it points nowhere (files restored or
+        copied without `.ids`); True if it now points there."""
+        link = os.path.join(self.ids, exchange_id.lower())
+        try:
+            os.symlink(prefix, link)
+            return True
+        except FileExistsError:
+            return os.readlink(link) == prefix
+
+    def exists(self, exchange_id: str) -> bool:
+        exchange_id = exchange_id.lower()
+        return exchange_id in self._prefixes or self.find_prefix(exchange_id) is not None
 
     def find_prefix(self, exchange_id: str) -> str | None:
         try:
@@ -55,7 +87,58 @@ class LogDir:
         return os.path.join(self.path, f"{timestamp(now)}_{exchange_id[:8].lower()}_{kind}.bin")
 
     def metadata_path(self, prefix: str) -> str:
-        return os.path.join(self.path, f"{prefix}_metadata.json")
+        return os.path.join(self.path, f"{prefix}{METADATA_SUFFIX}")
+
+    def file_path(self, name: str) -> str | None:
+        """The path of a file named in a metadata document, if it is a plain log-dir name."""
+        if not name or os.path.basename(name) != name or name.startswith("."):
+            return None
+        return os.path.join(self.path, name)
+
+    def metadata_files(self) -> list[str]:
+        """Every exchange's metadata file, oldest first (the names start with the time)."""
+        return sorted(glob.glob(os.path.join(glob.escape(self.path), "*" + METADATA_SUFFIX)))
+
+    def read_metadata(self, exchange_id: str) -> dict[str, Any] | None:
+        prefix = self.find_prefix(exchange_id)
+        if prefix is None or not _PREFIX_RE.match(prefix):
+            return None
+        try:
+            with open(self.metadata_path(prefix), encoding="utf-8") as f:
+                document = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return document if isinstance(document, dict) else None
+
+    def exchange_files(self, document: dict[str, Any]) -> list[str]:
+        """The paths of an exchange's files: its parts and its metadata file."""
+        paths = []
+        for part in (document.get("parts") or {}).values():
+            path = self.file_path(part.get("file", "")) if isinstance(part, dict) else None
+            if path:
+                paths.append(path)
+        exchange_id = str(document.get("id", ""))
+        if UUID_RE.match(exchange_id) and document.get("timestamp"):
+            paths.append(self.metadata_path(f"{document['timestamp']}_{exchange_id[:8].lower()}"))
+        return paths
+
+    def delete_exchange(self, document: dict[str, Any]) -> int:
+        """Remove an exchange's files and its id link; returns the bytes freed."""
+        freed = 0
+        for path in self.exchange_files(document):
+            try:
+                freed += os.stat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        exchange_id = str(document.get("id", "")).lower()
+        self._prefixes.pop(exchange_id, None)
+        if UUID_RE.match(exchange_id):
+            try:
+                os.unlink(os.path.join(self.ids, exchange_id))
+            except FileNotFoundError:
+                pass
+        return freed
 
     @contextmanager
     def metadata(self, exchange_id: str, now: float) -> Iterator[dict[str, Any]]:
@@ -74,9 +157,12 @@ class LogDir:
             except (OSError, ValueError):
                 document = {"id": exchange_id.lower(), "timestamp": prefix.rsplit("_", 1)[0], "parts": {}}
             yield document
+            document["rev"] = int(document.get("rev") or 0) + 1
             tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(document, f, indent=1)
+                # No indent: only the compact form gets json's C encoder (several times faster,
+                # and this file is rewritten several times per exchange).
+                f.write(json.dumps(document, separators=(",", ":")))
             os.replace(tmp, path)
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)

@@ -5,19 +5,22 @@ follow it. Memory stays constant: one block at a time.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from types import GeneratorType
 from typing import Any
 
+import gevent
 from gevent.pywsgi import Input
 
 from orproxy.logserver.blobs import LogDir
+from orproxy.logserver.httpfile import HeadSniffer
+from orproxy.logserver.sse import strict_json
 
 BLOCK = 65536
 MAX_METADATA = 1024 * 1024
+ANNOUNCE_AFTER = 0.02  # seconds
 
 Observer = Callable[[str, dict[str, Any]], None]
 
@@ -70,35 +73,87 @@ class Ingest:
     def __init__(self, log_dir: LogDir, observers: list[Observer] | None = None) -> None:
         self.log_dir = log_dir
         self.observers = observers or []
+        self.changing = ""  # during observer calls: "part_end", "proxy", "amend" or "" (a part began)
+        # Called with the document inside the update that ends a part, under its lock: a
+        # chance to add to it without one more rewrite of the file (indexer.py derives here).
+        self.on_part_end: Callable[[dict[str, Any]], None] | None = None
 
-    def _update(self, exchange_id: str, now: float, change: Callable[[dict[str, Any]], None]) -> None:
+    def _update(self, exchange_id: str, now: float, change: Callable[[dict[str, Any]], None],
+                what: str = "") -> None:
         with self.log_dir.metadata(exchange_id, now) as document:
             change(document)
-        for observer in self.observers:
-            observer(exchange_id, document)
+        self.changing = what  # observers may look: no greenlet switch until they return
+        try:
+            for observer in self.observers:
+                observer(exchange_id, document)
+        finally:
+            self.changing = ""
+
+    def amend(self, exchange_id: str, change: Callable[[dict[str, Any]], None]) -> bool:
+        """Change the metadata of an exchange that exists (e.g. add derived fields), and tell
+        the observers; False if it is gone (deleted meanwhile)."""
+        if not self.log_dir.exists(exchange_id):
+            return False
+        self._update(exchange_id, time.time(), change, "amend")
+        return True
 
     def store_part(self, exchange_id: str, kind: str, environ: dict[str, Any]) -> str:
-        """Stream one request/response part into its .bin file; returns the file name."""
+        """Stream one request/response part into its .bin file; returns the file name.
+
+        A part still arriving ANNOUNCE_AFTER seconds after its first block (a stream) is
+        announced in the metadata file with its head's summary (method, path, status), so
+        an exchange in flight is listed with what it is. A part that arrives whole at once
+        (most) is recorded by one update at its end: each update rewrites the file.
+        """
         now = time.time()
         path = self.log_dir.part_path(exchange_id, kind, now)
         name = os.path.basename(path)
-        self._update(exchange_id, now, lambda d: d["parts"].update(
-            {kind: {"file": name, "received_at": now, "complete": False, "bytes": 0}}))
-        size, error = 0, None
+        sniffer = HeadSniffer()
+        state = {"announced": False, "ended": False}
+
+        def entry() -> dict[str, Any]:
+            part: dict[str, Any] = {"file": name, "received_at": now, "complete": False, "bytes": 0}
+            if sniffer.head is not None:
+                part["head"] = sniffer.head.summary()
+            return part
+
+        def announce() -> None:
+            if not state["ended"]:
+                state["announced"] = True
+                part = entry()
+                self._update(exchange_id, now, lambda d: d["parts"].update({kind: part}))
+
+        size, error, timer = 0, None, None
         with open(path, "wb", buffering=0) as f:
             try:
                 for block in arriving_blocks(environ):
                     f.write(block)
                     size += len(block)
+                    if not sniffer.done:
+                        sniffer.feed(block)
+                        if sniffer.head is not None and state["announced"]:  # a head in pieces
+                            head = sniffer.head.summary()
+                            self._update(exchange_id, now, lambda d: d["parts"][kind].update(head=head))
+                    if timer is None:
+                        timer = gevent.spawn_later(ANNOUNCE_AFTER, announce)
             except (OSError, ValueError) as e:  # the proxy went away mid-stream
                 error = str(e) or type(e).__name__
+        state["ended"] = True
+        if timer is not None:
+            timer.kill()
+        final = entry()
 
         def finished(d: dict[str, Any]) -> None:
-            d["parts"][kind].update(complete=error is None, bytes=size, completed_at=time.time())
+            part = d["parts"].setdefault(kind, final)
+            part.update(complete=error is None, bytes=size, completed_at=time.time())
+            if "head" in final:
+                part["head"] = final["head"]
             if error:
-                d["parts"][kind]["error"] = error
+                part["error"] = error
+            if self.on_part_end is not None:
+                self.on_part_end(d)
 
-        self._update(exchange_id, now, finished)
+        self._update(exchange_id, now, finished, "part_end")
         return name
 
     def store_metadata(self, exchange_id: str, environ: dict[str, Any]) -> None:
@@ -106,9 +161,9 @@ class Ingest:
         if len(data) > MAX_METADATA:
             raise BadInput(f"metadata larger than {MAX_METADATA} bytes")
         try:
-            proxy_metadata = json.loads(data)
+            proxy_metadata = strict_json(data.decode("utf-8", "replace"))
         except ValueError as e:
             raise BadInput(f"metadata is not JSON: {e}") from None
         if not isinstance(proxy_metadata, dict):
             raise BadInput("metadata must be a JSON object")
-        self._update(exchange_id, time.time(), lambda d: d.update(proxy=proxy_metadata))
+        self._update(exchange_id, time.time(), lambda d: d.update(proxy=proxy_metadata), "proxy")

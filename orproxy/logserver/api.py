@@ -1,0 +1,237 @@
+"""The REST API under `/api/` (documented by openapi.py, served at `/api/openapi.json`).
+
+  GET    /api/requests                      list, newest first: filters, cursor pagination
+  GET    /api/requests/{id}                 one exchange: its row, metadata and files
+  GET    /api/requests/{id}/request         the raw request file (?follow=true tails it)
+  GET    /api/requests/{id}/response        the raw response file (?follow=true tails it)
+  GET    /api/requests/{id}/exchange        both messages parsed, SSE events, assembled answer
+  DELETE /api/requests/{id}                 remove its files and row (409 while in flight)
+  GET    /api/stats                         counts, tokens, cost, latency percentiles
+  GET    /api/health                        liveness and index state
+
+Index reads and file parsing run on threads (index.py, a small pool here), never on the
+gevent loop. Mistakes get JSON errors: 400 naming the parameter, 404, 405, 409.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import gevent
+from gevent.threadpool import ThreadPool
+
+from orproxy import __version__
+from orproxy.logserver import query, stats
+from orproxy.logserver.blobs import UUID_RE, LogDir
+from orproxy.logserver.fields import row_from_document, to_api
+from orproxy.logserver.index import Index
+from orproxy.logserver.openapi import document_bytes
+from orproxy.logserver.query import ParamError
+from orproxy.logserver.replies import error_response, json_response
+from orproxy.logserver.view import exchange_view, part_path
+
+BLOCK = 65536
+FOLLOW_POLL = 0.1
+FOLLOW_MAX = 900.0  # seconds a tail follows a growing file at most
+
+
+class _Error(Exception):
+    def __init__(self, status: str, message: str, parameter: str | None = None,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.parameter, self.headers = status, parameter, headers
+
+
+def _not_found(message: str) -> _Error:
+    return _Error("404 Not Found", message)
+
+
+def _params(environ: dict[str, Any]) -> dict[str, list[str]]:
+    return parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True, max_num_fields=100)
+
+
+def _no_params(params: dict[str, list[str]], allowed: tuple[str, ...] = ()) -> None:
+    for name in params:
+        if name not in allowed:
+            raise ParamError(name, "unknown parameter")
+
+
+def _flag(params: dict[str, list[str]], name: str) -> bool:
+    values = params.get(name)
+    if not values:
+        return False
+    if len(values) > 1 or values[0].lower() not in ("true", "false", "1", "0"):
+        raise ParamError(name, "must be true or false")
+    return values[0].lower() in ("true", "1")
+
+
+class Api:
+    def __init__(self, log_dir: LogDir, index: Index, health: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.log_dir = log_dir
+        self.index = index
+        self.health_extra = health or (lambda: {})
+        self.pool = ThreadPool(2)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
+        method = environ["REQUEST_METHOD"]
+        parts = environ.get("PATH_INFO", "/").strip("/").split("/")[1:]
+        try:
+            handler, allowed = self._route(parts)
+            if method not in allowed:
+                raise _Error("405 Method Not Allowed", f"use {' or '.join(allowed)}",
+                             headers=[("Allow", ", ".join(allowed))])
+            return handler(environ, start_response, method, *parts[1:2])
+        except ParamError as e:
+            return error_response(start_response, "400 Bad Request", str(e), parameter=e.parameter)
+        except _Error as e:
+            return error_response(start_response, e.status, str(e), e.headers, e.parameter)
+
+    def _route(self, parts: list[str]) -> tuple[Callable, tuple[str, ...]]:
+        if parts == ["health"]:
+            return self.health, ("GET",)
+        if parts == ["openapi.json"]:
+            return self.openapi, ("GET",)
+        if parts == ["stats"]:
+            return self.stats, ("GET",)
+        if parts == ["requests"]:
+            return self.list, ("GET",)
+        if len(parts) in (2, 3) and parts[0] == "requests":
+            if not UUID_RE.match(parts[1]):
+                raise _Error("400 Bad Request", "the id must be a UUID (the X-Request-Id)", "id")
+            if len(parts) == 2:
+                return self.one, ("GET", "DELETE")
+            if parts[2] in ("request", "response"):
+                return (lambda env, sr, m, i: self.raw(env, sr, i, parts[2])), ("GET",)
+            if parts[2] == "exchange":
+                return self.exchange, ("GET",)
+        raise _not_found("no such API endpoint: /api/" + "/".join(parts))
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def openapi(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+        _no_params(_params(environ))
+        body = document_bytes()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def health(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+        _no_params(_params(environ))
+        count = self.index.read(lambda c: c.execute("SELECT count(*) FROM exchanges").fetchone()[0])
+        return json_response(start_response, "200 OK", {
+            "status": "ok", "version": __version__, "time": time.time(), "log_dir": self.log_dir.path,
+            "exchanges": count, "index_errors": self.index.errors, **self.health_extra()})
+
+    def list(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+        q = query.parse_list_query(_params(environ))
+        return json_response(start_response, "200 OK", self.index.read(query.list_rows, q),
+                             [("Cache-Control", "no-store")])
+
+    def stats(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+        where = query.parse_filters(_params(environ), set())
+        return json_response(start_response, "200 OK", self.index.read(stats.compute, where),
+                             [("Cache-Control", "no-store")])
+
+    def _document(self, exchange_id: str) -> dict[str, Any]:
+        document = self.log_dir.read_metadata(exchange_id)
+        if document is None:
+            raise _not_found(f"no exchange {exchange_id.lower()}")
+        return document
+
+    def one(self, environ: dict[str, Any], start_response: Callable, method: str,
+            exchange_id: str) -> list[bytes]:
+        params = _params(environ)
+        exchange_id = exchange_id.lower()
+        if method == "DELETE":
+            _no_params(params, ("force",))
+            return self.delete(start_response, exchange_id, _flag(params, "force"))
+        _no_params(params)
+        document = self._document(exchange_id)
+        row = self.index.read(query.get_row, exchange_id) or row_from_document(document)
+        files = {}
+        for kind, part in (document.get("parts") or {}).items():
+            if isinstance(part, dict) and kind in ("request", "response"):
+                files[kind] = {"name": part.get("file"), "bytes": part.get("bytes"),
+                               "complete": part.get("complete"),
+                               "url": f"/api/requests/{exchange_id}/{kind}"}
+        return json_response(start_response, "200 OK",
+                             {**to_api(row), "metadata": document, "files": files},
+                             [("Cache-Control", "no-store")])
+
+    def delete(self, start_response: Callable, exchange_id: str, force: bool) -> list[bytes]:
+        document = self._document(exchange_id)
+        row = row_from_document(document)
+        if row["state"] == "in_flight" and not force:
+            raise _Error("409 Conflict", "the exchange is still in flight; add ?force=true to delete it anyway")
+        freed = self.pool.apply(self.log_dir.delete_exchange, (document,))
+        self.index.flush(5)
+        self.index.write(lambda c: c.execute("DELETE FROM exchanges WHERE id = ?", (exchange_id,)))
+        return json_response(start_response, "200 OK", {"id": exchange_id, "deleted": True,
+                                                        "freed_bytes": freed})
+
+    def exchange(self, environ: dict[str, Any], start_response: Callable, method: str,
+                 exchange_id: str) -> list[bytes]:
+        _no_params(_params(environ))
+        document = self._document(exchange_id)
+        body = self.pool.apply(_view_bytes, (self.log_dir, document))  # megabytes of JSON: off the loop
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                  ("Cache-Control", "no-store")])
+        return [body]
+
+    def raw(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,
+            kind: str) -> Iterator[bytes] | list[bytes]:
+        params = _params(environ)
+        _no_params(params, ("follow",))
+        follow = _flag(params, "follow")
+        document = self._document(exchange_id)
+        path = part_path(self.log_dir, document, kind)
+        if path is None:
+            raise _not_found(f"exchange {exchange_id.lower()} has no {kind} file")
+        name = os.path.basename(path)
+        headers = [("Content-Type", "application/octet-stream"), ("Cache-Control", "no-store"),
+                   ("Content-Disposition", f'inline; filename="{name}"')]
+        part = (document.get("parts") or {}).get(kind) or {}
+        if follow and "completed_at" not in part:
+            start_response("200 OK", headers)
+            return self._tail(path, exchange_id.lower(), kind)
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+        start_response("200 OK", [*headers, ("Content-Length", str(size))])
+        return _read_file(f, size)
+
+    def _tail(self, path: str, exchange_id: str, kind: str) -> Iterator[bytes]:
+        """The file as it grows, until its upload ends (or FOLLOW_MAX passes)."""
+        deadline = time.monotonic() + FOLLOW_MAX
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(BLOCK)
+                if block:
+                    yield block
+                    continue
+                document = self.log_dir.read_metadata(exchange_id) or {}
+                part = (document.get("parts") or {}).get(kind) or {}
+                if "completed_at" in part or not document or time.monotonic() > deadline:
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                gevent.sleep(FOLLOW_POLL)
+
+
+def _view_bytes(log_dir: LogDir, document: dict[str, Any]) -> bytes:
+    view = exchange_view(log_dir, document)
+    return json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _read_file(f: Any, size: int) -> Iterator[bytes]:
+    """`size` bytes of an open file (the size when the request came: the file may grow)."""
+    with f:
+        while size > 0:
+            block = f.read(min(BLOCK, size))
+            if not block:
+                return
+            size -= len(block)
+            yield block

@@ -1,0 +1,188 @@
+"""Reading the logged `.bin` files back: the HTTP head, and the body decoded within bounds.
+
+A `.bin` file is a raw HTTP message as the proxy saw it (CONTRACT.md): start line, headers,
+blank line, body. The body is de-chunked but still content-encoded (gzip, br, deflate), and
+it may be cut short (an aborted stream) or still growing. Everything here is bounded: a
+head larger than `MAX_HEAD` is not a head, and a body is decoded only up to a limit, so a
+1 GiB download never becomes 1 GiB of memory.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_HEAD = 64 * 1024
+READ_BLOCK = 256 * 1024
+
+Headers = list[tuple[str, str]]
+
+
+@dataclass
+class Head:
+    """The start line and headers of one logged message."""
+
+    start_line: str
+    headers: Headers
+    size: int  # bytes up to and including the blank line
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for n, v in self.headers if n.lower() == name), None)
+
+    @property
+    def is_response(self) -> bool:
+        return self.start_line.startswith("HTTP/")
+
+    def summary(self) -> dict[str, Any]:
+        """What the index needs from a head before the exchange ends (see ingest.py)."""
+        parts = self.start_line.split(" ", 2)
+        out: dict[str, Any] = {}
+        if self.is_response:
+            if len(parts) > 1 and parts[1].isdigit():
+                out["status"] = int(parts[1])
+        else:
+            out["method"] = parts[0]
+            called = self.header("x-proxy-path")
+            if called:
+                split = urlsplit(called)
+                out["path"] = split.path + (f"?{split.query}" if split.query else "")
+            elif len(parts) > 1:
+                out["path"] = parts[1]
+        for key, name in (("content_type", "content-type"), ("content_encoding", "content-encoding")):
+            value = self.header(name)
+            if value:
+                out[key] = value
+        return out
+
+
+def parse_head(data: bytes) -> Head | None:
+    """The head at the start of `data`, or None while its blank line has not arrived."""
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if end < 0:
+        return None
+    lines = data[:end].decode("latin-1").split("\r\n")
+    headers: Headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers.append((name.strip(), value.strip()))
+    return Head(lines[0], headers, end + 4)
+
+
+class HeadSniffer:
+    """Collects the first blocks of a stream until its head is complete (or too large)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.head: Head | None = None
+        self.done = False
+
+    def feed(self, block: bytes) -> None:
+        if self.done:
+            return
+        self._buffer += block
+        self.head = parse_head(self._buffer)
+        if self.head is not None or len(self._buffer) >= MAX_HEAD:
+            self.done = True
+            self._buffer = b""
+
+
+@dataclass
+class Body:
+    """A decoded body, or as much of it as the limit allowed."""
+
+    raw_size: int                     # bytes on disk after the head
+    data: bytes                       # decoded (up to the limit)
+    encoding: str | None = None       # Content-Encoding as logged
+    truncated: bool = False           # the limit cut it
+    decode_error: str | None = None   # unknown encoding, corrupt data: `data` is then raw
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Message:
+    """One logged HTTP message: its head (None if unreadable) and its body."""
+
+    head: Head | None
+    body: Body
+
+
+def _decoders(encoding: str | None) -> list[str]:
+    """Content-Encoding lists codings in the order applied: undo them in reverse (RFC 9110 8.4)."""
+    if not encoding:
+        return []
+    return [c.strip().lower() for c in reversed(encoding.split(",")) if c.strip().lower() not in ("", "identity")]
+
+
+class _Decoder:
+    """One incremental, bounded decoder: feed(raw, room) -> at most `room` decoded bytes."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        if coding in ("gzip", "x-gzip"):
+            self._z: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._z = None  # zlib-wrapped or raw: decided on the first bytes
+        elif coding == "br":
+            import brotli
+            self._z = brotli.Decompressor()
+        else:
+            raise ValueError(f"unsupported content-encoding {coding!r}")
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        if self.coding == "deflate" and self._z is None:
+            raw = bool(data) and (data[0] & 0x0F) != 8
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+        if self.coding == "br":
+            out = self._z.process(data, output_buffer_limit=room)
+            return out[:room]
+        return self._z.decompress(self._z.unconsumed_tail + data, room)
+
+
+def decode_body(raw: bytes, encoding: str | None, limit: int) -> tuple[bytes, bool, str | None]:
+    """`raw` decoded by `encoding`, at most `limit` bytes: (data, truncated, error).
+
+    A stream that ends early (an aborted response) decodes as far as it goes. Unknown or
+    corrupt encodings return the raw bytes with an error message instead of raising.
+    """
+    data, cut = raw, False
+    for coding in _decoders(encoding):
+        try:
+            data = _Decoder(coding).feed(data, limit + 1)
+        except Exception as e:  # zlib.error, brotli.error, ValueError: keep what we have
+            return raw[:limit], len(raw) > limit, f"cannot decode {coding}: {e}"
+        cut = cut or len(data) > limit
+    return data[:limit], cut or len(data) > limit, None
+
+
+def read_message(path: str, limit: int, raw_limit: int | None = None) -> Message:
+    """Parse a `.bin` file: its head, and its body decoded up to `limit` bytes.
+
+    `raw_limit` bounds the encoded bytes read (default: 4 x `limit`, a compressed body's
+    plausible ratio for text; beyond it the body is marked truncated).
+    """
+    raw_limit = raw_limit or 4 * limit
+    with open(path, "rb") as f:
+        start = f.read(MAX_HEAD)
+        head = parse_head(start)
+        if head is None:
+            f.seek(0)
+            size_after = _size(f)
+            raw = start[:limit]
+            return Message(None, Body(size_after, raw, truncated=size_after > limit,
+                                      notes=["no HTTP head found"]))
+        f.seek(head.size)
+        raw = f.read(raw_limit + 1)
+        raw_size = _size(f) - head.size
+    encoding = head.header("content-encoding")
+    raw_cut = len(raw) > raw_limit
+    raw = raw[:raw_limit]
+    data, truncated, error = decode_body(raw, encoding, limit)
+    return Message(head, Body(raw_size, data, encoding, truncated or raw_cut, error))
+
+
+def _size(f: Any) -> int:
+    f.seek(0, 2)
+    return f.tell()

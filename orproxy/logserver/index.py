@@ -1,0 +1,203 @@
+"""The SQLite index of exchanges: one row per exchange, in `<log-dir>/.ids/index.sqlite3`
+(beside the id links: the log dir itself holds only the exchanges' files).
+
+The files stay the source of truth (reindex.py rebuilds this from them). SQLite calls
+block whatever thread makes them, so none is made on the gevent loop (FACTS.md, "SQLite
+under gevent"): writes go through one writer thread, fed by a queue that coalesces
+updates of the same exchange (rows are built there, from the newest metadata document)
+and commits them in batches (one transaction per batch, WAL,
+synchronous=NORMAL); reads run on a small pool of reader threads, each with its own
+connection. Several worker processes share the file: WAL lets them read while one writes,
+`busy_timeout` makes writers wait their turn, and a row is only ever replaced by a newer
+revision of its metadata document (blobs.py), whichever process writes it.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gevent
+from gevent.event import Event
+from gevent.monkey import get_original
+from gevent.threadpool import ThreadPool
+
+from orproxy.logserver.fields import COLUMNS, FIELDS, row_from_document
+
+SCHEMA_VERSION = 2
+FILENAME = "index.sqlite3"
+READERS = 4
+ANALYZE_EVERY = 20_000  # rows written
+BUSY_TIMEOUT_MS = 30_000
+
+T = TypeVar("T")
+_thread_id = get_original("_thread", "get_ident")
+
+_INDEXES = (
+    ("by_time", "started_at, id"),
+    ("by_model", "model, started_at, id"),  # ordered scans per model: see query._newest_first
+    ("by_model_requested", "model_requested, started_at, id"),
+    ("by_route", "route, started_at, id"),
+    ("by_seq", "seq"),
+)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> bool:
+    """Create (or, after a schema change, recreate) the table; True if it was (re)created."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'exchanges'").fetchone()
+        if version == SCHEMA_VERSION and exists:
+            conn.execute("COMMIT")
+            return False
+        conn.execute("DROP TABLE IF EXISTS exchanges")
+        columns = ", ".join(f"{f.name} {f.sql}" + (" PRIMARY KEY" if f.name == "id" else "")
+                            for f in FIELDS)
+        conn.execute(f"CREATE TABLE exchanges ({columns})")
+        for name, columns in _INDEXES:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON exchanges ({columns})")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+        return True
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+_WRITTEN = [c for c in COLUMNS if c not in ("id", "seq")]
+_UPSERT = (
+    f"INSERT INTO exchanges ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _WRITTEN + ['seq'])} "
+    "WHERE excluded.rev >= exchanges.rev"
+)
+
+
+def analyze(conn: sqlite3.Connection) -> None:
+    """Refresh the planner's statistics (sampled, so it takes milliseconds): with them it
+    scans by time for a common model and by model for a rare one."""
+    conn.execute("PRAGMA analysis_limit = 1000")
+    conn.execute("ANALYZE")
+
+
+def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    """Write rows in one transaction; each gets the next `seq`. Older revisions lose."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM exchanges").fetchone()[0]
+        values = []
+        for row in rows:
+            seq += 1
+            values.append(tuple(seq if c == "seq" else row.get(c) for c in COLUMNS))
+        conn.executemany(_UPSERT, values)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _upsert_documents(conn: sqlite3.Connection, documents: list[dict[str, Any]]) -> None:
+    upsert_rows(conn, [row_from_document(d) for d in documents])  # on the writer thread
+
+
+class Index:
+    """The index of one log directory, safe to use from any greenlet."""
+
+    def __init__(self, log_dir: str, readers: int = READERS) -> None:
+        self.path = os.path.join(log_dir, ".ids", FILENAME)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.created = not os.path.exists(self.path)
+        self._writer = ThreadPool(1)
+        self._readers = ThreadPool(readers)
+        self._write_conn: sqlite3.Connection | None = None
+        self._read_conns: dict[int, sqlite3.Connection] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._wake = Event()
+        self._idle = Event()
+        self._idle.set()
+        self._loop: gevent.Greenlet | None = None
+        self.recreated = self.write(self._init)
+        self.errors = 0
+        self._since_analyze = 0
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _init(self, conn: sqlite3.Connection) -> bool:
+        recreated = create_schema(conn) or self.created
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone():
+            analyze(conn)
+        return recreated
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._write_conn is None:
+            self._write_conn = connect(self.path)
+        return self._write_conn
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = self._read_conns.get(_thread_id())
+        if conn is None:
+            conn = self._read_conns[_thread_id()] = connect(self.path)
+            conn.execute("PRAGMA query_only = 1")
+        return conn
+
+    def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(connection, *args) on the writer thread; the calling greenlet waits."""
+        return self._writer.apply(lambda: fn(self._writer_conn(), *args))
+
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(connection, *args) on a reader thread; the calling greenlet waits."""
+        return self._readers.apply(lambda: fn(self._reader_conn(), *args))
+
+    # -- the write queue ----------------------------------------------------------------
+
+    def put(self, document: dict[str, Any]) -> None:
+        """Queue an exchange's metadata document for indexing; never blocks. A newer
+        revision replaces a queued one, and rows are built only for what gets written."""
+        exchange_id = str(document.get("id", "")).lower()
+        queued = self._pending.get(exchange_id)
+        if queued is None or (queued.get("rev") or 0) <= (document.get("rev") or 0):
+            self._pending[exchange_id] = document
+        self._idle.clear()
+        self._wake.set()
+        if self._loop is None:
+            self._loop = gevent.spawn(self._write_loop)
+
+    def _write_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = list(self._pending.values())
+                self._pending = {}
+                try:
+                    self.write(_upsert_documents, batch)
+                    self._since_analyze += len(batch)
+                    if self._since_analyze >= ANALYZE_EVERY:
+                        self._since_analyze = 0
+                        self.write(analyze)
+                except Exception as e:  # a full disk, a locked file: keep serving
+                    self.errors += 1
+                    print(f"orlogserver: index write failed ({len(batch)} rows): {e}", flush=True)
+            self._idle.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued row is written (tests, reindex, shutdown)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self.flush(5)
+        if self._loop is not None:
+            self._loop.kill()
+        for pool in (self._writer, self._readers):
+            pool.kill()

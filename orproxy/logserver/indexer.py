@@ -1,0 +1,92 @@
+"""Keeps the index in step with ingest: the Ingest observer of the logging server.
+
+Every metadata-file update queues that exchange's row (cheap, never blocking). Once the
+parts of an exchange have ended, its LLM fields are derived from the files and stored in
+its metadata file under "derived", which queues the row again, now with model, tokens and
+cost. A small exchange (most) is derived within the update that ends its last part; a
+large one afterwards, on a thread of its own (a large body must not stall the gevent loop).
+
+When to derive: when the response part has ended and no part is still arriving, or when
+the proxy reported the end of an exchange that has no response part. A part that ends
+later (rare: a request still uploading) makes the fields be derived again. With several
+worker processes, the one that wrote the last part's end derives.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import gevent
+from gevent.threadpool import ThreadPool
+
+from orproxy.logserver import derive
+from orproxy.logserver.blobs import LogDir
+from orproxy.logserver.index import Index
+from orproxy.logserver.ingest import Ingest
+from orproxy.logserver.view import derive_document, needs_derive
+
+INLINE_BYTES = 64 * 1024  # bodies up to this are parsed on the loop: well under a millisecond
+RECHECK_AFTER = 2.0
+
+
+def _ready(document: dict[str, Any]) -> bool:
+    parts = document.get("parts") or {}
+    if any(isinstance(p, dict) and "completed_at" not in p for p in parts.values()):
+        return False
+    if "response" in parts:
+        return True
+    return "proxy" in document and bool(parts)
+
+
+class Indexer:
+    def __init__(self, log_dir: LogDir, index: Index, ingest: Ingest) -> None:
+        self.log_dir = log_dir
+        self.index = index
+        self.ingest = ingest
+        self.pool = ThreadPool(1)
+        self._deriving: set[str] = set()
+        self.derive_errors = 0
+        ingest.observers.append(self.observe)
+        ingest.on_part_end = self.derive_small
+
+    def derive_small(self, document: dict[str, Any]) -> None:
+        """At the end of the last part of a small exchange (most), derive its fields in the
+        same metadata update: one file rewrite fewer than deriving afterwards."""
+        if _ready(document) and needs_derive(document) and _size(document) <= INLINE_BYTES:
+            document["derived"] = self._compute(str(document.get("id")), document)
+
+    def observe(self, exchange_id: str, document: dict[str, Any]) -> None:
+        exchange_id = exchange_id.lower()
+        self.index.put(document)
+        if exchange_id not in self._deriving and _ready(document) and needs_derive(document):
+            self._deriving.add(exchange_id)
+            # The proxy's metadata came after every part had ended, yet nothing is derived:
+            # another worker process (that wrote the end) is most likely at it. Look again later.
+            later = self.ingest.changing == "proxy" and "response" in (document.get("parts") or {})
+            gevent.spawn(self._derive, exchange_id, None if later else document)
+
+    def _derive(self, exchange_id: str, document: dict[str, Any] | None) -> None:
+        try:
+            if document is None:
+                gevent.sleep(RECHECK_AFTER)
+                document = self.log_dir.read_metadata(exchange_id)
+                if document is None or not needs_derive(document):
+                    return
+            derived = self._compute(exchange_id, document)
+        finally:
+            self._deriving.discard(exchange_id)
+        self.ingest.amend(exchange_id, lambda d: d.update(derived=derived))
+
+    def _compute(self, exchange_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        try:
+            if _size(document) <= INLINE_BYTES:  # small: cheaper than a thread hop
+                return derive_document(self.log_dir, document)
+            return self.pool.apply(derive_document, (self.log_dir, document))  # the loop keeps serving
+        except Exception as e:  # a bug must not loop: store the failure instead
+            self.derive_errors += 1
+            print(f"orlogserver: deriving fields of {exchange_id} failed: {e!r}", file=sys.stderr)
+            return {"version": derive.VERSION, "parts": sorted(document.get("parts") or {}), "error": repr(e)}
+
+
+def _size(document: dict[str, Any]) -> int:
+    return sum(p.get("bytes") or 0 for p in (document.get("parts") or {}).values() if isinstance(p, dict))

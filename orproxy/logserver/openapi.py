@@ -1,0 +1,215 @@
+"""The OpenAPI 3.1 document of the REST API, served at `/api/openapi.json`.
+
+Built from the same declarations the code runs on (fields.FIELDS for list items,
+query.FILTERS for filter parameters), so the document cannot drift from the API. The
+tests validate it and check every endpoint's responses against it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from orproxy import __version__
+from orproxy.logserver import derive
+from orproxy.logserver.fields import API_FIELDS
+from orproxy.logserver.query import DEFAULT_LIMIT, FILTERS, MAX_LIMIT
+from orproxy.logserver.stats import PERCENTILES
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, doc: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"type": [kind, "null"]}
+    if doc:
+        out["description"] = doc
+    return out
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None, doc: str = "",
+            additional: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": properties,
+                           "required": list(properties) if required is None else required,
+                           "additionalProperties": additional}
+    if doc:
+        out["description"] = doc
+    return out
+
+
+def _json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json_content(_ref("Error"), "A bad parameter; `error.parameter` names it."),
+    "404": _json_content(_ref("Error"), "No such exchange."),
+    "405": _json_content(_ref("Error"), "Method not allowed on this path."),
+}
+
+_ID = {"name": "id", "in": "path", "required": True, "description": "The exchange's UUID (X-Request-Id).",
+       "schema": {"type": "string", "format": "uuid"}}
+
+
+def _filter_params() -> list[dict[str, Any]]:
+    return [{"name": p.name, "in": "query", "required": False, "description": p.doc,
+             "schema": {"type": "string"}, "example": p.example} for p in FILTERS]
+
+
+def _schemas() -> dict[str, Any]:
+    item = _object({f.name: f.schema() for f in API_FIELDS},
+                   doc="One exchange as a list row. Times are epoch seconds (UTC); durations ms.")
+    totals = {
+        "count": {"type": "integer"}, "errors": {"type": "integer",
+                                                 "description": "Status >= 400 or a proxy error code."},
+        "in_flight": {"type": "integer"},
+        **{k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens",
+                                            "cached_tokens", "reasoning_tokens", "request_bytes",
+                                            "response_bytes")},
+        "cost": _nullable("number", "Sum of reported costs (null when none was reported)."),
+    }
+    group = _object({"name": _nullable("string", "The model or route (null: unknown)."), **totals})
+    spread = _object({"count": {"type": "integer"},
+                      **{f"p{p}": _nullable("number") for p in PERCENTILES}, "max": _nullable("number")},
+                     doc="Nearest-rank percentiles in milliseconds.")
+    llm = _object({name: {} for name in derive.FIELDS},
+                  doc="The LLM fields derived from the bodies (see the list item for their meaning).")
+    event = _object({"event": _nullable("string"), "data": {"type": "string"}, "json": {},
+                     "id": {"type": "string"}, "complete": {"type": "boolean"}},
+                    required=["event", "data", "json"], doc="One server-sent event (or NDJSON line); "
+                    "`json` is its data parsed, or null.")
+    body = _object({
+        "kind": {"enum": ["empty", "json", "sse", "ndjson", "text", "binary"]},
+        "size": {"type": "integer", "description": "Body bytes as logged (still encoded)."},
+        "encoding": _nullable("string", "Content-Encoding (gzip, br, deflate), decoded here."),
+        "decoded_size": {"type": "integer"},
+        "truncated": {"type": "boolean", "description": "Only the first 8 MiB (decoded) are shown."},
+        "decode_error": {"type": "string"},
+        "json": {"description": "The parsed JSON body."},
+        "text": {"type": "string", "description": "The decoded body; JSON re-indented."},
+        "events": {"type": "array", "items": _ref("Event")},
+        "events_truncated": {"type": "boolean"},
+        "comments": {"type": "integer", "description": "SSE comment lines (keep-alives)."},
+        "assembled": {"type": ["object", "null"], "description": "A streamed LLM answer put together "
+                      "as the non-streamed answer of the same API (chat.completion or message)."},
+    }, required=["kind", "size"])
+    message = _object({
+        "start_line": _nullable("string"),
+        "headers": {"type": "array", "items": {"type": "array", "items": {"type": "string"},
+                                               "minItems": 2, "maxItems": 2},
+                    "description": "[name, value] pairs in logged order (secrets masked)."},
+        "body": _ref("Body"),
+        "method": {"type": "string"}, "target": {"type": "string"},
+        "version": _nullable("string"), "status": _nullable("integer"), "reason": {"type": "string"},
+    }, required=["start_line", "headers", "body"])
+    file_ref = _object({"name": _nullable("string"), "bytes": _nullable("integer"),
+                        "complete": _nullable("boolean"), "url": {"type": "string"}})
+    return {
+        "Error": _object({"error": _object({"message": {"type": "string"}, "parameter": {"type": "string"}},
+                                           required=["message"])}),
+        "RequestItem": item,
+        "RequestList": _object({
+            "items": {"type": "array", "items": _ref("RequestItem")},
+            "next_cursor": _nullable("string", "Pass as `cursor` for the next (older) page."),
+            "has_more": {"type": "boolean"},
+            "max_seq": {"type": "integer", "description": "Pass as `updated_after` to poll for changes."},
+        }),
+        "RequestDetail": _object({
+            **item["properties"],
+            "metadata": {"type": "object", "description":
+                         "The exchange's _metadata.json: id, timestamp, rev, parts, proxy, derived."},
+            "files": {"type": "object", "additionalProperties": file_ref,
+                      "description": "The request and response files, by kind."}},
+            doc="The list row of the exchange, plus its metadata document and files."),
+        "Exchange": _object({"id": {"type": "string"},
+                             "request": {"oneOf": [_ref("Message"), {"type": "null"}]},
+                             "response": {"oneOf": [_ref("Message"), {"type": "null"}]},
+                             "llm": llm}),
+        "Message": message,
+        "Body": body,
+        "Event": event,
+        "Stats": _object({**totals, "first_started_at": _nullable("number"),
+                          "last_started_at": _nullable("number"),
+                          "by_model": {"type": "array", "items": group},
+                          "by_route": {"type": "array", "items": group},
+                          "latency_ms": spread, "ttft_ms": spread}),
+        "Health": _object({"status": {"const": "ok"}, "version": {"type": "string"},
+                           "time": {"type": "number"}, "log_dir": {"type": "string"},
+                           "exchanges": {"type": "integer"}, "index_errors": {"type": "integer"}},
+                          additional=True),
+        "Deleted": _object({"id": {"type": "string"}, "deleted": {"const": True},
+                            "freed_bytes": {"type": "integer"}}),
+    }
+
+
+def _raw_path(kind: str) -> dict[str, Any]:
+    return {"get": {
+        "summary": f"The raw {kind} file",
+        "description": f"The {kind} as logged: start line, headers, blank line, body (de-chunked, "
+                       "still content-encoded). With follow=true an upload in progress is streamed "
+                       "as it grows, until it ends.",
+        "operationId": f"get_{kind}_file",
+        "parameters": [_ID, {"name": "follow", "in": "query", "schema": {"type": "boolean"}}],
+        "responses": {"200": {"description": "The file.",
+                              "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}},
+                      **_ERRORS}}}
+
+
+def document() -> dict[str, Any]:
+    limit = {"name": "limit", "in": "query", "description": f"Rows per page (1-{MAX_LIMIT}).",
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}
+    cursor = {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page.",
+              "schema": {"type": "string"}}
+    updated_after = {"name": "updated_after", "in": "query", "description":
+                     "Instead of the newest rows: rows changed after this `seq` (a previous "
+                     "`max_seq`), oldest change first. Not with cursor.",
+                     "schema": {"type": "integer", "minimum": 0}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "orlogserver API", "version": __version__, "description":
+                 "The logging server of orproxy: exchanges proxied to LLM APIs, indexed. Times "
+                 "are epoch seconds (UTC); durations are milliseconds. Unknown query parameters "
+                 "are refused (400)."},
+        "paths": {
+            "/api/requests": {"get": {
+                "summary": "List exchanges, newest first", "operationId": "list_requests",
+                "parameters": [*_filter_params(), limit, cursor, updated_after],
+                "responses": {"200": _json_content(_ref("RequestList"), "One page."), **_ERRORS}}},
+            "/api/requests/{id}": {
+                "get": {"summary": "One exchange: its row, metadata and files", "operationId": "get_request",
+                        "parameters": [_ID],
+                        "responses": {"200": _json_content(_ref("RequestDetail"), "The exchange."), **_ERRORS}},
+                "delete": {"summary": "Delete an exchange's files and row", "operationId": "delete_request",
+                           "parameters": [_ID, {"name": "force", "in": "query", "schema": {"type": "boolean"},
+                                                "description": "Delete even while in flight."}],
+                           "responses": {"200": _json_content(_ref("Deleted"), "Deleted."), **_ERRORS,
+                                         "409": _json_content(_ref("Error"), "Still in flight.")}}},
+            "/api/requests/{id}/request": _raw_path("request"),
+            "/api/requests/{id}/response": _raw_path("response"),
+            "/api/requests/{id}/exchange": {"get": {
+                "summary": "The exchange parsed", "operationId": "get_exchange", "parameters": [_ID],
+                "description": "Headers as lists, bodies decoded (gzip, br, deflate), JSON re-indented, "
+                               "SSE events listed and the streamed answer assembled, tool calls included.",
+                "responses": {"200": _json_content(_ref("Exchange"), "The parsed exchange."), **_ERRORS}}},
+            "/api/stats": {"get": {
+                "summary": "Totals, by model and route, latency and TTFT percentiles",
+                "operationId": "get_stats", "parameters": _filter_params(),
+                "responses": {"200": _json_content(_ref("Stats"), "The statistics."), **_ERRORS}}},
+            "/api/health": {"get": {"summary": "Liveness", "operationId": "get_health",
+                                    "responses": {"200": _json_content(_ref("Health"), "Up."),
+                                                  "400": _ERRORS["400"], "405": _ERRORS["405"]}}},
+            "/api/openapi.json": {"get": {"summary": "This document", "operationId": "get_openapi",
+                                          "responses": {"200": {"description": "OpenAPI 3.1",
+                                                                "content": {"application/json": {}}},
+                                                        "400": _ERRORS["400"], "405": _ERRORS["405"]}}},
+        },
+        "components": {"schemas": _schemas()},
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def document_bytes() -> bytes:
+    return json.dumps(document(), indent=1).encode()
+

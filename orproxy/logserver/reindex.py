@@ -1,0 +1,96 @@
+"""Rebuilding the index from the files (`orlogserver --reindex`, or by itself when the index
+is new or its schema changed).
+
+The files are the source of truth: every `*_metadata.json` becomes a row, derived fields
+missing or made by older rules are computed again from the `.bin` files (and stored in the
+metadata file, so the next rebuild is quick), and rows whose files are gone are removed.
+An exchange whose proxy metadata never came (a proxy crash) is indexed from its parts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orproxy.logserver.blobs import METADATA_SUFFIX, UUID_RE, LogDir
+from orproxy.logserver.fields import row_from_document
+from orproxy.logserver.index import Index, analyze, upsert_rows
+from orproxy.logserver.view import derive_document, needs_derive
+
+BATCH = 1000
+
+
+@dataclass
+class Result:
+    indexed: int = 0
+    derived: int = 0
+    skipped: int = 0
+    removed: int = 0
+    seconds: float = 0.0
+
+
+def _load(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or not UUID_RE.match(str(document.get("id", ""))):
+        return None
+    return document
+
+
+def _indexed_ids(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT id FROM exchanges")]
+
+
+def _delete_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("DELETE FROM exchanges WHERE id = ?", [(i,) for i in ids])
+    conn.execute("COMMIT")
+
+
+def reindex(log_dir: LogDir, index: Index,
+            run: Callable[..., Any] = lambda fn, *args: fn(*args)) -> Result:
+    """Rebuild the index of `log_dir`. `run(fn, *args)` runs the file parsing (pass a
+    thread pool's apply when a gevent server is serving meanwhile)."""
+    started = time.monotonic()
+    result = Result()
+    seen: set[str] = set()
+    batch: list[dict[str, Any]] = []
+    for path in log_dir.metadata_files():
+        document = run(_load, path)
+        if document is None:
+            result.skipped += 1
+            continue
+        prefix = os.path.basename(path)[:-len(METADATA_SUFFIX)]
+        linked = log_dir.ensure_link(document["id"], prefix)
+        if needs_derive(document):
+            derived = run(derive_document, log_dir, document)
+            if linked:  # store them: the next rebuild need not parse the bodies again
+                with log_dir.metadata(document["id"], time.time()) as current:
+                    current["derived"] = derived
+                document = current
+            else:
+                document["derived"] = derived
+            result.derived += 1
+        seen.add(document["id"].lower())
+        batch.append(row_from_document(document))
+        if len(batch) >= BATCH:
+            index.write(upsert_rows, batch)
+            result.indexed += len(batch)
+            batch = []
+    if batch:
+        index.write(upsert_rows, batch)
+        result.indexed += len(batch)
+    gone = [i for i in index.read(_indexed_ids) if i not in seen and log_dir.read_metadata(i) is None]
+    if gone:
+        index.write(_delete_rows, gone)
+    index.write(analyze)
+    result.removed = len(gone)
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,28 @@
+"""WSGI replies of the logging server: JSON documents and JSON errors, one shape for all.
+
+Errors are `{"error": {"message": "...", "parameter": "status"}}`; `parameter` names the
+query parameter (or path part) at fault, for a 400.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+Headers = list[tuple[str, str]]
+
+
+def json_response(start_response: Callable, status: str, document: Any,
+                  headers: Headers | None = None) -> list[bytes]:
+    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body))), *(headers or [])])
+    return [body]
+
+
+def error_response(start_response: Callable, status: str, message: str,
+                   headers: Headers | None = None, parameter: str | None = None) -> list[bytes]:
+    error: dict[str, Any] = {"message": message}
+    if parameter is not None:
+        error["parameter"] = parameter
+    return json_response(start_response, status, {"error": error}, headers)

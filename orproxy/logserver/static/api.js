@@ -1,0 +1,43 @@
+// The REST API as the UI uses it (the server documents it at /api/openapi.json).
+
+/** The filters the UI offers: the names of GET /api/requests' query parameters. */
+export const FILTERS = ["q", "model", "route", "status", "state", "method", "since"];
+
+export class ApiError extends Error {
+  constructor(status, message, parameter) {
+    super(message);
+    this.status = status;
+    this.parameter = parameter;
+  }
+}
+
+export async function getJson(path, params) {
+  const query = params ? new URLSearchParams(params).toString() : "";
+  const resp = await fetch(path + (query ? `?${query}` : ""), { headers: { Accept: "application/json" } });
+  let data = null;
+  try { data = await resp.json(); } catch (_) { data = null; }
+  if (!resp.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(resp.status, error.message || `${resp.status} ${resp.statusText}`, error.parameter);
+  }
+  return data;
+}
+
+/** Only the filters that are set, as query parameters. */
+export function filterParams(filters) {
+  const out = {};
+  for (const name of FILTERS) {
+    const value = (filters[name] || "").trim();
+    if (value) out[name] = value;
+  }
+  return out;
+}
+
+export const listRequests = (filters, cursor, limit = 100) =>
+  getJson("/api/requests", { ...filterParams(filters), limit, ...(cursor ? { cursor } : {}) });
+
+export const getRequest = (id) => getJson(`/api/requests/${encodeURIComponent(id)}`);
+export const getExchange = (id) => getJson(`/api/requests/${encodeURIComponent(id)}/exchange`);
+export const getStats = (filters) => getJson("/api/stats", filterParams(filters || {}));
+export const rawUrl = (id, kind) => `/api/requests/${encodeURIComponent(id)}/${kind}`;
+export const tailUrl = (id) => `/api/requests/${encodeURIComponent(id)}/tail`;

@@ -1,0 +1,286 @@
+// The detail view of one exchange: a summary, actions (copy as curl, raw downloads),
+// and tabs: Conversation, Response, Request, Events, Metadata. An exchange still in
+// flight is followed live (tail.js): its answer and raw body grow as tokens arrive.
+
+import { h, fill, copyText, toast } from "./dom.js";
+import * as fmt from "./format.js";
+import { getExchange, getRequest, rawUrl } from "./api.js";
+import { jsonView } from "./jsontree.js";
+import { headersTable, messageView, eventsView, bodyView } from "./message.js";
+import { requestTurns, answerTurns, offeredTools, requestParams, renderTurn, liveAnswer } from "./conversation.js";
+import { curlCommand } from "./curl.js";
+import { followTail } from "./tail.js";
+
+export const TABS = ["conversation", "response", "request", "events", "metadata"];
+const TAB_NAMES = { conversation: "Conversation", response: "Response", request: "Request", events: "Events", metadata: "Metadata" };
+
+function chip(label, value, title) {
+  if (value === null || value === undefined || value === "" || value === fmt.NONE) return null;
+  return h("span.chip", { title: title || "" }, h("span.chip-label", label), " ", h("span.chip-value", value));
+}
+
+export class DetailView {
+  constructor(root, { onClose }) {
+    this.root = root;
+    this.onClose = onClose;
+    this.id = null;
+    this.row = null;
+    this.view = null;
+    this.tab = null;          // the tab the user chose last (kept across exchanges)
+    this.tail = null;
+    this.live = null;
+    this.token = 0;
+    this.tailDone = null;     // the id whose tail has ended: not followed again
+  }
+
+  get isOpen() { return this.id !== null; }
+
+  close() {
+    this._stopTail();
+    this.id = this.row = this.view = null;
+    this.token++;
+    fill(this.root);
+  }
+
+  _stopTail() {
+    if (this.tail) this.tail.close();
+    this.tail = null;
+    this.live = null;
+  }
+
+  /** Show exchange `id`; `row` (its list item, if known) draws the summary at once. */
+  async open(id, row) {
+    this._stopTail();
+    const token = ++this.token;
+    const same = id === this.id && this.view;
+    const scroll = same ? this.root.scrollTop : 0;
+    if (id !== this.id) this.tailDone = null;
+    this.id = id;
+    this.row = row || null;
+    if (!same) {
+      this.view = null;
+      this.files = {};
+      this.metadata = null;
+      this._render(true);
+    }
+    let data;
+    let view;
+    try {
+      [data, view] = await Promise.all([getRequest(id), getExchange(id)]);
+    } catch (e) {
+      if (token !== this.token) return;
+      fill(this.root, h("div.d-error", `Cannot load ${id}: ${e.message}`),
+        h("button", { type: "button", onclick: () => this.onClose() }, "Close"));
+      return;
+    }
+    if (token !== this.token) return;
+    this.metadata = data.metadata;
+    this.files = data.files || {};
+    if (!this.row || (data.seq ?? 0) >= (this.row.seq ?? 0)) this.row = data;
+    this.view = view;
+    this._render(false);
+    this.root.scrollTop = scroll;
+    if (this.row.state === "in_flight" && this.tailDone !== id) this._startTail(token);
+  }
+
+  /** The live feed changed the row: refresh the summary (and the rest, once it ends). */
+  update(row) {
+    if (row.id !== this.id || (this.row && (this.row.seq ?? 0) > (row.seq ?? 0))) return;
+    const wasInFlight = this.row && this.row.state === "in_flight";
+    this.row = { ...this.row, ...row };
+    const summary = this.root.querySelector(".d-summary");
+    if (summary) summary.replaceWith(this._summary());
+    if (wasInFlight && row.state !== "in_flight" && !this.tail) this.open(this.id, this.row);
+  }
+
+  // -- live tail ----------------------------------------------------------------------
+
+  /** A tail will follow (or is following) this exchange. */
+  _following() {
+    return !!this.tail || (this.row && this.row.state === "in_flight" && this.tailDone !== this.id);
+  }
+
+  /** Run `change` (it appends text); if the view was scrolled to the end, stay there,
+   * as `tail -f` does. */
+  _follow(change) {
+    const root = this.root;
+    const atEnd = root.scrollHeight - root.scrollTop - root.clientHeight < 40;
+    change();
+    if (atEnd) root.scrollTop = root.scrollHeight;
+  }
+
+  _startTail(token) {
+    const rawBody = h("pre.text-body.live-raw", { "data-testid": "tail-raw" });
+    const status = h("div.start-line", "waiting for the response…");
+    const headersBox = h("details.headers-box", h("summary", "Headers"), h("div.muted", "not yet"));
+    const notes = h("div");
+    this.live = liveAnswer();
+    this.liveResponse = h("div.message.live-response", status, headersBox, notes,
+      h("div.view-bar", h("span.view-label", "Body, as it arrives"), h("span.badge.live-badge", "live")), rawBody);
+    this._showLive();
+    this.tail = followTail(this.id, {
+      onHead: (d) => {
+        status.textContent = d.start_line;
+        fill(headersBox, h("summary", `Headers (${d.headers.length})`), headersTable(d.headers));
+      },
+      onBody: (text) => this._follow(() => rawBody.append(text)),
+      onDeltas: (deltas) => this._follow(() => { if (this.live) deltas.forEach((d) => this.live.apply(d)); }),
+      onNotice: (message) => notes.append(h("div.note", message)),
+      onEnd: () => {
+        if (token !== this.token) return;
+        if (this.live) this.live.end();
+        this.tail = null;
+        this.tailDone = this.id;
+        // The response is complete: show it parsed (events, assembled message).
+        setTimeout(() => { if (token === this.token) this.open(this.id, this.row); }, 150);
+      },
+      onLost: () => {
+        if (token !== this.token) return;
+        this.tail = null;
+        setTimeout(() => { if (token === this.token) this.open(this.id, this.row); }, 1000);
+      },
+    });
+  }
+
+  /** Put the live answer and the live raw body where the parsed ones would go. */
+  _showLive() {
+    const conv = this.root.querySelector('[data-panel="conversation"] .answer');
+    if (conv && this.live) fill(conv, this.live.el);
+    const resp = this.root.querySelector('[data-panel="response"]');
+    if (resp && this.liveResponse) fill(resp, this.liveResponse);
+  }
+
+  // -- rendering ------------------------------------------------------------------------
+
+  _tabs() {
+    const view = this.view;
+    const req = view && view.request && view.request.body;
+    const turns = req && req.kind === "json" ? requestTurns(req.json) : null;
+    const events = view && view.response && view.response.body && view.response.body.events;
+    const available = {
+      conversation: !!turns,
+      response: true,
+      request: true,
+      events: !!(events && events.length) && !this._following(), // partial while it streams
+      metadata: true,
+    };
+    return { available, turns, events };
+  }
+
+  _render(loading) {
+    const head = h("header.d-head",
+      h("div.d-title",
+        h("span.d-method", (this.row && this.row.method) || ""),
+        h("span.d-path", { title: (this.row && this.row.path) || "" }, (this.row && this.row.path) || this.id),
+        h("span.spacer"),
+        h("button.icon", { type: "button", title: "Close (Esc)", "aria-label": "Close", onclick: () => this.onClose() }, "✕")),
+      this.row ? this._summary() : h("div.d-summary"),
+      this._actions());
+    if (loading) {
+      fill(this.root, head, h("div.d-loading", "Loading…"));
+      return;
+    }
+    const { available, turns, events } = this._tabs();
+    let tab = this.tab && available[this.tab] ? this.tab : (available.conversation ? "conversation" : "response");
+    const nav = h("nav.tabs", { role: "tablist" });
+    const panels = h("div.d-panels");
+    const show = (name) => {
+      tab = name;
+      for (const b of nav.children) b.setAttribute("aria-selected", String(b.dataset.tab === name));
+      for (const p of panels.children) p.hidden = p.dataset.panel !== name;
+    };
+    TABS.forEach((name, i) => {
+      if (!available[name]) return;
+      const label = name === "events" ? `${TAB_NAMES[name]} (${events.length})` : TAB_NAMES[name];
+      nav.append(h("button.tab", {
+        type: "button", role: "tab", dataset: { tab: name }, title: `${TAB_NAMES[name]} (${i + 1})`,
+        onclick: () => { this.tab = name; show(name); },
+      }, label));
+      panels.append(h("section.panel", { dataset: { panel: name }, role: "tabpanel" }, this._panel(name, turns)));
+    });
+    this.showTab = (name) => { if (available[name]) { this.tab = name; show(name); } };
+    fill(this.root, h("div.d-sticky", head, nav), panels);
+    show(tab);
+    if (this.live) this._showLive();
+  }
+
+  _summary() {
+    const r = this.row;
+    const cls = fmt.statusClass(r);
+    const statusText = r.state === "in_flight" ? (r.status ? `${r.status} · in flight` : "in flight")
+      : [r.status, r.error].filter(Boolean).join(" ") || r.state;
+    const model = r.model_requested && r.model_answered && r.model_requested !== r.model_answered
+      ? `${r.model_requested} → ${r.model_answered}` : r.model;
+    const tokens = r.prompt_tokens != null || r.completion_tokens != null
+      ? `${r.prompt_tokens ?? 0} in${r.cached_tokens ? ` (${r.cached_tokens} cached)` : ""} · ${r.completion_tokens ?? 0} out${r.reasoning_tokens ? ` (${r.reasoning_tokens} reasoning)` : ""}`
+      : null;
+    return h("div.d-summary",
+      h(`span.status.${cls}`, { "data-testid": "detail-status" }, statusText),
+      chip("route", r.route),
+      chip("model", model),
+      chip("provider", r.provider),
+      chip("started", fmt.clock(r.started_at), fmt.fullTime(r.started_at)),
+      chip("duration", r.state === "in_flight" ? null : fmt.duration(r.duration_ms)),
+      chip("TTFT", fmt.duration(r.ttft_ms)),
+      chip("tokens", tokens),
+      chip("tok/s", r.tokens_per_s != null ? fmt.rate(r.tokens_per_s) : null),
+      chip("cost", r.cost != null ? fmt.cost(r.cost) : null),
+      chip("finish", r.finish_reason),
+      chip("error", r.error_message, r.error_message),
+      h("button.chip.chip-id", {
+        type: "button", title: "Copy the id (X-Request-Id)",
+        onclick: async () => toast(await copyText(r.id) ? "Id copied" : "Copy failed"),
+      }, h("span.chip-label", "id"), " ", h("span.chip-value.mono", r.id.slice(0, 8))));
+  }
+
+  _actions() {
+    const files = this.files || {};
+    return h("div.d-actions",
+      h("button.small", {
+        type: "button", title: "Copy the request as a curl command (secrets stay masked)",
+        disabled: !this.view || !this.view.request,
+        onclick: async () => {
+          const text = curlCommand(this.view.request, this.row || {});
+          toast(await copyText(text) ? "curl command copied (secrets are masked)" : "Copy failed");
+        },
+      }, "Copy as curl"),
+      h("a.button.small", { href: rawUrl(this.id, "request"), download: files.request ? files.request.name || "" : "",
+        class: this.view && !files.request ? "disabled" : null }, "Raw request"),
+      h("a.button.small", { href: rawUrl(this.id, "response"), download: files.response ? files.response.name || "" : "",
+        class: this.view && !files.response ? "disabled" : null }, "Raw response"),
+      h("button.small", {
+        type: "button", title: "Copy a link to this view",
+        onclick: async () => toast(await copyText(location.href) ? "Link copied" : "Copy failed"),
+      }, "Copy link"));
+  }
+
+  _panel(name, turns) {
+    const view = this.view || {};
+    if (name === "conversation") return this._conversation(turns);
+    if (name === "response") return messageView(view.response, { rawUrl: rawUrl(this.id, "response"), label: "Response" });
+    if (name === "request") return messageView(view.request, { rawUrl: rawUrl(this.id, "request"), label: "Request" });
+    if (name === "events") return eventsView(view.response && view.response.body);
+    return jsonView(this.metadata || {}, { label: "Metadata file" });
+  }
+
+  _conversation(turns) {
+    const req = this.view.request.body.json;
+    const params = requestParams(req);
+    const tools = offeredTools(req);
+    const resp = this.view.response && this.view.response.body;
+    const answer = resp ? (resp.assembled || (resp.kind === "json" ? resp.json : null)) : null;
+    const answers = answerTurns(answer);
+    const answerBox = h("div.answer");
+    if (answers) answers.forEach((t) => answerBox.append(renderTurn(t, ".is-answer")));
+    else if (resp && resp.size) answerBox.append(h("div.turn.role-response.is-answer",
+      h("div.turn-head", h("span.turn-role", "response")), bodyView(resp, { rawUrl: rawUrl(this.id, "response") })));
+    else if (this.row && this.row.state !== "in_flight") answerBox.append(h("div.muted", "no response"));
+    return h("div.conversation",
+      params.length ? h("div.params", params.map(([k, v]) => chip(k, v))) : null,
+      tools.length ? h("details.tools-offered",
+        h("summary", `${fmt.plural(tools.length, "tool")} offered: ${tools.map(([n]) => n).join(", ")}`),
+        h("ul", tools.map(([n, d]) => h("li", h("span.tool-name", n), d ? h("span.muted", ` — ${d}`) : null)))) : null,
+      turns.map((t) => renderTurn(t)),
+      answerBox);
+  }
+}

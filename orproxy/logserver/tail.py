@@ -1,0 +1,270 @@
+"""`GET /api/requests/{id}/tail`: the response of an exchange as it arrives, as SSE.
+
+The logging server writes a response file while the answer streams (ingest.py), so the UI
+can show the answer growing: this follows that file (waiting for it if the response has
+not started yet), decodes the body (Content-Encoding, UTF-8) as it grows and, for an SSE
+answer, parses each complete event and sends what it adds to the answer (deltas.py).
+It ends, with an `end` event, once the response upload has ended; so an exchange that is
+already over is sent whole and ended at once. Events (data is JSON):
+
+  head     {"start_line", "status", "headers": [[name, value], ...]}
+  body     {"text"}      the next piece of the body as text (up to MAX_BODY_TEXT in all)
+  deltas   [{"text"|"reasoning"|"tool"|"error"|"finish": ...}, ...]  (SSE answers)
+  notice   {"message"}   e.g. the body is too large to show whole, or cannot be decoded
+  end      {"reason": "complete"|"incomplete"|"no response"|"deleted"|"timeout"|"server stopping"}
+
+The client must close its EventSource on `end`, or EventSource reconnects by itself.
+"""
+from __future__ import annotations
+
+import codecs
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gevent.event import Event
+
+from orproxy.logserver import eventstream
+from orproxy.logserver.blobs import LogDir
+from orproxy.logserver.deltas import delta
+from orproxy.logserver.httpfile import MAX_HEAD, Head, parse_head
+from orproxy.logserver.replies import error_response
+from orproxy.logserver.sse import parse_sse
+from orproxy.logserver.view import part_path
+
+BLOCK = 65536
+POLL = 0.1                         # seconds between looks at a file that is not growing
+MAX_SECONDS = 900.0                # a tail follows one exchange at most this long
+MAX_BODY_TEXT = 1024 * 1024        # body text sent; the rest is in the raw download
+MAX_DELTA_TEXT = 4 * 1024 * 1024   # answer text sent as deltas
+MAX_PENDING_EVENT = 1024 * 1024    # an SSE event that never ends stops the parsing
+TOO_LARGE = "the body is too large to follow here; download it raw"
+
+
+class _Decoder:
+    """Undoes one Content-Encoding incrementally."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        if coding in ("gzip", "x-gzip"):
+            self._z: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._z = None  # zlib-wrapped or raw: decided on the first byte
+        elif coding == "br":
+            import brotli
+            self._z = brotli.Decompressor()
+        else:
+            raise ValueError(f"the body's Content-Encoding {coding!r} cannot be decoded")
+
+    def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if self._z is None:
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS if data[0] & 0x0F != 8 else zlib.MAX_WBITS)
+        if self.coding == "br":
+            return self._z.process(data)
+        return self._z.decompress(data)
+
+
+class Follower:
+    """Turns the bytes of a growing response file into tail events (pure: no I/O)."""
+
+    def __init__(self) -> None:
+        self.head: Head | None = None
+        self._head_buffer = b""
+        self._decoders: list[_Decoder] = []
+        self._text = codecs.getincrementaldecoder("utf-8")("replace")
+        self._sse = False
+        self._pending = ""
+        self.body_text_sent = 0
+        self.delta_text_sent = 0
+        self._noticed: set[str] = set()
+        self.broken = False   # the body cannot be decoded: only the end is still sent
+
+    @property
+    def saturated(self) -> bool:
+        """Nothing more will be sent but the end: the rest of the file need not be read."""
+        if self.head is None and self._head_buffer is not None:
+            return False
+        if self.broken:
+            return True
+        return TOO_LARGE in self._noticed and (not self._sse or self.delta_text_sent >= MAX_DELTA_TEXT)
+
+    def feed(self, block: bytes) -> list[bytes]:
+        if self.head is None and self._head_buffer is not None:
+            self._head_buffer += block
+            head = parse_head(self._head_buffer)
+            if head is None and len(self._head_buffer) < MAX_HEAD:
+                return []
+            data, self._head_buffer = self._head_buffer, None
+            if head is None:
+                return self._body(data)
+            self.head = head
+            return [self._head_event(head), *self._body(data[head.size:])]
+        return self._body(block)
+
+    def finish(self) -> list[bytes]:
+        """What is left once the file has ended (a last event without its blank line)."""
+        out = []
+        if self._head_buffer:  # a head never completed: show it as text
+            out += self._body(self._head_buffer)
+            self._head_buffer = None
+        if not self.broken:
+            out += self._text_events(self._text.decode(b"", final=True), final=True)
+        return out
+
+    def _head_event(self, head: Head) -> bytes:
+        parts = head.start_line.split(" ", 2)
+        status = int(parts[1]) if head.is_response and len(parts) > 1 and parts[1].isdigit() else None
+        self._sse = "text/event-stream" in (head.header("content-type") or "").lower()
+        out = eventstream.event({"start_line": head.start_line, "status": status,
+                                 "headers": [[n, v] for n, v in head.headers]}, "head")
+        encoding = head.header("content-encoding") or ""
+        try:
+            self._decoders = [_Decoder(c.strip().lower()) for c in reversed(encoding.split(","))
+                              if c.strip().lower() not in ("", "identity")]
+        except ValueError as e:
+            self.broken = True
+            out += self._notice(str(e))
+        return out
+
+    def _notice(self, message: str) -> bytes:
+        if message in self._noticed:
+            return b""
+        self._noticed.add(message)
+        return eventstream.event({"message": message}, "notice")
+
+    def _body(self, data: bytes) -> list[bytes]:
+        if self.broken or not data:
+            return []
+        try:
+            for decoder in self._decoders:
+                data = decoder.feed(data)
+        except Exception as e:  # zlib.error, brotli.error: corrupt data
+            self.broken = True
+            return [self._notice(f"the body cannot be decoded ({e}); download it raw")]
+        return self._text_events(self._text.decode(data), final=False)
+
+    def _text_events(self, text: str, final: bool) -> list[bytes]:
+        out = []
+        piece = text[:max(0, MAX_BODY_TEXT - self.body_text_sent)]
+        if piece:
+            self.body_text_sent += len(piece)
+            out.append(eventstream.event({"text": piece}, "body"))
+        if len(piece) < len(text) and TOO_LARGE not in self._noticed:
+            out.append(self._notice(TOO_LARGE))
+        if self._sse:
+            deltas = self._deltas(text, final)
+            if deltas:
+                out.append(eventstream.event(deltas, "deltas"))
+        return out
+
+    def _deltas(self, text: str, final: bool) -> list[dict[str, Any]]:
+        """The increments of the SSE events completed by `text` (all of them if final)."""
+        buffer = (self._pending + text).replace("\r\n", "\n")
+        hold = ""
+        if buffer.endswith("\r") and not final:  # maybe the first half of a CRLF
+            buffer, hold = buffer[:-1], "\r"
+        buffer = buffer.replace("\r", "\n")
+        cut = len(buffer) if final else buffer.rfind("\n\n") + 2
+        if cut < 2:
+            self._pending = buffer + hold
+            if len(self._pending) > MAX_PENDING_EVENT:
+                self._sse, self._pending = False, ""
+            return []
+        complete, self._pending = buffer[:cut], buffer[cut:] + hold
+        out = []
+        for item in parse_sse(complete).events:
+            if item.data == "[DONE]":
+                continue
+            d = delta(item.json, item.event)
+            if not d or self.delta_text_sent >= MAX_DELTA_TEXT:
+                continue
+            self.delta_text_sent += len(d.get("text", "")) + len(d.get("reasoning", ""))
+            out.append(d)
+        return out
+
+
+def _response_part(document: dict[str, Any]) -> dict[str, Any]:
+    part = (document.get("parts") or {}).get("response")
+    return part if isinstance(part, dict) else {}
+
+
+def _over_without_response(document: dict[str, Any]) -> bool:
+    """The proxy reported the end (or a part broke off) and no response part exists."""
+    parts = document.get("parts") or {}
+    if "response" in parts:
+        return False
+    return "proxy" in document or any(isinstance(p, dict) and p.get("error") for p in parts.values())
+
+
+class Tail:
+    def __init__(self, log_dir: LogDir, stopping: Event, poll: float = POLL,
+                 max_seconds: float = MAX_SECONDS) -> None:
+        self.log_dir = log_dir
+        self.stopping = stopping
+        self.poll = poll
+        self.max_seconds = max_seconds
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> Any:
+        if environ.get("QUERY_STRING"):
+            return error_response(start_response, "400 Bad Request", "the tail takes no parameters",
+                                  parameter=environ["QUERY_STRING"].split("=", 1)[0][:100])
+        exchange_id = exchange_id.lower()
+        if self.log_dir.read_metadata(exchange_id) is None:
+            return error_response(start_response, "404 Not Found", f"no exchange {exchange_id}")
+        eventstream.start(start_response)
+        return self._stream(exchange_id)
+
+    def _stream(self, exchange_id: str) -> Iterator[bytes]:
+        yield eventstream.opening()
+        follower = Follower()
+        deadline = time.monotonic() + self.max_seconds
+        quiet_since = time.monotonic()
+        f = None
+        try:
+            while True:
+                document = self.log_dir.read_metadata(exchange_id)
+                if document is None:
+                    yield eventstream.event({"reason": "deleted"}, "end")
+                    return
+                if f is None:
+                    path = part_path(self.log_dir, document, "response")
+                    if path is not None:
+                        f = open(path, "rb")
+                    elif _over_without_response(document):
+                        yield eventstream.event({"reason": "no response"}, "end")
+                        return
+                part = _response_part(document)
+                ended = "completed_at" in part
+                if f is not None and follower.saturated:
+                    f.seek(0, 2)  # a huge download: skip what would not be shown anyway
+                while f is not None:  # everything written so far (all of it once ended)
+                    block = f.read(BLOCK)
+                    if not block:
+                        break
+                    events = follower.feed(block)
+                    if events:
+                        yield b"".join(events)
+                        quiet_since = time.monotonic()
+                    if follower.saturated:
+                        break
+                if ended:
+                    rest = follower.finish()
+                    if rest:
+                        yield b"".join(rest)
+                    reason = "complete" if part.get("complete") else "incomplete"
+                    yield eventstream.event({"reason": reason, "bytes": part.get("bytes")}, "end")
+                    return
+                if self.stopping.is_set() or time.monotonic() > deadline:
+                    reason = "server stopping" if self.stopping.is_set() else "timeout"
+                    yield eventstream.event({"reason": reason}, "end")
+                    return
+                if time.monotonic() - quiet_since >= eventstream.HEARTBEAT:
+                    yield eventstream.comment("ping")
+                    quiet_since = time.monotonic()
+                self.stopping.wait(self.poll)
+        finally:
+            if f is not None:
+                f.close()

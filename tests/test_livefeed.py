@@ -1,0 +1,437 @@
+"""The UI's server side without a browser: the live feed (/api/live WebSocket, /api/events
+SSE), the live tail (/api/requests/{id}/tail), the static files, and their behaviour under
+several gunicorn workers and when the server stops. Real processes (conftest.py), plus
+unit tests of the pure parts (the tail's event follower, the stream deltas, the hub)."""
+import gzip
+import json
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+import websocket
+
+from fake_upstream import stream_text
+from helpers import ServerProcess, child_env, free_port, script, wait_until
+from live_helpers import Stack, StreamingChat, send_chat, sse_events, wait_row
+
+
+def ws_url(http_url, path="/api/live", **params):
+    query = "&".join("%s=%s" % kv for kv in params.items())
+    return http_url.replace("http://", "ws://") + path + ("?" + query if query else "")
+
+
+class LiveClient(object):
+    """A WebSocket live feed client collecting messages in a thread."""
+
+    def __init__(self, url):
+        self.ws = websocket.create_connection(url, timeout=5)
+        self.messages = []
+        self.closed = threading.Event()
+        self.close_code = None
+        self.hello = json.loads(self.ws.recv())
+        assert self.hello["type"] == "hello", self.hello
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            while True:
+                opcode, data = self.ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    self.close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                    break
+                self.messages.append(json.loads(data))
+        except Exception:
+            pass
+        finally:
+            self.closed.set()
+
+    def rows(self):
+        return [item for m in self.messages if m["type"] == "rows" for item in m["items"]]
+
+    def removed(self):
+        return [i for m in self.messages if m["type"] == "rows" for i in m["removed"]]
+
+    def wait_row(self, exchange_id, predicate=lambda r: True, timeout=10.0):
+        def found():
+            for row in reversed(self.rows()):
+                if row["id"] == exchange_id and predicate(row):
+                    return row
+            return None
+        return wait_until(found, timeout, 0.02, "row %s on the live feed" % exchange_id)
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def live(logserver):
+    clients = []
+
+    def connect(**params):
+        client = LiveClient(ws_url(logserver.url, **params))
+        clients.append(client)
+        return client
+    yield connect
+    for client in clients:
+        client.close()
+
+
+def model_name(tag):
+    return "live-%s-%s" % (tag, uuid.uuid4().hex[:8])
+
+
+# -- the live feed ---------------------------------------------------------------------
+
+def test_a_streaming_request_appears_in_flight_within_a_second_then_finishes(live, proxy):
+    client = live()
+    model = model_name("stream")
+    chat = StreamingChat(proxy.url, model, events=20, interval_ms=100).start()
+    started = time.monotonic()
+    row = client.wait_row(chat.id, lambda r: r["state"] == "in_flight", timeout=3)
+    assert time.monotonic() - started < 1.0
+    assert not chat.done.is_set(), "the row must show while the answer is still streaming"
+    assert row["method"] == "POST" and row["path"].startswith("/api/v1/chat/completions?events=20")
+    chat.wait()
+    done = client.wait_row(chat.id, lambda r: r["state"] == "complete" and r["completion_tokens"] is not None)
+    assert done["status"] == 200
+    assert done["model"] == model
+    assert (done["prompt_tokens"], done["completion_tokens"]) == (12, 20)
+    seqs = [m["seq"] for m in client.messages if m["type"] == "rows"]
+    assert seqs == sorted(seqs)
+
+
+def test_filters_pick_rows_and_report_the_ones_that_stop_matching(live, proxy, logserver):
+    # The path is known from the first bytes on (the model only once the answer is parsed).
+    tag = uuid.uuid4().hex[:10]
+    only_this = live(q=tag)
+    in_flight = live(state="in_flight", q=tag)
+    other = send_chat(proxy.url, model_name("other"))
+    chat = StreamingChat(proxy.url, model_name("filter"), events=8, interval_ms=100, query="&tag=" + tag).start()
+    in_flight.wait_row(chat.id, lambda r: r["state"] == "in_flight", timeout=3)
+    chat.wait()
+    only_this.wait_row(chat.id, lambda r: r["state"] == "complete")
+    wait_until(lambda: chat.id in in_flight.removed(), 10, 0.02, "the finished row removed from state=in_flight")
+    assert all(r["state"] == "in_flight" for r in in_flight.rows())
+    wait_row(logserver.url, other, lambda r: r["state"] == "complete")
+    time.sleep(0.6)  # two polls: a row of another request would have arrived by now
+    assert {r["id"] for r in only_this.rows()} == {chat.id}
+
+
+def test_since_gives_what_changed_meanwhile(live, proxy, logserver):
+    model = model_name("since")
+    first = live()
+    seq = first.hello["seq"]
+    ids = [send_chat(proxy.url, model) for _ in range(3)]
+    for rid in ids:
+        wait_row(logserver.url, rid, lambda r: r["state"] == "complete" and r["model"] == model)
+    late = live(since=seq, model=model)
+    for rid in ids:
+        late.wait_row(rid, lambda r: r["state"] == "complete", timeout=3)
+    assert {r["model"] for r in late.rows()} == {model}
+
+
+def test_sse_fallback_carries_the_same_messages_and_resumes_from_last_event_id(logserver, proxy):
+    model = model_name("sse")
+    url = logserver.url + "/api/events?model=" + model
+    with requests.get(url, stream=True, timeout=10) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        events = sse_events(resp)
+        _, hello, hello_id = next(events)
+        assert hello["type"] == "hello" and hello_id is None
+        rid = send_chat(proxy.url, model)
+        last_id = None
+        for _, message, event_id in events:
+            if message["type"] == "rows" and any(i["id"] == rid and i["state"] == "complete" and i["model"]
+                                                 for i in message["items"]):
+                last_id = event_id
+                break
+        assert last_id == str(message["seq"])
+    later = send_chat(proxy.url, model)
+    wait_row(logserver.url, later, lambda r: r["state"] == "complete" and r["model"] == model)
+    with requests.get(url, stream=True, timeout=10, headers={"Last-Event-ID": last_id}) as resp:
+        events = sse_events(resp)
+        next(events)  # hello
+        _, message, _ = next(events)
+        assert message["type"] == "rows"
+        assert later in [i["id"] for i in message["items"]]
+        assert rid not in [i["id"] for i in message["items"]]
+
+
+def test_bad_requests_to_the_live_endpoints(logserver):
+    resp = requests.get(logserver.url + "/api/live", timeout=5)
+    assert resp.status_code == 426 and "api/events" in resp.json()["error"]["message"]
+    resp = requests.get(logserver.url + "/api/events?status=nope", timeout=5)
+    assert resp.status_code == 400 and resp.json()["error"]["parameter"] == "status"
+    resp = requests.get(logserver.url + "/api/events?since=-1", timeout=5)
+    assert resp.status_code == 400 and resp.json()["error"]["parameter"] == "since"
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(ws_url(logserver.url, colour="blue"), timeout=5)
+    assert info.value.status_code == 400
+    assert requests.post(logserver.url + "/api/events", timeout=5).status_code == 405
+
+
+# -- the live tail ---------------------------------------------------------------------
+
+def test_the_tail_follows_a_streaming_answer_and_ends_cleanly(proxy, logserver):
+    chat = StreamingChat(proxy.url, model_name("tail"), events=20, interval_ms=100).start()
+    wait_row(logserver.url, chat.id)  # the proxy's upload has begun
+    got = []
+    with requests.get("%s/api/requests/%s/tail" % (logserver.url, chat.id), stream=True, timeout=15) as resp:
+        assert resp.status_code == 200
+        for name, data, _ in sse_events(resp):
+            got.append((time.monotonic(), name, data))
+            if name == "end":
+                break
+    names = [n for _, n, _ in got]
+    assert names[0] == "head" and names[-1] == "end"
+    assert got[0][2]["status"] == 200
+    assert got[-1][2]["reason"] == "complete"
+    deltas = [(t, d) for t, n, data in got if n == "deltas" for d in data]
+    assert "".join(d.get("text", "") for _, d in deltas) == stream_text(20)
+    assert deltas[-1][0] - deltas[0][0] > 0.8, "the text must arrive as it streams, not at the end"
+    body = "".join(data["text"] for _, n, data in got if n == "body")
+    assert body == chat.wait().text
+    assert any(d.get("finish") == "stop" for _, d in deltas)
+
+
+def test_the_tail_of_a_finished_exchange_is_sent_whole_and_ended(proxy, logserver):
+    rid = send_chat(proxy.url, model_name("done"))
+    wait_row(logserver.url, rid, lambda r: r["state"] == "complete")
+    started = time.monotonic()
+    with requests.get("%s/api/requests/%s/tail" % (logserver.url, rid), stream=True, timeout=5) as resp:
+        got = list(sse_events(resp))  # the server ends the response by itself
+    assert time.monotonic() - started < 2
+    assert [n for n, _, _ in got] == ["head", "body", "end"]
+    assert json.loads(got[1][1]["text"])["object"] == "chat.completion"
+
+
+def test_tail_errors(logserver):
+    resp = requests.get("%s/api/requests/%s/tail" % (logserver.url, uuid.uuid4()), timeout=5)
+    assert resp.status_code == 404
+    resp = requests.get("%s/api/requests/not-a-uuid/tail" % logserver.url, timeout=5)
+    assert resp.status_code == 400 and resp.json()["error"]["parameter"] == "id"
+    resp = requests.get("%s/api/requests/%s/tail?x=1" % (logserver.url, uuid.uuid4()), timeout=5)
+    assert resp.status_code == 400
+
+
+# -- static files ----------------------------------------------------------------------
+
+def test_the_ui_is_served_with_a_strict_content_security_policy(logserver):
+    resp = requests.get(logserver.url + "/", timeout=5)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/html")
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert '<script type="module" src="/static/app.js">' in resp.text
+    js = requests.get(logserver.url + "/static/app.js", timeout=5)
+    assert js.status_code == 200 and js.headers["Content-Type"].startswith("text/javascript")
+    again = requests.get(logserver.url + "/static/app.js", headers={"If-None-Match": js.headers["ETag"]}, timeout=5)
+    assert again.status_code == 304
+    for bad in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/.hidden", "/static/nope.js"):
+        assert requests.get(logserver.url + bad, timeout=5).status_code in (400, 404)
+    assert "innerHTML" not in "".join(
+        requests.get(logserver.url + "/static/" + name, timeout=5).text
+        for name in ("app.js", "dom.js", "list.js", "detail.js", "conversation.js", "message.js", "jsontree.js"))
+
+
+# -- several workers, stopping -----------------------------------------------------------
+
+@pytest.fixture
+def gunicorn_logserver(tmp_path):
+    port = free_port()
+    log_dir = tmp_path / "logs"
+    argv = [script("gunicorn"), "-k", "gevent", "-w", "2", "--no-control-socket",
+            "-b", "127.0.0.1:%d" % port, "orproxy.wsgi:logserver_app()"]
+    process = ServerProcess("logserver-gunicorn", argv, tmp_path,
+                            env=child_env({"ORLOGSERVER_LOG_DIR": log_dir}))
+    url = process.start(("port", "127.0.0.1", port))
+    wait_until(lambda: requests.get(url + "/api/health", timeout=5).status_code == 200, 10, 0.1, "health")
+    yield process, url
+    process.stop(timeout=5)
+
+
+def test_every_client_sees_every_row_with_several_gunicorn_workers(gunicorn_logserver, make_proxy):
+    process, url = gunicorn_logserver
+    proxy = make_proxy(logging={"server_url": url})
+    clients, workers = [], set()
+    deadline = time.monotonic() + 10
+    while len(workers) < 2 or len(clients) < 4:  # connections land on either worker
+        assert time.monotonic() < deadline, "every connection went to one worker"
+        client = LiveClient(ws_url(url))
+        clients.append(client)
+        workers.add(client.hello["worker"])
+    try:
+        ids = [send_chat(proxy.url, model_name("workers")) for _ in range(4)]
+        for client in clients:
+            for rid in ids:
+                client.wait_row(rid, lambda r: r["state"] == "complete")
+        # The tail too: whichever worker serves it follows the file another one writes.
+        chat = StreamingChat(proxy.url, model_name("workers"), events=10, interval_ms=50).start()
+        wait_row(url, chat.id)
+        with requests.get("%s/api/requests/%s/tail" % (url, chat.id), stream=True, timeout=10) as resp:
+            got = list(sse_events(resp))
+        assert got[-1][:2] == ("end", {"reason": "complete", "bytes": got[-1][1]["bytes"]})
+        assert "".join(d.get("text", "") for n, ds, _ in got if n == "deltas" for d in ds) == stream_text(10)
+    finally:
+        for client in clients:
+            client.close()
+    started = time.monotonic()
+    sse = requests.get(url + "/api/events", stream=True, timeout=10)
+    live_client = LiveClient(ws_url(url))
+    assert process.stop(timeout=20) is not None
+    assert time.monotonic() - started < 8, "open feeds must not hold a stopping worker"
+    sse.close()
+    live_client.close()
+
+
+def test_stopping_the_logging_server_ends_feeds_and_tails_at_once(tmp_path_factory, fake_upstream):
+    stack = Stack(tmp_path_factory, fake_upstream.url, "stop")
+    try:
+        client = LiveClient(ws_url(stack.logserver.url))
+        sse = requests.get(stack.logserver.url + "/api/events", stream=True, timeout=10)
+        chat = StreamingChat(stack.proxy.url, "slow", events=40, interval_ms=100).start()
+        wait_row(stack.logserver.url, chat.id)  # the proxy's upload has begun
+        tail = requests.get("%s/api/requests/%s/tail" % (stack.logserver.url, chat.id), stream=True, timeout=10)
+        # The upload of the answer still streaming keeps the server up (it lets uploads
+        # finish); the UI's streams must end at once all the same.
+        stopper = threading.Thread(target=stack.logserver.stop, kwargs={"timeout": 15})
+        started = time.monotonic()
+        stopper.start()
+        assert client.closed.wait(3) and client.close_code == 1001
+        messages = [m for _, m, _ in sse_events(sse)]  # returns: the server ended the stream
+        assert messages[0]["type"] == "hello"
+        assert tail.status_code == 200
+        events = list(sse_events(tail))
+        assert events[-1][:2] == ("end", {"reason": "server stopping"})
+        assert time.monotonic() - started < 3
+        chat.wait()
+        stopper.join(20)
+        stack.logserver.start()
+        LiveClient(ws_url(stack.logserver.url)).close()
+    finally:
+        stack.close()
+
+
+# -- units: the tail's follower, the deltas, the hub --------------------------------------
+
+from orproxy.logserver import deltas as deltas_module  # noqa: E402
+from orproxy.logserver.tail import Follower  # noqa: E402
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+
+
+def _events(chunks):
+    out = []
+    for blob in chunks:
+        for block in blob.split(b"\n\n"):
+            if not block.strip():
+                continue
+            lines = dict(line.split(": ", 1) for line in block.decode().split("\n"))
+            out.append((lines.get("event"), json.loads(lines["data"])))
+    return out
+
+
+def _follow(data, sizes):
+    follower = Follower()
+    out, i = [], 0
+    for size in sizes:
+        out += follower.feed(data[i:i + size])
+        i += size
+    out += follower.feed(data[i:])
+    out += follower.finish()
+    return _events(out)
+
+
+def test_the_follower_gives_the_same_events_however_the_bytes_are_split():
+    body = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"t%d\\r\\n"}}]}\r\n\r\n' % i
+                    for i in range(6)) + b"data: [DONE]\r\n\r\n"
+    data = SSE_HEAD + body
+    whole = _follow(data, [])
+    for sizes in ([1] * len(data), [3, 7, 11, 13] * 40, [len(SSE_HEAD) + 1, 1, 1, 2]):
+        split = _follow(data, sizes)
+        text = "".join(d.get("text", "") for name, ds in split if name == "deltas" for d in ds)
+        assert text == "".join("t%d\r\n" % i for i in range(6))
+        assert "".join(d["text"] for name, d in split if name == "body") == body.decode()
+    assert whole[0] == ("head", {"start_line": "HTTP/1.1 200 OK", "status": 200,
+                                 "headers": [["Content-Type", "text/event-stream"]]})
+
+
+def test_the_follower_decodes_gzip_and_utf8_split_mid_character():
+    text = 'data: {"choices":[{"delta":{"content":"héllo ✓"}}]}\n\n'
+    data = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n\r\n" + \
+        gzip.compress(text.encode())
+    events = _follow(data, [1] * len(data))
+    assert "".join(d["text"] for n, d in events if n == "body") == text
+    assert [d for n, ds in events if n == "deltas" for d in ds] == [{"text": "héllo ✓"}]
+
+
+def test_the_follower_reports_an_undecodable_body_and_keeps_going():
+    data = b"HTTP/1.1 200 OK\r\nContent-Encoding: zstd\r\n\r\n\x28\xb5\x2f\xfd"
+    events = _follow(data, [])
+    assert [n for n, _ in events] == ["head", "notice"]
+
+
+def test_the_follower_sends_a_bounded_body_and_then_only_the_end():
+    from orproxy.logserver import tail
+    follower = Follower()
+    out = follower.feed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+    block = b"x" * 65536
+    while not follower.saturated:
+        out += follower.feed(block)
+    events = _events(out)
+    assert sum(len(d["text"]) for n, d in events if n == "body") == tail.MAX_BODY_TEXT
+    assert events[-1] == ("notice", {"message": "the body is too large to follow here; download it raw"})
+    assert follower.feed(block) == []
+
+
+def test_deltas_of_each_api():
+    d = deltas_module.delta
+    assert d({"choices": [{"delta": {"content": "a", "reasoning": "r"}}]}) == {"text": "a", "reasoning": "r"}
+    assert d({"choices": [{"delta": {"tool_calls": [{"index": 1, "id": "c", "function": {"name": "f", "arguments": "{"}}]}}]}) \
+        == {"tool": {"index": 1, "id": "c", "name": "f", "arguments": "{"}}
+    assert d({"choices": [{"delta": {}, "finish_reason": "stop"}]}) == {"finish": "stop"}
+    assert d({"error": {"message": "rate limited"}}) == {"error": "rate limited"}
+    assert d({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}) == {"text": "x"}
+    assert d({"type": "content_block_delta", "delta": {"type": "thinking_delta", "thinking": "y"}}) == {"reasoning": "y"}
+    assert d({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "t", "name": "get"}}) \
+        == {"tool": {"index": 2, "id": "t", "name": "get", "arguments": ""}}
+    assert d({"type": "message_delta", "delta": {"stop_reason": "end_turn"}}) == {"finish": "end_turn"}
+    assert d({"type": "response.output_text.delta", "delta": "z"}) == {"text": "z"}
+    assert d("not json") == {} and d({"type": "ping"}) == {} and d({"choices": "odd"}) == {}
+
+
+def test_the_hub_broadcasts_without_waiting_and_resets_a_slow_client(tmp_path):
+    import gevent
+    from orproxy.logserver import livefeed
+    from orproxy.logserver.index import Index
+
+    index = Index(str(tmp_path))
+    feed = livefeed.LiveFeed(index, interval=0.01)
+    try:
+        fast = feed.subscribe({}, None)
+        slow = feed.subscribe({"state": ["in_flight"]}, None)
+        assert json.loads(fast.get(1)[0])["type"] == "hello"
+        for i in range(livefeed.QUEUE_SIZE + 5):
+            index.put({"id": "%08d-0000-4000-8000-000000000000" % i, "rev": 1, "parts": {},
+                       "timestamp": "2026-01-01_00-00-00.000", "proxy": {"started_at": 1000.0 + i}})
+            index.flush(5)
+            assert feed.poll() is False
+            message, seq, last = fast.get(1)
+            assert json.loads(message)["items"][0]["started_at"] == 1000.0 + i
+        items = [slow.get(0) for _ in range(slow.queue.qsize())]
+        assert items[-1][2] is True and json.loads(items[-1][0]) == {"type": "reset", "reason": "client too slow"}
+        assert len(items) == 1
+        with pytest.raises(Exception):
+            feed.subscribe({"status": ["nope"]}, None)
+        feed.close()
+        assert fast.get(1) == ("", None, True)
+        gevent.sleep(0.05)
+    finally:
+        index.close()

@@ -18,6 +18,7 @@ from gevent.queue import SimpleQueue
 from orproxy.transport import Connection, ConnectionPool, receive, send_all
 
 BATCH_BYTES = 1024 * 1024  # at most this much in one write
+GATHER_DELAY = 0.002       # seconds a batch waits: the logging server's work comes after ours
 
 
 class _Replies:
@@ -57,6 +58,7 @@ class Lane:
     def _run(self) -> None:
         while True:
             batch = [self.queue.get()]
+            gevent.sleep(GATHER_DELAY)  # the exchange's own next steps go first; the batch grows
             size = len(batch[0][1])
             while self.queue.qsize() and size < BATCH_BYTES:
                 batch.append(self.queue.get())

@@ -55,7 +55,8 @@ class ProxyApp:
         logs = _Logs(self.sink, exchange.id, logged)
         headers = request_headers(environ)
         if route is None:
-            logs.request.write(self._request_head(exchange, environ, headers))
+            if logs.enabled:
+                logs.request.write(self._request_head(exchange, environ, headers))
             return self._error(exchange, logs, start_response, "no_route",
                                f"no route matches {exchange.target.partition('?')[0]}")
         exchange.upstream_url = route.origin + route.upstream_target(exchange.target)
@@ -66,7 +67,8 @@ class ProxyApp:
             upstream_headers, body = self._upstream_request(exchange, environ, headers, logs)
         except ValueError as e:
             return self._error(exchange, logs, start_response, "bad_request", str(e))
-        logs.request.write(self._request_head(exchange, environ, upstream_headers))
+        if logs.enabled:
+            logs.request.write(self._request_head(exchange, environ, upstream_headers))
 
         watch = ClientWatch(client_socket(environ))
 
@@ -141,9 +143,10 @@ class ProxyApp:
         content_type = (header_value(raw.headers_list, "content-type") or "").lower()
         exchange.streamed = content_type.startswith(STREAMING_TYPES) or (
             header_value(raw.headers_list, "content-length") is None)
-        logs.response.write(serialize_head(
-            f"HTTP/{raw.version} {response.status_code} {response.reason}",
-            masked(raw.headers_list, self.config.redact_headers)))
+        if logs.enabled:
+            logs.response.write(serialize_head(
+                f"HTTP/{raw.version} {response.status_code} {response.reason}",
+                masked(raw.headers_list, self.config.redact_headers)))
         headers = strip_hop_by_hop(raw.headers_list)
         headers.append(("X-Request-Id", exchange.id))
         write = start_response(f"{response.status_code} {response.reason}", headers)

@@ -11,11 +11,15 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sqlite3  # noqa: E402
 import sys  # noqa: E402
-from typing import NoReturn  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import NoReturn, TypeVar  # noqa: E402
 
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
+from orproxy.logserver.units import parse_duration, parse_size  # noqa: E402
 from orproxy.serving import serve  # noqa: E402
+
+T = TypeVar("T", int, float)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,26 +63,17 @@ def proxy_main(argv: list[str] | None = None) -> None:
         _fail("orproxy", f"cannot listen on {args.host or config.host}:{args.port or config.port}: {e.strerror}")
 
 
-def _duration(text: str) -> float:
-    from orproxy.logserver.units import parse_duration
-    try:
-        seconds = parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return seconds
-
-
-def _size(text: str) -> int:
-    from orproxy.logserver.units import parse_size
-    try:
-        size = parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return size
+def _more_than_0(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type: `parse`'s value, which must be more than 0."""
+    def checked(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        return value
+    return checked
 
 
 def logserver_main(argv: list[str] | None = None) -> None:
@@ -93,9 +88,9 @@ def logserver_main(argv: list[str] | None = None) -> None:
                              "on a shared machine the proxy's traffic always goes first")
     parser.add_argument("--reindex", action="store_true",
                         help="rebuild the index (.ids/index.sqlite3 in the log dir) from the files, then exit")
-    parser.add_argument("--max-age", type=_duration, metavar="DURATION",
+    parser.add_argument("--max-age", type=_more_than_0(parse_duration), metavar="DURATION",
                         help="delete exchanges older than this, in the background (e.g. 7d, 12h, 3600)")
-    parser.add_argument("--max-bytes", type=_size, metavar="SIZE",
+    parser.add_argument("--max-bytes", type=_more_than_0(parse_size), metavar="SIZE",
                         help="delete the oldest exchanges while their files exceed this (e.g. 500M, 10G)")
     parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
     args = parser.parse_args(argv)

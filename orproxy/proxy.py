@@ -97,6 +97,11 @@ class ProxyApp:
         logs.request.close()
         return self._respond(exchange, logs, response, watch, environ, start_response)
 
+    def drain_logs(self, timeout: float) -> None:
+        """On stop (serving.py): let queued log data reach the logging server."""
+        if self.sink is not None:
+            self.sink.drain(timeout)
+
     # --- request ------------------------------------------------------------------------
 
     def _upstream_request(self, exchange: Exchange, environ: dict[str, Any], headers: Headers,

@@ -18,6 +18,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from orproxy.transport import send_all
 
 
+LOG_DRAIN_TIMEOUT = 3.0  # seconds a stopping proxy waits for its queued log data to go out
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
 
@@ -214,3 +215,6 @@ def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: floa
     if begin_shutdown is not None:  # e.g. the logging server ends its UI's endless streams
         begin_shutdown()
     server.stop_gracefully(shutdown_timeout)
+    drain_logs = getattr(app, "drain_logs", None)
+    if drain_logs is not None:  # the proxy: what its last exchanges logged is still queued
+        drain_logs(LOG_DRAIN_TIMEOUT)

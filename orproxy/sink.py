@@ -71,6 +71,13 @@ class LogSink:
         self._starting.append(stream)
         return stream
 
+    def drain(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, until every queued log byte is sent or given up."""
+        deadline = time.monotonic() + timeout
+        while (self.queued_bytes > 0 or self.active_streams or self._starting) and (
+                time.monotonic() < deadline):
+            gevent.sleep(0.01)
+
     def _start_streams(self) -> None:
         """Runs in the event loop once the proxy waits: complete streams go to the lane."""
         starting, self._starting = self._starting, []

@@ -107,31 +107,7 @@ class ConnectionPool:
         return self._connect(key, connect_timeout), False
 
     def _connect(self, key: tuple[str, str, int], timeout: float) -> Connection:
-        scheme, host, port = key
-        try:
-            if _is_ip_literal(host):  # skip the resolver's thread pool round trip
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.settimeout(timeout)
-                try:
-                    sock.connect((host, port))
-                except BaseException:
-                    sock.close()
-                    raise
-            else:
-                sock = socket.create_connection((host, port), timeout=timeout)
-        except TimeoutError as e:
-            raise requests.exceptions.ConnectTimeout(f"connect to {host}:{port} timed out") from e
-        except OSError as e:
-            raise requests.exceptions.ConnectionError(f"cannot connect to {host}:{port}: {e}") from e
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if scheme == "https":
-            try:
-                sock = self.tls.wrap_socket(sock, server_hostname=host)
-            except (OSError, ssl.SSLError) as e:
-                sock.close()
-                raise requests.exceptions.SSLError(f"TLS with {host}:{port} failed: {e}") from e
-        return Connection(sock, key)
+        return Connection(open_connection(*key, timeout, self.tls), key)
 
     def put(self, conn: Connection) -> None:
         idle = self.idle.setdefault(conn.key, deque())
@@ -144,6 +120,37 @@ class ConnectionPool:
         for idle in self.idle.values():
             while idle:
                 idle.pop().close()
+
+
+def open_connection(scheme: str, host: str, port: int, timeout: float,
+                    tls_context: ssl.SSLContext) -> socket.socket:
+    """A new TCP connection (TCP_NODELAY), wrapped in TLS for https with `tls_context`;
+    failures raised as requests' ConnectTimeout, ConnectionError or SSLError. Used by the
+    pool and by the WebSocket tunnel (websocket.py)."""
+    try:
+        if _is_ip_literal(host):  # skip the resolver's thread pool round trip
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect((host, port))
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as e:
+        raise requests.exceptions.ConnectTimeout(f"connect to {host}:{port} timed out") from e
+    except OSError as e:
+        raise requests.exceptions.ConnectionError(f"cannot connect to {host}:{port}: {e}") from e
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if scheme == "https":
+        try:
+            sock = tls_context.wrap_socket(sock, server_hostname=host)
+        except (OSError, ssl.SSLError) as e:
+            sock.close()
+            raise requests.exceptions.SSLError(f"TLS with {host}:{port} failed: {e}") from e
+    return sock
 
 
 @functools.lru_cache(maxsize=256)

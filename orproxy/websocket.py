@@ -24,7 +24,7 @@ from gevent import socket, ssl
 from orproxy.exchange import Exchange
 from orproxy.headers import Headers, header_value, mask_secret, masked, serialize_head, strip_hop_by_hop
 from orproxy.sink import LogSink
-from orproxy.transport import split_url
+from orproxy.transport import open_connection, split_url
 from orproxy.wslog import MessageLog
 
 BLOCK = 256 * 1024                 # bytes a pump reads at once: fewer wake-ups for bulk data
@@ -62,7 +62,7 @@ class WebSocketProxy:
         errors). From then on the client connection is ours, and the server is told to
         leave it alone.
         """
-        _, netloc, target = split_url(exchange.upstream_url)
+        origin, netloc, target = split_url(exchange.upstream_url)
         forwarded = upstream_headers(headers, netloc)
         called = f"ws://{environ.get('HTTP_HOST', '')}{exchange.target}"
         logs.request.write(serialize_head(f"{exchange.method} {target} HTTP/1.1", [
@@ -70,7 +70,7 @@ class WebSocketProxy:
         logs.request.close()
         route = exchange.route
         try:
-            upstream = _connect(exchange.upstream_url, route.connect_timeout)
+            upstream = open_connection(*origin, route.connect_timeout, TLS)
             try:
                 answer, head, rest = _handshake(
                     upstream, serialize_head(f"{exchange.method} {target} HTTP/1.1", forwarded),
@@ -219,24 +219,6 @@ class _Answer:
 
     def on_message_complete(self) -> None:
         self.complete = True
-
-
-def _connect(url: str, timeout: float) -> socket.socket:
-    (scheme, host, port), _, _ = split_url(url)
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError as e:
-        raise requests.exceptions.ConnectTimeout(f"connect to {host}:{port} timed out") from e
-    except OSError as e:
-        raise requests.exceptions.ConnectionError(f"cannot connect to {host}:{port}: {e}") from e
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if scheme == "https":
-        try:
-            sock = TLS.wrap_socket(sock, server_hostname=host)
-        except (OSError, ssl.SSLError) as e:
-            sock.close()
-            raise requests.exceptions.SSLError(f"TLS with {host}:{port} failed: {e}") from e
-    return sock
 
 
 def _handshake(sock: socket.socket, head: bytes, read_timeout: float) -> tuple[_Answer, bytes, bytes]:

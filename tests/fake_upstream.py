@@ -34,6 +34,10 @@ Every streamed event's JSON carries the wall-clock ``time.time_ns()`` at which i
 written (``orproxy_sent_ns`` for the LLM shapes, ``sent_ns`` for ``/sse``), so a client
 can measure what a proxy adds per event.
 """
+if __name__ == "__main__":  # gevent patches before anything imports socket or ssl
+    from gevent import monkey
+    monkey.patch_all()
+
 import functools
 import gzip
 import hashlib
@@ -49,6 +53,8 @@ from urllib.parse import parse_qsl
 import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from orproxy.serving import parse_headers
 
 __all__ = ["serve", "make_server", "pattern_bytes", "pattern_sha256", "stream_piece",
            "stream_text", "STATS"]
@@ -106,81 +112,7 @@ _reset_stats()
 
 # --------------------------------------------------------------------------------------
 # The handler: TCP_NODELAY, and the raw request line and header lines kept for /echo.
-
-class _Headers(object):
-    """The request headers as pywsgi needs them, parsed without the email package.
-
-    pywsgi parses headers with ``http.client.parse_headers`` (the email package): about
-    a third of its CPU per request. This keeps the wire form: ``_headers`` is the list
-    of (name as sent, value with leading whitespace and CRLF removed) in wire order.
-    It offers what pywsgi uses: ``status``, ``get``/``getheader`` (first match,
-    case-insensitive), ``__delitem__``, ``typeheader`` and ``headers`` (the lines).
-    """
-
-    __slots__ = ("_headers", "status", "_index")
-
-    def __init__(self, pairs, status=""):
-        self._headers = pairs
-        self.status = status
-        self._index = None
-
-    def get(self, name, default=None):
-        index = self._index
-        if index is None:
-            index = {}
-            for key, value in self._headers:
-                index.setdefault(key.lower(), value)
-            self._index = index
-        return index.get(name.lower(), default)
-
-    getheader = get
-
-    def __contains__(self, name):
-        return self.get(name) is not None
-
-    def __delitem__(self, name):
-        # Rebinds the list, as email.message does: FakeHandler.raw_headers keeps the old one.
-        name = name.lower()
-        self._headers = [(k, v) for k, v in self._headers if k.lower() != name]
-        self._index = None
-
-    @property
-    def typeheader(self):
-        return self.get("content-type")
-
-    @property
-    def headers(self):
-        for key, value in self._headers:
-            yield "%s: %s\r\n" % (key, value)
-
-
-_MAX_HEADER_LINE = 65536
-_MAX_HEADERS = 100
-
-
-def _parse_headers(rfile):
-    pairs = []
-    while True:
-        line = rfile.readline(_MAX_HEADER_LINE + 1)
-        if len(line) > _MAX_HEADER_LINE:
-            return _Headers(pairs, "Line too long")
-        if line in (b"\r\n", b"\n", b""):
-            return _Headers(pairs)
-        if len(pairs) >= _MAX_HEADERS:
-            return _Headers(pairs, "Too many headers")
-        line = line.decode("latin-1")
-        if line[0] in " \t":
-            if not pairs:
-                return _Headers(pairs, "Continuation line without a header")
-            # obs-fold (RFC 9112 section 5.2): joined to the previous value.
-            key, value = pairs[-1]
-            pairs[-1] = (key, value + " " + line.strip(" \t\r\n"))
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            return _Headers(pairs, "Malformed header line %r" % line[:100])
-        pairs.append((name, value.lstrip(" \t").rstrip("\r\n")))
-
+# Headers are parsed by the proxy's own parser (orproxy.serving): wire order, names as sent.
 
 class FakeHandler(WSGIHandler):
     """pywsgi handler that disables Nagle, is cheap, and keeps the request's wire form.
@@ -204,8 +136,8 @@ class FakeHandler(WSGIHandler):
         super().__init__(sock, address, server, rfile)
 
     def MessageClass(self, fp, *args):  # noqa: N802 (pywsgi's name)
-        msg = _parse_headers(fp)
-        self.raw_headers = msg._headers
+        msg = parse_headers(fp)
+        self.raw_headers = msg.pairs
         return msg
 
     def get_environ(self):
@@ -791,6 +723,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from gevent import monkey
-    monkey.patch_all()
     sys.exit(main())

@@ -16,7 +16,8 @@ from openapi_spec_validator import validate
 
 from api_helpers import ApiClient, derived_done
 from conftest import STARTUP_TIMEOUT
-from helpers import ServerProcess, child_env, free_port, http_request, script, stream_text
+from helpers import ServerProcess, child_env, free_port, http_request, script, stream_text, wait_until
+from live_helpers import StreamingChat
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm"
 CHAT = {"model": "fake/model-a", "messages": [{"role": "user", "content": "Say hi"}]}
@@ -166,7 +167,8 @@ def test_an_exchange_whose_metadata_never_came_is_listed_from_its_files(logserve
         b"http://p/anthropic/v1/messages\r\n\r\n" + (FIXTURES / "anthropic_request.json").read_bytes())
     put(logserver.url, rid, "response", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
         + (FIXTURES / "anthropic_message.json").read_bytes())
-    row = api.wait_row(rid, lambda r: r["model"] is not None)
+    # (the model alone is known from the request: wait for what the response gives)
+    row = api.wait_row(rid, lambda r: r["prompt_tokens"] is not None)
     assert row["state"] == "in_flight"  # the proxy never said it ended
     assert (row["method"], row["path"], row["status"]) == ("POST", "/anthropic/v1/messages", 200)
     assert (row["api"], row["model"], row["prompt_tokens"]) == ("anthropic", "claude-sonnet-4-20250514", 3895)
@@ -244,6 +246,47 @@ def test_delete_of_an_exchange_in_flight_needs_force(logserver, api):
     status, data = api.call("DELETE", "/api/requests/" + rid)
     assert status == 409 and "force" in data["error"]["message"]
     assert api.call("DELETE", "/api/requests/" + rid, {"force": "true"})[0] == 200
+
+
+def test_an_exchange_still_streaming_is_listed_and_filtered_by_its_model(proxy, api, logserver):
+    # The request's fields are derived when the request part ends, long before the answer.
+    model = "inflight/model-" + uuid.uuid4().hex[:8]
+    chat = StreamingChat(proxy.url, model, events=40, interval_ms=100, content="Count to forty").start()
+    items = wait_until(lambda: api.ok("/api/requests", model=model)["items"], 3, 0.05,
+                       "the exchange in flight listed under its model")
+    assert not chat.done.is_set(), "the answer must still be streaming"
+    row = items[0]
+    assert [i["id"] for i in items] == [chat.id] and row["state"] == "in_flight"
+    assert (row["model"], row["model_requested"], row["model_answered"]) == (model, model, None)
+    assert (row["api"], row["stream"], row["message_count"], row["prompt_preview"]) == (
+        "openai", True, 1, "Count to forty")
+    assert row["completion_tokens"] is None and row["finish_reason"] is None
+    assert api.ok("/api/requests", model="inflight/*", state="in_flight")["items"][0]["id"] == chat.id
+    derived = logserver.wait_for_metadata(chat.id)["derived"]
+    assert derived["parts"] == ["request"] and derived["model_requested"] == model
+    chat.wait()
+    done = api.wait_row(chat.id, derived_done)
+    assert (done["model"], done["model_answered"], done["prompt_preview"]) == (model, model, "Count to forty")
+    assert (done["completion_tokens"], done["finish_reason"]) == (40, "stop")
+
+
+@pytest.mark.parametrize("size", [100, 300_000], ids=["small", "large"])
+def test_a_request_whose_answer_has_not_begun_is_listed_with_its_fields(logserver, api, size):
+    """Small requests are derived in the update that ends the part, large ones (over
+    indexer.INLINE_BYTES) on a thread; the answer, when it comes, completes the fields."""
+    rid, model = str(uuid.uuid4()), "waiting/model-" + uuid.uuid4().hex[:8]
+    body = json.dumps({"model": model, "max_tokens": 5, "system": "Be brief.",
+                       "messages": [{"role": "user", "content": "x" * size}]}).encode()
+    put(logserver.url, rid, "request", b"POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\n\r\n" + body)
+    row = wait_until(lambda: (api.ok("/api/requests", model=model)["items"] or [None])[0], 5, 0.05,
+                     "the request's fields")
+    assert (row["id"], row["state"], row["api"], row["model"]) == (rid, "in_flight", "anthropic", model)
+    assert row["prompt_preview"].startswith("xxx") and row["status"] is None
+    answer = (FIXTURES / "anthropic_message.json").read_bytes()
+    put(logserver.url, rid, "response", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + answer)
+    row = api.wait_row(rid, lambda r: r["completion_tokens"] is not None)
+    assert (row["model_requested"], row["model_answered"]) == (model, json.loads(answer)["model"])
+    assert row["message_count"] == 1 and row["finish_reason"] and row["prompt_preview"].startswith("xxx")
 
 
 def test_stats(proxy, api):

@@ -1,6 +1,7 @@
 """LLM fields derived from logged bodies (no sockets): OpenAI, OpenRouter and Anthropic
 shapes from their public docs (tests/fixtures/llm), JSON and SSE, plain, gzip, brotli and
-deflate; the SSE parser; streamed answers assembled; malformed bodies yield empty fields."""
+deflate; the SSE parser; streamed answers assembled; malformed bodies yield empty fields;
+the request's fields derived on their own while the answer is still to come."""
 import gzip
 import json
 import zlib
@@ -302,3 +303,94 @@ def test_long_streams_are_skimmed_for_the_fields_and_give_the_same_answer(tmp_pa
     expected = derive(None, full, "/v1/messages")
     assert derive(None, skimmed, "/v1/messages") == expected
     assert expected["tool_calls"] == ["search"] and expected["completion_tokens"] == 1500
+
+
+def test_an_exchange_derived_in_two_steps_parses_its_request_once(tmp_path):
+    """The request's fields, derived while the answer streams, are finished with the
+    response later without reading the request again, and come out the same."""
+    from orproxy.logserver.blobs import LogDir
+    from orproxy.logserver.view import derive_document, derive_request_document
+
+    log_dir = LogDir(str(tmp_path / "logs"))
+    (tmp_path / "logs" / "req.bin").write_bytes(
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n\r\n"
+        + fixture("openai_chat_request.json"))
+    (tmp_path / "logs" / "resp.bin").write_bytes(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + fixture("openai_chat_stream.sse"))
+    request = {"file": "req.bin", "completed_at": 1.0, "head": {"method": "POST", "path": "/v1/chat/completions"}}
+    both = {"request": request, "response": {"file": "resp.bin", "completed_at": 2.0}}
+    early = derive_request_document(log_dir, {"parts": {"request": request}})
+    assert early["parts"] == ["request"]
+    assert (early["api"], early["model_requested"], early["model_answered"]) == ("openai", "gpt-4o", None)
+    at_once = derive_document(log_dir, {"parts": both})
+    (tmp_path / "logs" / "req.bin").unlink()  # from now on only `early` knows the request
+    in_two_steps = derive_document(log_dir, {"parts": both, "derived": early})
+    assert {k: v for k, v in in_two_steps.items() if k != "at"} == {k: v for k, v in at_once.items() if k != "at"}
+    assert in_two_steps["model_requested"] == "gpt-4o" and in_two_steps["completion_tokens"]
+    assert set(in_two_steps) == {"version", "parts", "at", *FIELDS}
+
+
+def test_the_indexer_derives_the_request_fields_when_the_request_ends(tmp_path, monkeypatch):
+    """In process: Ingest, Indexer and Index as the logging server wires them, the response
+    still arriving when the request ends. The request's fields come with the update that
+    ends the request (an exchange in flight is listed by its model); if deriving them
+    fails, the end of the response still derives everything."""
+    import io
+    import uuid
+
+    import gevent
+
+    from orproxy.logserver import indexer as indexer_module
+    from orproxy.logserver import query
+    from orproxy.logserver.blobs import LogDir
+    from orproxy.logserver.index import Index
+    from orproxy.logserver.indexer import Indexer
+    from orproxy.logserver.ingest import Ingest
+
+    log_dir = LogDir(str(tmp_path))
+    index = Index(log_dir.path)
+    ingest = Ingest(log_dir)
+    Indexer(log_dir, index, ingest)
+    request = b"POST /v1/chat/completions HTTP/1.1\r\n\r\n" + fixture("openai_chat_request.json")
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + fixture("openai_chat.json")
+
+    class Slowly(object):
+        """An upload whose pieces arrive 0.1 s apart."""
+
+        def __init__(self, data):
+            self.pieces = [data[:40], data[40:]]
+
+        def readline(self, size):
+            gevent.sleep(0.1)
+            return self.pieces.pop(0) if self.pieces else b""
+
+    def exchange(rid):
+        answer = gevent.spawn(ingest.store_part, rid, "response", {"wsgi.input": Slowly(response)})
+        gevent.sleep(0.15)  # the response has begun
+        ingest.store_part(rid, "request", {"wsgi.input": io.BytesIO(request)})
+        index.flush(5)
+        early = log_dir.read_metadata(rid), index.read(query.get_row, rid)
+        answer.get()
+        index.flush(5)
+        return early, (log_dir.read_metadata(rid), index.read(query.get_row, rid))
+
+    try:
+        (document, row), (final, final_row) = exchange(str(uuid.uuid4()))
+        assert document["parts"]["response"]["complete"] is False
+        assert document["derived"]["parts"] == ["request"]
+        assert (row["state"], row["model"], row["model_requested"], row["api"]) == ("in_flight", "gpt-4o", "gpt-4o", "openai")
+        assert row["model_answered"] is None and row["prompt_tokens"] is None
+        assert final["derived"]["parts"] == ["request", "response"]
+        assert (final_row["model"], final_row["model_requested"]) == ("gpt-4o-2024-08-06", "gpt-4o")
+        assert final_row["prompt_tokens"]
+
+        def broken(*args):
+            raise RuntimeError("a bug")
+        monkeypatch.setattr(indexer_module, "derive_request_document", broken)
+        (document, row), (final, final_row) = exchange(str(uuid.uuid4()))
+        assert document["derived"]["parts"] == ["request"] and "a bug" in document["derived"]["error"]
+        assert row["model"] is None
+        assert "error" not in final["derived"] and final_row["model_requested"] == "gpt-4o"
+        assert final_row["prompt_tokens"]
+    finally:
+        index.close()

@@ -8,12 +8,14 @@ import threading
 import time
 import uuid
 
+import jsonschema
 import pytest
 import requests
 import websocket
 
+from api_helpers import ApiClient
 from fake_upstream import stream_text
-from helpers import ServerProcess, child_env, free_port, script, wait_until
+from helpers import ServerProcess, child_env, free_port, http_request, script, wait_until
 from live_helpers import Stack, StreamingChat, send_chat, sse_events, wait_row
 
 
@@ -53,6 +55,9 @@ class LiveClient(object):
 
     def removed(self):
         return [i for m in self.messages if m["type"] == "rows" for i in m["removed"]]
+
+    def deleted(self):
+        return [i for m in self.messages if m["type"] == "rows" for i in m["deleted"]]
 
     def wait_row(self, exchange_id, predicate=lambda r: True, timeout=10.0):
         def found():
@@ -164,6 +169,33 @@ def test_sse_fallback_carries_the_same_messages_and_resumes_from_last_event_id(l
         assert rid not in [i["id"] for i in message["items"]]
 
 
+def test_a_deleted_exchange_is_removed_from_every_live_list(live, proxy, logserver):
+    model = model_name("delete")
+    everything, by_model, other_model = live(), live(model=model), live(model=model_name("other"))
+    kept, doomed = send_chat(proxy.url, model), send_chat(proxy.url, model)
+    for rid in (kept, doomed):
+        by_model.wait_row(rid, lambda r: r["state"] == "complete" and r["model"] == model)
+    seq_before = by_model.messages[-1]["seq"]
+    assert requests.delete("%s/api/requests/%s" % (logserver.url, doomed), timeout=5).status_code == 200
+    for client in (everything, by_model, other_model):  # whatever the filter: gone is gone
+        wait_until(lambda: doomed in client.deleted(), 5, 0.02, "the deletion on the live feed")
+        assert doomed in client.removed() and kept not in client.deleted()
+    assert kept not in by_model.removed()
+    message = next(m for m in by_model.messages if m["type"] == "rows" and doomed in m["deleted"])
+    assert message["seq"] > seq_before and doomed not in [i["id"] for i in message["items"]]
+    # A client that was away when it happened hears of it when it comes back with `since`.
+    late = live(since=seq_before, model=model)
+    wait_until(lambda: doomed in late.deleted(), 5, 0.02, "the deletion in the catch-up")
+    assert doomed not in [r["id"] for r in late.rows()]
+    # The list's max_seq counts the deletion: a client starting from it is not told again.
+    max_seq = requests.get(logserver.url + "/api/requests?limit=1", timeout=5).json()["max_seq"]
+    assert max_seq >= message["seq"]
+    fresh = live(since=max_seq)
+    assert fresh.hello["seq"] >= max_seq
+    time.sleep(0.6)  # two polls
+    assert doomed not in fresh.deleted()
+
+
 def test_bad_requests_to_the_live_endpoints(logserver):
     resp = requests.get(logserver.url + "/api/live", timeout=5)
     assert resp.status_code == 426 and "api/events" in resp.json()["error"]["message"]
@@ -175,6 +207,69 @@ def test_bad_requests_to_the_live_endpoints(logserver):
         websocket.create_connection(ws_url(logserver.url, colour="blue"), timeout=5)
     assert info.value.status_code == 400
     assert requests.post(logserver.url + "/api/events", timeout=5).status_code == 405
+
+
+def test_the_live_endpoints_behave_as_the_openapi_document_says(live, proxy, logserver):
+    doc = ApiClient(logserver.url).doc
+    paths = doc["paths"]
+
+    def conforms(schema, value, what):
+        errors = list(jsonschema.Draft202012Validator(dict(doc, **schema)).iter_errors(value))
+        assert not errors, "%s does not match the document: %s" % (what, errors[0].message[:300])
+
+    def error_conforms(path, status, body):
+        response = paths[path]["get"]["responses"][str(status)]
+        conforms(response["content"]["application/json"]["schema"], json.loads(body), "%s %s" % (path, status))
+
+    ws_doc, sse_doc = paths["/api/live"]["get"], paths["/api/events"]["get"]
+    for operation in (ws_doc, sse_doc):
+        params = {p["name"]: p for p in operation["parameters"]}
+        assert {"model", "route", "state", "q", "until"} <= set(params)
+        assert params["since"]["schema"]["type"] == "integer"  # a seq here, not a time
+    model = model_name("doc")
+    client = live(model=model)
+    conforms(ws_doc["responses"]["101"]["x-messages"], client.hello, "hello")
+    rid = send_chat(proxy.url, model)
+    client.wait_row(rid, lambda r: r["state"] == "complete" and r["completion_tokens"] is not None)
+    assert requests.delete("%s/api/requests/%s" % (logserver.url, rid), timeout=5).status_code == 200
+    wait_until(lambda: rid in client.deleted(), 5, 0.02, "the deletion")
+    for message in client.messages:
+        conforms(ws_doc["responses"]["101"]["x-messages"], message, "a WebSocket message")
+    for path, query, status in (("/api/live", "", 426), ("/api/live", "?status=nope", 426),
+                                ("/api/events", "?status=nope", 400), ("/api/events", "?since=x", 400)):
+        got, _, body = http_request("GET", logserver.url + path + query)
+        assert got == status, (path, query, got)
+        error_conforms(path, status, body)
+    assert http_request("POST", logserver.url + "/api/events")[0] == 405 and "405" in sse_doc["responses"]
+
+    url = logserver.url + "/api/events?model=" + model
+    message_schema = sse_doc["responses"]["200"]["content"]["text/event-stream"]["x-events"]["message"]
+    with requests.get(url, stream=True, timeout=10) as resp:
+        events = sse_events(resp)
+        _, hello, _ = next(events)
+        conforms(message_schema, hello, "an SSE hello")
+        other = send_chat(proxy.url, model)
+        for name, message, _ in events:
+            assert name == "message"
+            conforms(message_schema, message, "an SSE message")
+            if any(i["id"] == other and i["state"] == "complete" for i in message.get("items", [])):
+                break
+
+    tail_doc = paths["/api/requests/{id}/tail"]["get"]
+    schemas = tail_doc["responses"]["200"]["content"]["text/event-stream"]["x-events"]
+    chat = StreamingChat(proxy.url, model, events=5, interval_ms=20).start()
+    wait_row(logserver.url, chat.id)
+    with requests.get("%s/api/requests/%s/tail" % (logserver.url, chat.id), stream=True, timeout=10) as resp:
+        got = list(sse_events(resp))
+    chat.wait()
+    assert {n for n, _, _ in got} == {"head", "body", "deltas", "end"}
+    for name, data, _ in got:
+        conforms(schemas[name], data, "the tail's %s event" % name)
+    for path, status in (("/api/requests/%s/tail" % uuid.uuid4(), 404), ("/api/requests/nope/tail", 400),
+                         ("/api/requests/%s/tail?x=1" % chat.id, 400)):
+        got_status, _, body = http_request("GET", logserver.url + path)
+        assert got_status == status and str(status) in tail_doc["responses"]
+        error_conforms("/api/requests/{id}/tail", status, body)
 
 
 # -- the live tail ---------------------------------------------------------------------
@@ -272,6 +367,10 @@ def test_every_client_sees_every_row_with_several_gunicorn_workers(gunicorn_logs
         for client in clients:
             for rid in ids:
                 client.wait_row(rid, lambda r: r["state"] == "complete")
+        # A deletion, served by one worker, reaches the clients of both.
+        assert requests.delete("%s/api/requests/%s" % (url, ids[0]), timeout=5).status_code == 200
+        for client in clients:
+            wait_until(lambda: ids[0] in client.deleted(), 5, 0.02, "the deletion on every worker's feed")
         # The tail too: whichever worker serves it follows the file another one writes.
         chat = StreamingChat(proxy.url, model_name("workers"), events=10, interval_ms=50).start()
         wait_row(url, chat.id)
@@ -433,5 +532,62 @@ def test_the_hub_broadcasts_without_waiting_and_resets_a_slow_client(tmp_path):
         feed.close()
         assert fast.get(1) == ("", None, True)
         gevent.sleep(0.05)
+    finally:
+        index.close()
+
+
+def test_the_hub_tells_every_client_of_deletions_and_a_row_written_again_wins(tmp_path):
+    from orproxy.logserver import livefeed
+    from orproxy.logserver.blobs import LogDir
+    from orproxy.logserver.index import Index, delete_rows, last_seq
+    from orproxy.logserver.retention import Retention
+
+    index = Index(str(tmp_path))
+    feed = livefeed.LiveFeed(index, interval=0.01)
+    ids = ["%08d-0000-4000-8000-000000000000" % i for i in range(4)]
+
+    def put(i, started_at=1000.0, route="a"):
+        index.put({"id": ids[i], "rev": 1, "parts": {}, "timestamp": "2026-01-01_00-00-00.000",
+                   "proxy": {"started_at": started_at + i, "route": route}})
+        index.flush(5)
+
+    def message(subscriber):
+        return json.loads(subscriber.get(1)[0])
+
+    try:
+        for i in range(4):
+            put(i)
+        everyone = feed.subscribe({}, None)
+        route_b = feed.subscribe({"route": ["b"]}, None)
+        seq = message(everyone)["seq"]
+        assert message(route_b)["type"] == "hello"
+        index.write(delete_rows, [ids[0], "no-such-id"])
+        assert feed.poll() is False
+        for subscriber in (everyone, route_b):
+            got = message(subscriber)
+            assert (got["items"], got["removed"], got["deleted"]) == ([], [ids[0]], [ids[0]])
+            assert got["seq"] == seq + 1 == index.read(last_seq)
+        # Retention's deletions travel the same way; the seq never goes back.
+        Retention(LogDir(str(tmp_path / "logs")), index, max_age=60).run_once(now=1000.0 + 3 + 61)
+        assert feed.poll() is False
+        for subscriber in (everyone, route_b):
+            assert message(subscriber)["deleted"] == [ids[1], ids[2], ids[3]]
+        assert index.read(last_seq) == seq + 4
+        # Written again after its deletion (more parts of an exchange deleted in flight):
+        # in one batch with its tombstone, the row wins.
+        index.write(delete_rows, [ids[3]])  # already gone: no tombstone, no seq
+        put(1, route="b")
+        index.write(delete_rows, [ids[1]])
+        put(1, route="b")
+        assert feed.poll() is False
+        got = message(route_b)
+        assert [i["id"] for i in got["items"]] == [ids[1]] and got["deleted"] == [] and got["seq"] == seq + 7
+        # A client coming back from before all that catches up on the deletions too.
+        late = feed.subscribe({}, seq)
+        assert message(late)["type"] == "hello"
+        got = message(late)
+        assert [i["id"] for i in got["items"]] == [ids[1]]
+        assert set(got["deleted"]) == {ids[0], ids[2], ids[3]} and got["seq"] == seq + 7
+        feed.close()
     finally:
         index.close()

@@ -97,6 +97,8 @@ def test_a_streaming_request_is_listed_in_flight_tailed_live_and_finishes(page, 
     assert len(answer.text_content()) > len(early)
     assert not chat.done.is_set(), "the tail must grow while the answer streams"
     assert "id=" + chat.id in page.url
+    expect(row.locator(".c-model")).to_have_text("openai/gpt-4o-mini")  # known from the request
+    assert not chat.done.is_set()
 
     chat.wait()
     expect(row.locator(".c-status")).to_have_text("200", timeout=10000)
@@ -115,7 +117,7 @@ def test_filter_by_model_narrows_the_list_live_and_lives_in_the_url(page, stack)
     alpha, beta = prefix + "/alpha", prefix + "/beta"
     first = [send_chat(stack.proxy.url, m) for m in (alpha, beta)]
     for rid, model in zip(first, (alpha, beta)):
-        wait_row(stack.logserver.url, rid, lambda r, m=model: r["model"] == m)
+        wait_row(stack.logserver.url, rid, lambda r, m=model: r["model"] == m and r["state"] == "complete")
     page.goto_ui()
     page.fill("#f-model", alpha)
     rows = page.locator("#requests tr[data-id]")
@@ -141,11 +143,27 @@ def test_filter_by_model_narrows_the_list_live_and_lives_in_the_url(page, stack)
     assert "model=" not in page.url
 
 
+def test_a_deleted_exchange_leaves_the_list_and_its_open_detail_says_so(page, stack):
+    expect = _expect()
+    model = "deleted-%s" % uuid.uuid4().hex[:6]
+    kept, doomed = send_chat(stack.proxy.url, model), send_chat(stack.proxy.url, model)
+    for rid in (kept, doomed):
+        wait_row(stack.logserver.url, rid, lambda r: r["state"] == "complete" and r["model"] == model)
+    page.goto_ui("?id=" + doomed)
+    expect(row_of(page, doomed)).to_be_visible()
+    expect(page.get_by_test_id("detail-status")).to_have_text("200")
+    response = requests.delete("%s/api/requests/%s" % (stack.logserver.url, doomed), timeout=5)
+    assert response.status_code == 200
+    expect(row_of(page, doomed)).to_have_count(0, timeout=3000)  # no reload
+    expect(page.get_by_test_id("detail-deleted")).to_be_visible()
+    expect(row_of(page, kept)).to_be_visible()
+
+
 def test_hostile_content_is_shown_as_text_and_never_runs(page, stack):
     expect = _expect()
     evil = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
     rid = send_chat(stack.proxy.url, evil, content="<b>bold?</b> " + evil)  # the answer echoes the model
-    wait_row(stack.logserver.url, rid, lambda r: r["model"] == evil)
+    wait_row(stack.logserver.url, rid, lambda r: r["model"] == evil and r["state"] == "complete")
     page.goto_ui("?id=" + rid)  # a shared link opens the exchange
     expect(row_of(page, rid).locator(".c-model")).to_have_text(evil)
     expect(page.locator(".turn.role-user")).to_contain_text("<b>bold?</b> " + evil)
@@ -260,7 +278,7 @@ def test_screenshots_conversation_view_curl_and_dark_theme(browser, tmp_path_fac
         StreamingChat(stack.proxy.url, "anthropic/claude-sonnet-4", events=8, interval_ms=30,
                       content="List five uses of a logging proxy.").start().wait()
         agent_id = send_chat(stack.proxy.url, "openai/gpt-4.1", messages=agent)
-        wait_row(stack.logserver.url, agent_id, lambda r: r["model"] == "openai/gpt-4.1")
+        wait_row(stack.logserver.url, agent_id, lambda r: r["model"] == "openai/gpt-4.1" and r["state"] == "complete")
         streaming = StreamingChat(stack.proxy.url, "openai/gpt-4.1-mini", events=60, interval_ms=100,
                                   content="Draft a long project update.").start()
 

@@ -28,7 +28,7 @@ from orproxy import __version__
 from orproxy.logserver import query, stats
 from orproxy.logserver.blobs import UUID_RE, LogDir
 from orproxy.logserver.fields import row_from_document, to_api
-from orproxy.logserver.index import Index
+from orproxy.logserver.index import Index, delete_rows
 from orproxy.logserver.openapi import document_bytes
 from orproxy.logserver.query import ParamError
 from orproxy.logserver.replies import error_response, json_response
@@ -168,7 +168,7 @@ class Api:
             raise _Error("409 Conflict", "the exchange is still in flight; add ?force=true to delete it anyway")
         freed = self.pool.apply(self.log_dir.delete_exchange, (document,))
         self.index.flush(5)
-        self.index.write(lambda c: c.execute("DELETE FROM exchanges WHERE id = ?", (exchange_id,)))
+        self.index.write(delete_rows, [exchange_id])  # its tombstone tells the live feeds
         return json_response(start_response, "200 OK", {"id": exchange_id, "deleted": True,
                                                         "freed_bytes": freed})
 

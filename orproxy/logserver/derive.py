@@ -81,13 +81,21 @@ def detect_api(path: str | None, request: dict[str, Any], answer: dict[str, Any]
     return None
 
 
-def derive(request: ParsedBody | None, response: ParsedBody | None, path: str | None = None) -> dict[str, Any]:
-    """The derived fields (FIELDS) of one exchange; None where the bodies do not say."""
+REQUEST_GUESS = "request_api"  # kept beside the request's fields: see request_fields()
+
+
+def request_fields(request: ParsedBody | None, path: str | None = None) -> dict[str, Any]:
+    """The fields the request alone gives (the rest None), known while the answer is still
+    to come: model_requested, stream, message_count, prompt_preview, tools_offered, and
+    `api` as far as the path and the request tell (the answer may correct it). Also
+    REQUEST_GUESS, what the request's own keys suggest, so that `answer_fields` can
+    finish the fields later without parsing the request again."""
     req = _dict(request.json) if request is not None else {}
-    answer = _dict(response.answer) if response is not None else {}
     out: dict[str, Any] = dict.fromkeys(FIELDS)
-    api = detect_api(path, req, answer)
-    out["api"] = api
+    # detect_api looks at the path and the answer first and at the request last: the
+    # request's part is the same whatever the answer turns out to be.
+    out[REQUEST_GUESS] = detect_api(None, req, {})
+    out["api"] = detect_api(path, {}, {}) or out[REQUEST_GUESS]
     out["model_requested"] = _str(req.get("model"))
     if isinstance(req.get("stream"), bool):
         out["stream"] = req["stream"]
@@ -100,6 +108,16 @@ def derive(request: ParsedBody | None, response: ParsedBody | None, path: str | 
         out["prompt_preview"] = _preview(messages)
     if isinstance(req.get("tools"), list):
         out["tools_offered"] = len(req["tools"])
+    return out
+
+
+def answer_fields(requested: dict[str, Any], response: ParsedBody | None,
+                  path: str | None = None) -> dict[str, Any]:
+    """Every field (FIELDS), from `request_fields()`'s result and the response."""
+    answer = _dict(response.answer) if response is not None else {}
+    out = {name: requested.get(name) for name in FIELDS}
+    api = detect_api(path, {}, answer) or requested.get(REQUEST_GUESS)
+    out["api"] = api
     out["model_answered"] = _str(answer.get("model"))
     out["provider"] = _str(answer.get("provider"))
     out["error_message"] = _error_message(answer.get("error"))
@@ -111,6 +129,11 @@ def derive(request: ParsedBody | None, response: ParsedBody | None, path: str | 
         _openai_answer(answer, out)
     out.update(usage_fields(_dict(answer.get("usage"))))
     return out
+
+
+def derive(request: ParsedBody | None, response: ParsedBody | None, path: str | None = None) -> dict[str, Any]:
+    """The derived fields (FIELDS) of one exchange; None where the bodies do not say."""
+    return answer_fields(request_fields(request, path), response, path)
 
 
 def _last_user_text(messages: list[Any]) -> str | None:

@@ -109,15 +109,17 @@ class Message:
     body: Body
 
 
-def _decoders(encoding: str | None) -> list[str]:
-    """Content-Encoding lists codings in the order applied: undo them in reverse (RFC 9110 8.4)."""
-    if not encoding:
-        return []
-    return [c.strip().lower() for c in reversed(encoding.split(",")) if c.strip().lower() not in ("", "identity")]
+def decoders(encoding: str | None) -> list["Decoder"]:
+    """One decoder per coding of a Content-Encoding value, in the order to apply them: the
+    header lists codings in the order they were applied, so undo them in reverse (RFC 9110
+    8.4). Raises ValueError for a coding this cannot undo."""
+    codings = [c.strip().lower() for c in reversed((encoding or "").split(","))]
+    return [Decoder(c) for c in codings if c not in ("", "identity")]
 
 
-class _Decoder:
-    """One incremental, bounded decoder: feed(raw, room) -> at most `room` decoded bytes."""
+class Decoder:
+    """Undoes one Content-Encoding (gzip, deflate, br) incrementally: for a whole body read
+    back (decode_body) and for a body followed as it grows (tail.py)."""
 
     def __init__(self, coding: str) -> None:
         self.coding = coding
@@ -131,14 +133,18 @@ class _Decoder:
         else:
             raise ValueError(f"unsupported content-encoding {coding!r}")
 
-    def feed(self, data: bytes, room: int) -> bytes:
-        if self.coding == "deflate" and self._z is None:
-            raw = bool(data) and (data[0] & 0x0F) != 8
-            self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+    def feed(self, data: bytes, room: int | None = None) -> bytes:
+        """The bytes `data` decodes to so far; at most `room` of them if given (the rest of
+        a gzip or deflate input stays unconsumed: a bounded decode is not fed again)."""
+        if not data:
+            return b""
+        if self._z is None:
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS if data[0] & 0x0F != 8 else zlib.MAX_WBITS)
         if self.coding == "br":
-            out = self._z.process(data, output_buffer_limit=room)
-            return out[:room]
-        return self._z.decompress(self._z.unconsumed_tail + data, room)
+            if room is None:
+                return self._z.process(data)
+            return self._z.process(data, output_buffer_limit=room)[:room]
+        return self._z.decompress(data, room or 0)
 
 
 def decode_body(raw: bytes, encoding: str | None, limit: int) -> tuple[bytes, bool, str | None]:
@@ -148,11 +154,15 @@ def decode_body(raw: bytes, encoding: str | None, limit: int) -> tuple[bytes, bo
     corrupt encodings return the raw bytes with an error message instead of raising.
     """
     data, cut = raw, False
-    for coding in _decoders(encoding):
+    try:
+        chain = decoders(encoding)
+    except ValueError as e:
+        return raw[:limit], len(raw) > limit, f"cannot decode: {e}"
+    for decoder in chain:
         try:
-            data = _Decoder(coding).feed(data, limit + 1)
-        except Exception as e:  # zlib.error, brotli.error, ValueError: keep what we have
-            return raw[:limit], len(raw) > limit, f"cannot decode {coding}: {e}"
+            data = decoder.feed(data, limit + 1)
+        except Exception as e:  # zlib.error, brotli.error: keep what we have
+            return raw[:limit], len(raw) > limit, f"cannot decode {decoder.coding}: {e}"
         cut = cut or len(data) > limit
     return data[:limit], cut or len(data) > limit, None
 

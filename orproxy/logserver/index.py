@@ -10,6 +10,11 @@ synchronous=NORMAL); reads run on a small pool of reader threads, each with its 
 connection. Several worker processes share the file: WAL lets them read while one writes,
 `busy_timeout` makes writers wait their turn, and a row is only ever replaced by a newer
 revision of its metadata document (blobs.py), whichever process writes it.
+
+`seq` orders every change for the live feed (livefeed.py): each write of a row takes the
+next one, and so does each removal (`delete_rows`), which leaves a tombstone (id, seq) in
+`removed` so that every worker's feed can tell its clients. Tombstones are kept for the
+last TOMBSTONE_SEQS seqs; a client further behind than that reloads instead.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ FILENAME = "index.sqlite3"
 READERS = 4
 ANALYZE_EVERY = 20_000  # rows written
 BUSY_TIMEOUT_MS = 30_000
+TOMBSTONE_SEQS = 100_000  # tombstones older than this many changes are dropped
 
 T = TypeVar("T")
 _thread_id = get_original("_thread", "get_ident")
@@ -41,6 +47,9 @@ _INDEXES = (
     ("by_route", "route, started_at, id"),
     ("by_seq", "seq"),
 )
+
+
+_TOMBSTONES = "CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)"
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -60,14 +69,17 @@ def create_schema(conn: sqlite3.Connection) -> bool:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'exchanges'").fetchone()
         if version == SCHEMA_VERSION and exists:
+            conn.execute(_TOMBSTONES)  # added after version 2 shipped: no rebuild for it
             conn.execute("COMMIT")
             return False
         conn.execute("DROP TABLE IF EXISTS exchanges")
+        conn.execute("DROP TABLE IF EXISTS removed")
         columns = ", ".join(f"{f.name} {f.sql}" + (" PRIMARY KEY" if f.name == "id" else "")
                             for f in FIELDS)
         conn.execute(f"CREATE TABLE exchanges ({columns})")
         for name, columns in _INDEXES:
             conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON exchanges ({columns})")
+        conn.execute(_TOMBSTONES)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
         return True
@@ -91,16 +103,39 @@ def analyze(conn: sqlite3.Connection) -> None:
     conn.execute("ANALYZE")
 
 
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The `seq` of the latest change: a row written or removed (two index lookups)."""
+    return conn.execute("SELECT max((SELECT coalesce(max(seq), 0) FROM exchanges), "
+                        "(SELECT coalesce(max(seq), 0) FROM removed))").fetchone()[0]
+
+
 def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
     """Write rows in one transaction; each gets the next `seq`. Older revisions lose."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM exchanges").fetchone()[0]
+        seq = last_seq(conn)
         values = []
         for row in rows:
             seq += 1
             values.append(tuple(seq if c == "seq" else row.get(c) for c in COLUMNS))
         conn.executemany(_UPSERT, values)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def delete_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
+    """Remove rows in one transaction, each leaving a tombstone with the next `seq` (the
+    live feed's news of it); tombstones more than TOMBSTONE_SEQS behind are dropped."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seq = last_seq(conn)
+        for exchange_id in ids:
+            if conn.execute("DELETE FROM exchanges WHERE id = ?", (exchange_id,)).rowcount:
+                seq += 1
+                conn.execute("INSERT INTO removed (seq, id) VALUES (?, ?)", (seq, exchange_id))
+        conn.execute("DELETE FROM removed WHERE seq <= ?", (seq - TOMBSTONE_SEQS,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

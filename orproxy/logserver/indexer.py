@@ -10,6 +10,14 @@ When to derive: when the response part has ended and no part is still arriving, 
 the proxy reported the end of an exchange that has no response part. A part that ends
 later (rare: a request still uploading) makes the fields be derived again. With several
 worker processes, the one that wrote the last part's end derives.
+
+Before that, when the request part ends while the response is still to come (a stream, a
+slow upstream), the request's fields (model, stream, prompt preview, api) are derived
+alone, so that an exchange in flight is listed, and filtered, by its model. The same
+rules: within the update that ends the part when the request is small, else on the
+thread. Nothing is parsed twice: the final derivation takes the request's fields from
+there (view.derive_document), so for a small exchange whose parts arrive in one batch
+this only moves the request's parsing to the end of its own part.
 """
 from __future__ import annotations
 
@@ -23,10 +31,17 @@ from orproxy.logserver import derive
 from orproxy.logserver.blobs import LogDir
 from orproxy.logserver.index import Index
 from orproxy.logserver.ingest import Ingest
-from orproxy.logserver.view import derive_document, needs_derive
+from orproxy.logserver.view import derive_document, derive_request_document, has_request_fields, needs_derive
 
 INLINE_BYTES = 64 * 1024  # bodies up to this are parsed on the loop: well under a millisecond
 RECHECK_AFTER = 2.0
+
+
+def _request_only(document: dict[str, Any]) -> bool:
+    """The request has ended, the rest is still to come, and nothing is derived yet."""
+    request = (document.get("parts") or {}).get("request")
+    return isinstance(request, dict) and "completed_at" in request and not _ready(document) \
+        and needs_derive(document)
 
 
 def _ready(document: dict[str, Any]) -> bool:
@@ -45,15 +60,20 @@ class Indexer:
         self.ingest = ingest
         self.pool = ThreadPool(1)
         self._deriving: set[str] = set()
+        self._deriving_request: set[str] = set()
         self.derive_errors = 0
         ingest.observers.append(self.observe)
         ingest.on_part_end = self.derive_small
 
     def derive_small(self, document: dict[str, Any]) -> None:
         """At the end of the last part of a small exchange (most), derive its fields in the
-        same metadata update: one file rewrite fewer than deriving afterwards."""
-        if _ready(document) and needs_derive(document) and _size(document) <= INLINE_BYTES:
-            document["derived"] = self._compute(str(document.get("id")), document)
+        same metadata update: one file rewrite fewer than deriving afterwards. At the end
+        of a small request whose response is still to come, its request's fields."""
+        if _ready(document):
+            if needs_derive(document) and _unparsed(document) <= INLINE_BYTES:
+                document["derived"] = self._compute(str(document.get("id")), document)
+        elif _request_only(document) and _unparsed(document, request_only=True) <= INLINE_BYTES:
+            document["derived"] = self._compute(str(document.get("id")), document, request_only=True)
 
     def observe(self, exchange_id: str, document: dict[str, Any]) -> None:
         exchange_id = exchange_id.lower()
@@ -64,6 +84,9 @@ class Indexer:
             # another worker process (that wrote the end) is most likely at it. Look again later.
             later = self.ingest.changing == "proxy" and "response" in (document.get("parts") or {})
             gevent.spawn(self._derive, exchange_id, None if later else document)
+        elif exchange_id not in self._deriving_request and _request_only(document):
+            self._deriving_request.add(exchange_id)  # a large request: its fields on the thread
+            gevent.spawn(self._derive_request, exchange_id, document)
 
     def _derive(self, exchange_id: str, document: dict[str, Any] | None) -> None:
         try:
@@ -77,16 +100,36 @@ class Indexer:
             self._deriving.discard(exchange_id)
         self.ingest.amend(exchange_id, lambda d: d.update(derived=derived))
 
-    def _compute(self, exchange_id: str, document: dict[str, Any]) -> dict[str, Any]:
+    def _derive_request(self, exchange_id: str, document: dict[str, Any]) -> None:
         try:
-            if _size(document) <= INLINE_BYTES:  # small: cheaper than a thread hop
-                return derive_document(self.log_dir, document)
-            return self.pool.apply(derive_document, (self.log_dir, document))  # the loop keeps serving
+            derived = self._compute(exchange_id, document, request_only=True)
+        finally:
+            self._deriving_request.discard(exchange_id)
+
+        def change(current: dict[str, Any]) -> None:
+            if "derived" not in current:  # not if the whole exchange was derived meanwhile
+                current["derived"] = derived
+        self.ingest.amend(exchange_id, change)
+
+    def _compute(self, exchange_id: str, document: dict[str, Any], request_only: bool = False) -> dict[str, Any]:
+        how = derive_request_document if request_only else derive_document
+        try:
+            if _unparsed(document, request_only) <= INLINE_BYTES:  # small: cheaper than a thread hop
+                return how(self.log_dir, document)
+            return self.pool.apply(how, (self.log_dir, document))  # the loop keeps serving
         except Exception as e:  # a bug must not loop: store the failure instead
             self.derive_errors += 1
             print(f"orlogserver: deriving fields of {exchange_id} failed: {e!r}", file=sys.stderr)
-            return {"version": derive.VERSION, "parts": sorted(document.get("parts") or {}), "error": repr(e)}
+            parts = ["request"] if request_only else sorted(document.get("parts") or {})
+            return {"version": derive.VERSION, "parts": parts, "error": repr(e)}
 
 
-def _size(document: dict[str, Any]) -> int:
-    return sum(p.get("bytes") or 0 for p in (document.get("parts") or {}).values() if isinstance(p, dict))
+def _unparsed(document: dict[str, Any], request_only: bool = False) -> int:
+    """The bytes deriving the fields would parse: the request's alone, or every part's but
+    the request's if its fields are derived already."""
+    parts = document.get("parts") or {}
+    if request_only:
+        kinds = {"request"}
+    else:
+        kinds = set(parts) - ({"request"} if has_request_fields(document) else set())
+    return sum(parts[k].get("bytes") or 0 for k in kinds if isinstance(parts[k], dict))

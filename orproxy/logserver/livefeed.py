@@ -15,13 +15,19 @@ of what it missed, and reloads its list from the REST API.
 Messages (JSON, the same over the WebSocket and over SSE):
   {"type": "hello", "seq": N, "time": T, "worker": PID}
         first; T is the server's clock (epoch s), PID the worker process serving the feed
-  {"type": "rows", "seq": N, "items": [...], "removed": [ids]}
+  {"type": "rows", "seq": N, "items": [...], "removed": [ids], "deleted": [ids]}
         items: changed rows that match the filter (API items, GET /api/requests shape);
-        removed: ids of changed rows that no longer match it (e.g. state=in_flight)
+        removed: ids to drop from the list: changed rows that no longer match the filter
+        (e.g. state=in_flight), and exchanges deleted (DELETE /api/requests/{id},
+        retention, a reindex that found their files gone), whatever the filter;
+        deleted: those of the removed ids whose exchange is gone (its detail too)
   {"type": "reset", "reason": "..."}         reload the list, then carry on from its max_seq
   {"type": "ping"}                            after HEARTBEAT seconds of silence (SSE: a comment)
 Over SSE each message is one event, and `rows` events carry `id: <seq>`, which EventSource
 sends back as Last-Event-ID when it reconnects by itself. A client that reconnects with `since` (the last `seq` it saw) gets what changed meanwhile.
+
+Deletions reach every worker's clients the same way: a deleted row leaves a tombstone with
+the next `seq` in the index (index.delete_rows), read here beside the changed rows.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from gevent.queue import Empty, Full, Queue
 
 from orproxy.logserver import query
 from orproxy.logserver.fields import to_api
-from orproxy.logserver.index import Index
+from orproxy.logserver.index import TOMBSTONE_SEQS, Index, last_seq
 
 INTERVAL = 0.25          # seconds between polls of the index
 QUEUE_SIZE = 64          # messages a client may have waiting
@@ -59,26 +65,29 @@ def filter_key(params: Filters) -> str:
     return json.dumps(sorted((k, sorted(v)) for k, v in params.items() if k not in LIVE_PARAMS))
 
 
-def max_seq(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT coalesce(max(seq), 0) FROM exchanges").fetchone()[0]
-
-
-def changes(conn: sqlite3.Connection, after: int, limit: int,
-            wheres: dict[str, query.Where]) -> tuple[int, list[dict[str, Any]], dict[str, set[str]]]:
-    """Rows changed after `after` (at most `limit`, oldest change first), the last `seq`
-    covered, and per filter key the ids among them that match that filter. One read
-    transaction, so the matches are of the same rows."""
+def changes(conn: sqlite3.Connection, after: int, limit: int, wheres: dict[str, query.Where],
+            until: int = 2**63 - 1) -> tuple[int, list[dict[str, Any]], list[str], dict[str, set[str]]]:
+    """Rows changed and ids deleted after `after` and up to `until` (at most `limit` changes
+    in all, oldest first), the last `seq` covered, and per filter key the ids among the rows
+    that match that filter. One read transaction, so the matches are of the same rows."""
     conn.execute("BEGIN")
     try:
         rows = [dict(r) for r in conn.execute(
-            "SELECT * FROM exchanges WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
-        if not rows:
-            return after, [], {}
-        upto = rows[-1]["seq"]
+            "SELECT * FROM exchanges WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", (after, until, limit))]
+        tombstones = conn.execute("SELECT seq, id FROM removed WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                                  (after, until, limit)).fetchall()
+        seqs = sorted([r["seq"] for r in rows] + [t[0] for t in tombstones])
+        if not seqs:
+            return after, [], [], {}
+        upto = seqs[min(limit, len(seqs)) - 1]
+        rows = [r for r in rows if r["seq"] <= upto]
+        # A row written again after its deletion (a forced delete in flight): the row wins.
+        written = {r["id"] for r in rows}
+        deleted = [t[1] for t in tombstones if t[0] <= upto and t[1] not in written]
         matches = {}
         for key, where in wheres.items():
             if not where.clauses:
-                matches[key] = {r["id"] for r in rows}
+                matches[key] = written
                 continue
             # Only the changed rows, found by seq: as a plain WHERE, SQLite would pick the
             # filter's index (by_model, by_route) and visit every row of that model per poll.
@@ -87,7 +96,7 @@ def changes(conn: sqlite3.Connection, after: int, limit: int,
             sql = (f"SELECT id FROM (SELECT * FROM exchanges WHERE seq > ? AND seq <= ? LIMIT -1) "
                    f"WHERE {condition}")
             matches[key] = {r[0] for r in conn.execute(sql, [after, upto, *where.args])}
-        return upto, rows, matches
+        return upto, rows, deleted, matches
     finally:
         conn.execute("COMMIT")
 
@@ -164,7 +173,7 @@ class LiveFeed:
         subscriber = Subscriber(params)
         with self._lock:  # the cursor, the catch-up and the registration as one step
             if self.cursor is None:
-                self.cursor = self.index.read(max_seq)
+                self.cursor = self.index.read(last_seq)
             cursor = self.cursor
             # No seq on the item: an SSE client resuming from it would skip the catch-up.
             subscriber.put(_dumps({"type": "hello", "seq": cursor, "time": time.time(), "worker": os.getpid()}))
@@ -179,19 +188,21 @@ class LiveFeed:
         if since > cursor:  # an index rebuilt from scratch counts again from 1
             subscriber.reset("the index was rebuilt")
             return
+        if cursor - since > TOMBSTONE_SEQS:  # the news of some deletions may be gone
+            subscriber.reset("too much changed")
+            return
         after, sent = since, 0
         wheres = {subscriber.key: subscriber.where}
         while after < cursor:
-            _, rows, matches = self.index.read(changes, after, BATCH, wheres)
-            rows = [r for r in rows if r["seq"] <= cursor]
-            if not rows:
+            # Up to the cursor: what came after it, the poll sends.
+            upto, rows, deleted, matches = self.index.read(changes, after, BATCH, wheres, cursor)
+            if upto == after:
                 break
-            sent += len(rows)
+            sent += len(rows) + len(deleted)
             if sent > CATCH_UP_MAX:  # cheaper for both sides to reload one page
                 subscriber.reset("too much changed")
                 return
-            upto = rows[-1]["seq"]
-            subscriber.put(self._rows_message(rows, matches.get(subscriber.key, set()), upto), upto)
+            subscriber.put(self._rows_message(rows, deleted, matches.get(subscriber.key, set()), upto), upto)
             after = upto
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -225,21 +236,21 @@ class LiveFeed:
                 return False
             subscribers = list(self.subscribers)
             wheres = {s.key: s.where for s in subscribers}
-            upto, rows, matches = self.index.read(changes, self.cursor, BATCH, wheres)
-            if not rows:
+            upto, rows, deleted, matches = self.index.read(changes, self.cursor, BATCH, wheres)
+            if upto == self.cursor:
                 return False
-            messages = {key: self._rows_message(rows, matches.get(key, set()), upto) for key in wheres}
+            messages = {key: self._rows_message(rows, deleted, matches.get(key, set()), upto) for key in wheres}
             for subscriber in subscribers:
                 if subscriber.seq < upto:
                     subscriber.put(messages[subscriber.key], upto)
             self.cursor = upto
-            return len(rows) >= BATCH
+            return len(rows) + len(deleted) >= BATCH
 
     @staticmethod
-    def _rows_message(rows: list[dict[str, Any]], matching: set[str], upto: int) -> str:
+    def _rows_message(rows: list[dict[str, Any]], deleted: list[str], matching: set[str], upto: int) -> str:
         items = [to_api(r) for r in rows if r["id"] in matching]
-        removed = [r["id"] for r in rows if r["id"] not in matching]
-        return _dumps({"type": "rows", "seq": upto, "items": items, "removed": removed})
+        removed = [r["id"] for r in rows if r["id"] not in matching] + deleted
+        return _dumps({"type": "rows", "seq": upto, "items": items, "removed": removed, "deleted": deleted})
 
     # -- shutdown --------------------------------------------------------------------------
 

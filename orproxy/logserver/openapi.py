@@ -3,6 +3,12 @@
 Built from the same declarations the code runs on (fields.FIELDS for list items,
 query.FILTERS for filter parameters), so the document cannot drift from the API. The
 tests validate it and check every endpoint's responses against it.
+
+The streaming endpoints are in it too: the live feed (`/api/live`, a WebSocket, and
+`/api/events`, SSE) and the live tail (`/api/requests/{id}/tail`, SSE). OpenAPI 3.1 has
+no words for a stream's items, so each says it with an extension: `x-events` on an
+event stream maps each SSE event name to the schema of its data, `x-messages` on the
+WebSocket's 101 gives the schema of every message.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import Any
 from orproxy import __version__
 from orproxy.logserver import derive
 from orproxy.logserver.fields import API_FIELDS
+from orproxy.logserver.livefeed import LIVE_PARAMS
 from orproxy.logserver.query import DEFAULT_LIMIT, FILTERS, MAX_LIMIT
 from orproxy.logserver.stats import PERCENTILES
 
@@ -55,6 +62,99 @@ _ID = {"name": "id", "in": "path", "required": True, "description": "The exchang
 def _filter_params() -> list[dict[str, Any]]:
     return [{"name": p.name, "in": "query", "required": False, "description": p.doc,
              "schema": {"type": "string"}, "example": p.example} for p in FILTERS]
+
+
+def _live_params() -> list[dict[str, Any]]:
+    """The live feed's parameters: the list's filters, but `since` is a seq there."""
+    since = {"name": "since", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "The last `seq` seen (a list page's `max_seq`): what changed after it comes "
+                            "first. Here not the time filter of the same name."}
+    return [p for p in _filter_params() if p["name"] not in LIVE_PARAMS] + [since]
+
+
+def _live_schemas() -> dict[str, Any]:
+    ids = {"type": "array", "items": {"type": "string"}}
+    delta = _object({"text": {"type": "string"}, "reasoning": {"type": "string"},
+                     "tool": _object({"index": {"type": "integer"}, "id": {"type": "string"},
+                                      "name": {"type": "string"}, "arguments": {"type": "string"}},
+                                     doc="A piece of a tool call: append name and arguments by index."),
+                     "error": {"type": "string"}, "finish": {"type": "string"}}, required=[])
+    return {
+        "LiveMessage": {"oneOf": [_ref("LiveHello"), _ref("LiveRows"), _ref("LiveReset"), _ref("LivePing")],
+                        "description": "One message of the live feed (JSON)."},
+        "LiveHello": _object({"type": {"const": "hello"},
+                              "seq": {"type": "integer", "description": "The feed starts after this seq."},
+                              "time": {"type": "number", "description": "The server's clock (epoch s)."},
+                              "worker": {"type": "integer", "description": "PID of the worker serving it."}},
+                             doc="The first message."),
+        "LiveRows": _object({
+            "type": {"const": "rows"},
+            "seq": {"type": "integer", "description": "The last seq covered: resume with it as `since`."},
+            "items": {"type": "array", "items": _ref("RequestItem"),
+                      "description": "Rows that changed and match the filter: insert or update them."},
+            "removed": {**ids, "description": "Ids to drop from the list: changed rows that no longer "
+                                              "match the filter, and deleted exchanges."},
+            "deleted": {**ids, "description": "The removed ids whose exchange was deleted (DELETE, "
+                                              "retention, a reindex that found its files gone)."}},
+            doc="What changed, oldest change first."),
+        "LiveReset": _object({"type": {"const": "reset"}, "reason": {"type": "string"}},
+                             doc="Reload the list (you fell behind); the stream ends after it."),
+        "LivePing": _object({"type": {"const": "ping"}},
+                            doc="After 15 s of silence (WebSocket; SSE sends a comment instead)."),
+        "TailHead": _object({"start_line": {"type": "string"}, "status": _nullable("integer"),
+                             "headers": {"type": "array", "items": {"type": "array", "items": {"type": "string"},
+                                                                    "minItems": 2, "maxItems": 2}}}),
+        "TailBody": _object({"text": {"type": "string"}}, doc="The next piece of the body, decoded, as text."),
+        "TailDeltas": {"type": "array", "items": delta,
+                       "description": "What each streamed LLM event completed here adds to the answer."},
+        "TailNotice": _object({"message": {"type": "string"}}),
+        "TailEnd": _object({"reason": {"enum": ["complete", "incomplete", "no response", "deleted", "timeout",
+                                                "server stopping"]},
+                            "bytes": _nullable("integer", "The response part's size, once it has ended.")},
+                           required=["reason"], doc="The last event: close the EventSource."),
+    }
+
+
+def _event_stream(description: str, events: dict[str, str]) -> dict[str, Any]:
+    return {"description": description, "content": {"text/event-stream": {
+        "schema": {"type": "string"}, "x-events": {name: _ref(schema) for name, schema in events.items()}}}}
+
+
+def _live_paths() -> dict[str, Any]:
+    get_only = {"405": _ERRORS["405"]}
+    return {
+        "/api/live": {"get": {
+            "summary": "Live feed of changed rows (WebSocket)", "operationId": "live_websocket",
+            "description": "A WebSocket (RFC 6455): send the upgrade headers. Messages are JSON text, "
+                           "`hello` first, then `rows` as exchanges change, `ping` when quiet, `reset` "
+                           "when the client fell behind. Several workers: each serves every change.",
+            "parameters": _live_params(),
+            "responses": {
+                "101": {"description": "Switching Protocols: every message is a LiveMessage.",
+                        "x-messages": _ref("LiveMessage")},
+                "400": _json_content(_ref("Error"), "A bad parameter, or a malformed handshake."),
+                "426": _json_content(_ref("Error"), "No WebSocket upgrade asked for: use /api/events."),
+                **get_only}}},
+        "/api/events": {"get": {
+            "summary": "Live feed of changed rows (server-sent events)", "operationId": "live_events",
+            "description": "The same messages as /api/live, one SSE event each (`rows` events carry "
+                           "`id: <seq>`); a comment every 15 s when quiet.",
+            "parameters": [*_live_params(), {
+                "name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "Sent by a reconnecting EventSource: as `since` (the query parameter wins)."}],
+            "responses": {"200": _event_stream("The feed, until the client leaves, a `reset`, or the "
+                                               "server stops.", {"message": "LiveMessage"}),
+                          "400": _ERRORS["400"], **get_only}}},
+        "/api/requests/{id}/tail": {"get": {
+            "summary": "The response as it arrives (server-sent events)", "operationId": "tail_response",
+            "description": "Follows the response file while it is written: `head`, then `body` (text), "
+                           "`deltas` (SSE answers) and `notice` as they come, `end` last. An exchange "
+                           "already over is sent whole and ended at once. Takes no query parameters.",
+            "parameters": [_ID],
+            "responses": {"200": _event_stream("The tail, ended by an `end` event.", {
+                "head": "TailHead", "body": "TailBody", "deltas": "TailDeltas", "notice": "TailNotice",
+                "end": "TailEnd"}), **_ERRORS}}},
+    }
 
 
 def _schemas() -> dict[str, Any]:
@@ -140,6 +240,7 @@ def _schemas() -> dict[str, Any]:
                           additional=True),
         "Deleted": _object({"id": {"type": "string"}, "deleted": {"const": True},
                             "freed_bytes": {"type": "integer"}}),
+        **_live_schemas(),
     }
 
 
@@ -204,6 +305,7 @@ def document() -> dict[str, Any]:
                                           "responses": {"200": {"description": "OpenAPI 3.1",
                                                                 "content": {"application/json": {}}},
                                                         "400": _ERRORS["400"], "405": _ERRORS["405"]}}},
+            **_live_paths(),
         },
         "components": {"schemas": _schemas()},
     }

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orproxy.logserver.fields import STATES, to_api
+from orproxy.logserver.index import last_seq
 from orproxy.logserver.units import parse_time
 
 DEFAULT_LIMIT = 50
@@ -282,7 +283,7 @@ def list_rows(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
     conn.execute("BEGIN")
     try:
         rows = conn.execute(sql, args).fetchall()
-        max_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM exchanges").fetchone()[0]
+        max_seq = last_seq(conn)
     finally:
         conn.execute("COMMIT")
     more = len(rows) > query.limit

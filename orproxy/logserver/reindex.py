@@ -18,7 +18,7 @@ from typing import Any
 
 from orproxy.logserver.blobs import METADATA_SUFFIX, UUID_RE, LogDir
 from orproxy.logserver.fields import row_from_document
-from orproxy.logserver.index import Index, analyze, upsert_rows
+from orproxy.logserver.index import Index, analyze, delete_rows, upsert_rows
 from orproxy.logserver.view import derive_document, needs_derive
 
 BATCH = 1000
@@ -46,12 +46,6 @@ def _load(path: str) -> dict[str, Any] | None:
 
 def _indexed_ids(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT id FROM exchanges")]
-
-
-def _delete_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("DELETE FROM exchanges WHERE id = ?", [(i,) for i in ids])
-    conn.execute("COMMIT")
 
 
 def reindex(log_dir: LogDir, index: Index,
@@ -89,7 +83,7 @@ def reindex(log_dir: LogDir, index: Index,
         result.indexed += len(batch)
     gone = [i for i in index.read(_indexed_ids) if i not in seen and log_dir.read_metadata(i) is None]
     if gone:
-        index.write(_delete_rows, gone)
+        index.write(delete_rows, gone)
     index.write(analyze)
     result.removed = len(gone)
     result.seconds = time.monotonic() - started

@@ -19,7 +19,7 @@ import gevent
 from gevent.threadpool import ThreadPool
 
 from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.index import Index
+from orproxy.logserver.index import Index, delete_rows
 
 STALE_IN_FLIGHT = 3600.0
 BATCH = 500
@@ -52,12 +52,6 @@ def select_victims(conn: sqlite3.Connection, now: float, max_age: float | None,
                     victims[r[0]] = r[1] or 0
                     excess -= r[1] or 0
     return list(victims.items())
-
-
-def _delete_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("DELETE FROM exchanges WHERE id = ?", [(i,) for i in ids])
-    conn.execute("COMMIT")
 
 
 def _delete_files(log_dir: LogDir, ids: list[str]) -> int:
@@ -114,7 +108,7 @@ class Retention:
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start:start + BATCH]
                 pruned.bytes += self.pool.apply(_delete_files, (self.log_dir, chunk))
-                self.index.write(_delete_rows, chunk)
+                self.index.write(delete_rows, chunk)
                 pruned.exchanges += len(chunk)
         return pruned
 

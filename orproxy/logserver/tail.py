@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import codecs
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +27,7 @@ from gevent.event import Event
 from orproxy.logserver import eventstream
 from orproxy.logserver.blobs import LogDir
 from orproxy.logserver.deltas import delta
-from orproxy.logserver.httpfile import MAX_HEAD, Head, parse_head
+from orproxy.logserver.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
 from orproxy.logserver.replies import error_response
 from orproxy.logserver.sse import parse_sse
 from orproxy.logserver.view import part_path
@@ -42,38 +41,13 @@ MAX_PENDING_EVENT = 1024 * 1024    # an SSE event that never ends stops the pars
 TOO_LARGE = "the body is too large to follow here; download it raw"
 
 
-class _Decoder:
-    """Undoes one Content-Encoding incrementally."""
-
-    def __init__(self, coding: str) -> None:
-        self.coding = coding
-        if coding in ("gzip", "x-gzip"):
-            self._z: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif coding == "deflate":
-            self._z = None  # zlib-wrapped or raw: decided on the first byte
-        elif coding == "br":
-            import brotli
-            self._z = brotli.Decompressor()
-        else:
-            raise ValueError(f"the body's Content-Encoding {coding!r} cannot be decoded")
-
-    def feed(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        if self._z is None:
-            self._z = zlib.decompressobj(-zlib.MAX_WBITS if data[0] & 0x0F != 8 else zlib.MAX_WBITS)
-        if self.coding == "br":
-            return self._z.process(data)
-        return self._z.decompress(data)
-
-
 class Follower:
     """Turns the bytes of a growing response file into tail events (pure: no I/O)."""
 
     def __init__(self) -> None:
         self.head: Head | None = None
         self._head_buffer = b""
-        self._decoders: list[_Decoder] = []
+        self._decoders: list[Decoder] = []
         self._text = codecs.getincrementaldecoder("utf-8")("replace")
         self._sse = False
         self._pending = ""
@@ -120,13 +94,11 @@ class Follower:
         self._sse = "text/event-stream" in (head.header("content-type") or "").lower()
         out = eventstream.event({"start_line": head.start_line, "status": status,
                                  "headers": [[n, v] for n, v in head.headers]}, "head")
-        encoding = head.header("content-encoding") or ""
         try:
-            self._decoders = [_Decoder(c.strip().lower()) for c in reversed(encoding.split(","))
-                              if c.strip().lower() not in ("", "identity")]
+            self._decoders = decoders(head.header("content-encoding"))
         except ValueError as e:
             self.broken = True
-            out += self._notice(str(e))
+            out += self._notice(f"the body cannot be decoded ({e}); download it raw")
         return out
 
     def _notice(self, message: str) -> bytes:

@@ -48,16 +48,38 @@ def _request_path(document: dict[str, Any], request: Message | None) -> str | No
         return proxy["path"]
     if request is not None and request.head is not None:
         return request.head.summary().get("path")
-    return None
+    head = ((document.get("parts") or {}).get("request") or {}).get("head") or {}
+    return head.get("path") if isinstance(head, dict) else None  # ingest's summary of the head
+
+
+def derive_request_document(log_dir: LogDir, document: dict[str, Any]) -> dict[str, Any]:
+    """The `derived` entry of an exchange whose request has ended and whose response has
+    not: the fields the request gives (derive.request_fields), so that an exchange in
+    flight is listed with its model. Its `parts` is ["request"]."""
+    request = load_part(log_dir, document, "request", DERIVE_LIMIT)
+    fields = derive.request_fields(parse_body(request) if request else None, _request_path(document, request))
+    return {"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields}
+
+
+def has_request_fields(document: dict[str, Any]) -> bool:
+    """The `derived` entry holds the request's fields (and how to finish them) by the
+    current rules: derive_document need not read the request again."""
+    derived = document.get("derived")
+    return isinstance(derived, dict) and derived.get("version") == derive.VERSION \
+        and derived.get("parts") == ["request"] and derive.REQUEST_GUESS in derived
 
 
 def derive_document(log_dir: LogDir, document: dict[str, Any]) -> dict[str, Any]:
-    """The `derived` entry of a metadata document, from the exchange's files."""
-    request = load_part(log_dir, document, "request", DERIVE_LIMIT)
+    """The `derived` entry of a metadata document, from the exchange's files (the request's
+    fields taken from the entry if derive_request_document made it: parsed once)."""
+    if has_request_fields(document):
+        requested, path = document["derived"], _request_path(document, None)
+    else:
+        request = load_part(log_dir, document, "request", DERIVE_LIMIT)
+        path = _request_path(document, request)
+        requested = derive.request_fields(parse_body(request) if request else None, path)
     response = load_part(log_dir, document, "response", DERIVE_LIMIT)
-    fields = derive.derive(parse_body(request) if request else None,
-                           parse_body(response, skim=True) if response else None,
-                           _request_path(document, request))
+    fields = derive.answer_fields(requested, parse_body(response, skim=True) if response else None, path)
     return {"version": derive.VERSION, "parts": ended_parts(document), "at": time.time(), **fields}
 
 

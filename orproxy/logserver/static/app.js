@@ -145,7 +145,8 @@ function liveMessage(message) {
       detail.update(row);
       learn(row);
     }
-    for (const id of message.removed) list.remove(id); // changed, and no longer matches the filters
+    for (const id of message.removed) list.remove(id); // no longer matches the filters, or deleted
+    for (const id of message.deleted || []) detail.deleted(id);
     if (list.rows.size > MAX_ROWS && list.trim(MAX_ROWS)) {
       state.cursor = null; // the next page would start after rows no longer shown
       state.trimmed = true;

@@ -31,6 +31,7 @@ export class DetailView {
     this.live = null;
     this.token = 0;
     this.tailDone = null;     // the id whose tail has ended: not followed again
+    this.gone = null;         // the id the live feed said was deleted
   }
 
   get isOpen() { return this.id !== null; }
@@ -55,6 +56,7 @@ export class DetailView {
     const same = id === this.id && this.view;
     const scroll = same ? this.root.scrollTop : 0;
     if (id !== this.id) this.tailDone = null;
+    this.gone = null;
     this.id = id;
     this.row = row || null;
     if (!same) {
@@ -91,6 +93,20 @@ export class DetailView {
     const summary = this.root.querySelector(".d-summary");
     if (summary) summary.replaceWith(this._summary());
     if (wasInFlight && row.state !== "in_flight" && !this.tail) this.open(this.id, this.row);
+  }
+
+  /** The live feed says exchange `id` was deleted (here, or by retention): if it is the
+   * one shown, stop following it and say so; what is on screen stays readable. */
+  deleted(id) {
+    if (id !== this.id || this.gone === id) return;
+    this.gone = id;
+    this._stopTail();
+    this.token++; // a load or reload in progress must not replace the notice
+    const notice = h("div.d-deleted", { role: "status", "data-testid": "detail-deleted" },
+      "This exchange has been deleted: its files are gone.");
+    const head = this.root.querySelector(".d-head");
+    if (head) head.after(notice);
+    else this.root.prepend(notice);
   }
 
   // -- live tail ----------------------------------------------------------------------

@@ -181,7 +181,9 @@ class GracefulWSGIServer(WSGIServer):
     """Stops by letting requests in flight finish, while idle keep-alive connections close."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, spawn=Pool(), **kwargs)
+        # gevent's default listen backlog is 128: thousands of clients connecting at once
+        # overflowed it (bench streams10k); the kernel caps this at net.core.somaxconn.
+        super().__init__(*args, spawn=Pool(), backlog=4096, **kwargs)
         self.idle_handlers: set[RawRequestHandler] = set()
         self.stopping = False
 

@@ -251,3 +251,80 @@ class RssWatch:
                 # the honest figure, the per-process peaks only bound it from above.
                 self.peak_kb = max(self.peak_kb, max(hwm))
         return self.peak_kb
+
+
+# -- open-file limits and CPU affinity ------------------------------------------------
+
+NOFILE_WANT = 65536  # 10,000 streams: a proxy holds 2 sockets each, plus its log streams
+
+
+def raise_nofile(want=NOFILE_WANT):
+    """Raise this process's RLIMIT_NOFILE, which every child inherits (the proxies, the
+    upstream, nginx, wrk): soft to the hard limit, and both to `want` when the hard limit
+    is lower and we may raise it (root: CAP_SYS_RESOURCE, up to fs.nr_open).
+    Returns (soft, hard, before)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = (soft, hard)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                cap = int(f.read())
+        except (OSError, ValueError):
+            cap = want
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, cap), min(want, cap)))
+        except (ValueError, OSError):
+            pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard, before
+
+
+def nofile_limit(pid):
+    """The soft 'Max open files' of a running process (from /proc/PID/limits)."""
+    try:
+        with open("/proc/%d/limits" % pid) as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    v = line.split()[3]
+                    return None if v == "unlimited" else int(v)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def set_affinity(pid, cpus):
+    """Pin every thread of a process tree to `cpus` (a set of CPU numbers)."""
+    for p in tree(pid):
+        try:
+            tids = [int(t) for t in os.listdir("/proc/%d/task" % p)]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+
+
+def tcp_counters():
+    """TcpExt counters of this network namespace (all processes in it, not only ours):
+    ListenOverflows (a connection dropped because a listen queue was full; the client's
+    SYN is retried after 1, 3, 7, 15, 31 s) and TCPSynRetrans."""
+    want = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            return {k: int(table[k]) for k in want if k in table}
+    return {}

@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import load, report  # noqa: E402
-from bench.procs import StartError, cpu_ticks, wait_idle  # noqa: E402
+from bench.procs import StartError, cpu_ticks, raise_nofile, wait_idle  # noqa: E402
 from bench.report import Row  # noqa: E402
 from bench.scenarios import CHAT, FULL, QUICK, SCENARIOS, log_dir_size, run_all  # noqa: E402
 from bench.targets import Direct, Nginx, Orproxy, Upstream  # noqa: E402
@@ -49,10 +49,16 @@ class Bench:
         self.all_targets = []
         self.overlaps = 0  # measurements started before the proxies were idle
         self.upstream = None
+        self.extra_procs = []  # processes a scenario starts itself (gunicorn and its logserver)
         self.work = OtherWork(lambda: self.server_pids() + (
-            [self.upstream.proc.pid] if self.upstream and self.upstream.proc.alive() else []))
+            [self.upstream.proc.pid] if self.upstream and self.upstream.proc.alive() else []) + [
+            p.pid for p in self.extra_procs if p.alive()])
         self.disturbed = []  # [label, target, cores of other work during it, seconds]
         ncpu = len(os.sched_getaffinity(0))
+        # every CPU this run may use (children inherit the harness's pinning to CPU 1,
+        # so a process meant to use all of them is started with taskset -c <these>)
+        self.cpus_all = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        self.nofile = None  # (soft, hard, (soft, hard) before raising): see main()
         self.pinned = ncpu >= 2 and not args.no_pin
         self.cpus_proxy = "0" if self.pinned else None
         self.cpus_client = "1" if self.pinned else None
@@ -263,21 +269,29 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="scenarios:\n" + "\n".join(
-                                     "  %-8s %s%s" % (s.name, s.help, "" if s.default else " (not in a plain run)")
+                                     "  %-10s %s%s" % (s.name, s.help, "" if s.default else " (not in a plain run)")
                                      for s in SCENARIOS.values()))
-    ap.add_argument("--quick", action="store_true", help="small sizes and counts: a smoke run under a minute")
+    ap.add_argument("--quick", action="store_true", help="small sizes and counts: a smoke run of about 1.5 minutes")
     ap.add_argument("--json", default=DEFAULT_JSON, metavar="PATH", help="where to save results (default bench/results/latest.json)")
     ap.add_argument("--only", metavar="LIST", help="comma-separated scenarios to run")
     ap.add_argument("--targets", default=",".join(TARGETS), metavar="LIST", help="comma-separated subset of " + ",".join(TARGETS))
+    ap.add_argument("--held-streams", type=int, metavar="N",
+                    help="streams of scenario streams10k (default 10,000, quick 500; by default "
+                    "lowered to what the open-files limit lets every process hold; given, it is not)")
+    ap.add_argument("--held-ramp", type=float, metavar="S",
+                    help="seconds over which scenario streams10k starts its streams (default 10, quick 1)")
     ap.add_argument("--install", action="store_true", help="apt-get install nginx and wrk when missing (needs root)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even when wrk is installed")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--log-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
                     metavar="DIR", help="parent of the run's temporary dir (logs, configs, process output); default /dev/shm (tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the run's temporary dir (logs, process output)")
-    ap.add_argument("--upstream-cmd", default="%s %s" % (shlex.quote(sys.executable), os.path.join(REPO, "tests", "fake_upstream.py")),
-                    help="command of the fake upstream (gets --port 0)")
+    ap.add_argument("--upstream-cmd", default="%s %s" % (shlex.quote(sys.executable), os.path.join(REPO, "bench", "upstream.py")),
+                    help="command of the fake upstream (gets --port 0); default: tests/fake_upstream.py "
+                    "run by bench/upstream.py with a listen backlog of 4096")
     bindir = os.path.dirname(sys.executable)
+    ap.add_argument("--gunicorn-cmd", default=os.path.join(bindir, "gunicorn"),
+                    help="gunicorn, for scenario gunicorn (gets -k gevent -w 2 -b ... 'orproxy.wsgi:proxy_app()')")
     ap.add_argument("--proxy-cmd", default=os.path.join(bindir, "orproxy"), help="command of the proxy (gets --config, --port 0)")
     ap.add_argument("--logserver-cmd", default=os.path.join(bindir, "orlogserver"), help="command of the logging server (gets --host, --port, --log-dir)")
     args = ap.parse_args(argv)
@@ -287,7 +301,7 @@ def parse_args(argv=None):
     if unknown:
         ap.error("unknown scenario(s): %s (known: %s)" % (", ".join(unknown), ", ".join(SCENARIOS)))
     args.scenarios = names
-    for name in ("upstream_cmd", "proxy_cmd", "logserver_cmd"):
+    for name in ("upstream_cmd", "proxy_cmd", "logserver_cmd", "gunicorn_cmd"):
         setattr(args, name + "_argv", command(getattr(args, name)))
     args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
     bad = [n for n in args.target_names if n not in TARGETS]
@@ -310,7 +324,11 @@ def main(argv=None):
         if need:
             print("installing %s from Debian packages..." % " ".join(need), file=sys.stderr, flush=True)
             install_note = install_tools(need)
+    # Children inherit the open-file limit: 10,000 streams need some 20,000 sockets in a
+    # proxy (client and upstream side) and 10,000 in the upstream and in this process.
+    nofile = raise_nofile()
     ctx = Bench(args)
+    ctx.nofile = nofile
     if install_note:
         ctx.note(install_note)
     if ctx.pinned:
@@ -383,6 +401,8 @@ def finish(ctx, args, upstream, load_start):
         "load generator: %s for requests/s; Python raw-socket client (gevent) for the rest"
         % ("wrk %s" % wrk if wrk else "Python gevent closed loop (--no-wrk)" if args.no_wrk
            else "Python gevent closed loop (wrk not installed: --install)"),
+        "open files limit (RLIMIT_NOFILE, inherited by every process started): %d (was %d, hard %d)"
+        % (ctx.nofile[0], ctx.nofile[2][0], ctx.nofile[2][1]),
     ]
     for t in ctx.all_targets:
         note = (t.note or "").splitlines()[0] if t.note else ""
@@ -410,7 +430,10 @@ def finish(ctx, args, upstream, load_start):
             "params": ctx.p, "scenarios": args.scenarios, "timings_s": ctx.timings, "not_idle_before": ctx.overlaps,
             "other_work_per_measurement": ctx.disturbed,
             "notes": ctx.notes, "upstream_cmd": args.upstream_cmd,
-            "proxy_cmd": args.proxy_cmd, "logserver_cmd": args.logserver_cmd}
+            "proxy_cmd": args.proxy_cmd, "logserver_cmd": args.logserver_cmd,
+            "gunicorn_cmd": args.gunicorn_cmd,
+            "nofile": {"soft": ctx.nofile[0], "hard": ctx.nofile[1],
+                       "before": list(ctx.nofile[2])}}
     report.save_json(args.json, meta, {t.name: t.describe() for t in ctx.all_targets},
                      ctx.results, ctx.rows)
     print(report.table(ctx.rows, names, proxies, header), flush=True)

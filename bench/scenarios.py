@@ -3,15 +3,17 @@ target in turn, stores raw results and appends table rows. Register a new one wi
 @scenario(name); `--only` picks by name, and default=False keeps it out of a plain run.
 Goals are (op, threshold, issue) for the proxy targets: issue 2's and issue 6's targets.
 """
+import json
 import os
 import time
 
 import gevent
 
 from bench import load
-from bench.procs import RssWatch, StartError
+from bench.procs import (RssWatch, StartError, cpu_ticks, nofile_limit, set_affinity,
+                         tcp_counters, tree, wait_idle)
 from bench.report import Row
-from bench.targets import API
+from bench.targets import API, Gunicorn
 
 CHAT = API + "/chat/completions"
 
@@ -38,10 +40,12 @@ FULL = {
     "fb_count": 40, "fb_first_delay_ms": 20,
     "down_bytes": 1 << 30, "up_bytes": 256 << 20,
     "logdown_conc": 16, "logdown_duration": 5,
+    "held_streams": 10000, "held_events": 40, "held_interval_ms": 500, "held_ramp_s": 10.0,
+    "gu_conc": 64, "gu_workers": 2, "gu_rounds": 2,
 }
 QUICK = dict(FULL, lat_warmup=20, lat_requests=200, lat_rounds=2, rps_duration=1,
              rps_warmup=0.3, sse_events=25, fb_count=10, down_bytes=64 << 20, up_bytes=16 << 20,
-             logdown_duration=1)
+             logdown_duration=1, held_streams=500, held_events=10, held_ramp_s=1.0, gu_rounds=1)
 
 
 def _vals(per, key, sub=None):
@@ -305,6 +309,424 @@ def logdown(ctx):
             k: sum(s.get("errors", 0) + s.get("non2xx", 0) for s in v.values()
                    if isinstance(s, dict)) for k, v in per.items()}, kind="info"),
     ]
+
+
+# -- 6. 10,000 SSE streams held at once --------------------------------------------------
+
+@scenario("streams10k", help="10,000 SSE streams held at once, one event per 500 ms for 20 s")
+def streams10k(ctx):
+    p = ctx.p
+    events, iv = p["held_events"], p["held_interval_ms"]
+    ramp = ctx.args.held_ramp if ctx.args.held_ramp is not None else p["held_ramp_s"]
+    asked = ctx.args.held_streams or p["held_streams"]
+    hz = os.sysconf("SC_CLK_TCK")
+    upstream = ctx.upstream.proc
+    limits, fits = _held_capacity(ctx)
+    n = asked
+    if fits is not None and fits < asked:
+        if ctx.args.held_streams:
+            ctx.note("streams10k: %d streams asked for, but the open-files limit lets every "
+                     "process hold only %d (%s); running %d anyway" % (
+                         asked, fits, _limits_text(limits), asked))
+        else:
+            n = max(100, fits // 100 * 100)
+            ctx.note("streams10k: %d streams instead of %d: the open-files limit (%s) cannot be "
+                     "raised here and a proxy needs 2 sockets per stream (orproxy also up to "
+                     "%d log streams); --held-streams %d forces it" % (
+                         n, asked, _limits_text(limits), _log_stream_cap(), asked))
+    per = {}
+    for t in ctx.each_target("%d streams" % n):
+        watches = {role: RssWatch(proc.pid, every=0.5).start()
+                   for role, proc in t.roles().items() if proc is not None and proc.alive()}
+        watches["upstream"] = RssWatch(upstream.pid, every=0.5).start()
+        pids = {role: proc.pid for role, proc in t.roles().items()
+                if proc is not None and proc.alive()}
+        pids["upstream"] = upstream.pid
+        ticks = {role: cpu_ticks([pid]) for role, pid in pids.items()}
+        files_before = ctx.log_count(t)
+        meta_before = _metadata_files(t.log_dir) if t.has_logserver else None
+        tcp_before = tcp_counters()
+        t0 = time.monotonic()
+
+        def progress(state, name=t.name):
+            ctx.progress("  %s: %d connected, %d open (peak %d), %d events, %d intact so far"
+                         % (name, state["connected"], state["open"], state["peak_open"],
+                            state["events"], state["intact"]))
+        try:
+            res = load.held_streams(t.host, t.port, API + "/sse", n, events, iv, ramp,
+                                    progress=progress)
+        finally:
+            for w in watches.values():
+                w.stop()
+        wall = time.monotonic() - t0
+        tcp_after = tcp_counters()
+        res["tcp"] = {k: tcp_after[k] - tcp_before.get(k, 0) for k in tcp_after}
+        for role, w in watches.items():
+            res["%s_rss_start_mb" % role] = w.start_kb / 1024
+            res["%s_rss_peak_mb" % role] = w.peak_kb / 1024
+        res["cores"] = {role: round((cpu_ticks([pid]) - ticks[role]) / hz / wall, 2)
+                        for role, pid in pids.items()}
+        res["cores"]["loadgen"] = res["loadgen_cores"]
+        if t.has_logserver:
+            wait_idle([t.logserver.pid], timeout=30)
+            res["logged_mb"] = ctx.settle_logs(t) / 1e6
+            res["log_files"] = ctx.log_count(t) - files_before
+            res["log"] = _log_completeness(t.log_dir, meta_before)
+            ctx.clear_logs(t)
+        per[t.name] = res
+        if res["intact"] < n:
+            ctx.note("%d streams through %s: %d intact (%d short, %d out of order, %d "
+                     "incomplete; errors %s; statuses %s)" % (
+                         n, t.name, res["intact"], res["short"], res["out_of_order"],
+                         res["incomplete"], res["errors"] or "none", res["statuses"]))
+        # Let the closed connections' after-work (log writes, pool trimming) finish.
+        wait_idle(ctx.server_pids() + [upstream.pid], timeout=15)
+    ctx.results["streams10k"] = {"params": {"streams": n, "asked": asked, "fits": fits,
+                                            "events": events, "interval_ms": iv,
+                                            "ramp_s": ramp},
+                                 "nofile": {k: v[0] for k, v in limits.items()},
+                                 "per_target": per}
+    if not per:
+        return
+    g = "%d SSE streams held, %d x %d ms, ramp %g s" % (n, events, iv, ramp)
+    d50, d99 = _vals(per, "delay", "p50"), _vals(per, "delay", "p99")
+    ctx.rows += [
+        Row(g, "intact streams", "", {k: "%d/%d" % (v["intact"], v["streams"])
+                                      for k, v in per.items()}, kind="info"),
+        Row(g, "  intact share", "%", {k: 100.0 * v["intact"] / v["streams"]
+                                       for k, v in per.items()}, kind="info",
+            goal=[(">=", 100, "#6")]),
+        Row(g, "peak streams open at once", "", _vals(per, "peak_open"), kind="info"),
+        Row(g, "connect to response head p50", "ms", _vals(per, "head", "p50")),
+        Row(g, "connect to response head p99", "ms", _vals(per, "head", "p99")),
+        Row(g, "  listen queue overflows (whole machine)", "",
+            {k: v["tcp"].get("ListenOverflows") for k, v in per.items()}, kind="info"),
+        Row(g, "event delay p50", "ms", d50),
+        Row(g, "event delay p99", "ms", d99, goal=[("<=", 50, "#6")]),
+        Row(g, "added delay p50", "ms", _added(d50), kind="added"),
+        Row(g, "added delay p99", "ms", _added(d99), kind="added"),
+        Row(g, "proxy peak RSS", "MiB", _vals(per, "proxy_rss_peak_mb"),
+            goal=[("<=", 400, "#6")]),
+    ]
+    if any(t.has_logserver for t in ctx.targets):
+        ctx.rows += [
+            Row(g, "logserver peak RSS", "MiB", _vals(per, "logserver_rss_peak_mb"), kind="info"),
+            Row(g, "  log files written", "", _vals(per, "log_files"), kind="info"),
+            Row(g, "  exchanges fully logged (request, response, metadata)", "", {
+                k: "%d/%d" % (v["log"]["complete"], v["streams"])
+                for k, v in per.items() if "log" in v}, kind="info"),
+            Row(g, "  bytes not logged (metadata's log_dropped_bytes)", "MB", {
+                k: v["log"]["dropped_bytes"] / 1e6 for k, v in per.items() if "log" in v},
+                kind="info"),
+        ]
+    ctx.rows += [
+        Row(g, "CPU: proxy (+ logserver), cores", "", {
+            k: ("%.2f + %.2f" % (v["cores"]["proxy"], v["cores"]["logserver"])
+                if "logserver" in v["cores"] else "%.2f" % v["cores"]["proxy"])
+            if "proxy" in v["cores"] else None for k, v in per.items()}, kind="info"),
+        Row(g, "CPU 1: upstream + load generator, cores", "", {
+            k: "%.2f + %.2f" % (v["cores"]["upstream"], v["cores"]["loadgen"])
+            for k, v in per.items()}, kind="info"),
+        Row(g, "fake upstream peak RSS", "MiB", _vals(per, "upstream_rss_peak_mb"), kind="info"),
+        Row(g, "stream duration p50 (planned %.1f s)" % ((events - 1) * iv / 1000), "s",
+            {k: (v["stream_duration"]["p50"] / 1000 if v["stream_duration"].get("p50")
+                 else None) for k, v in per.items()}, kind="info"),
+        Row(g, "  upstream lateness of last event p99", "ms",
+            _vals(per, "upstream_slip", "p99"), kind="info"),
+        Row(g, "load generator loop lag p99", "ms", _vals(per, "loadgen_lag_ms", "p99"),
+            kind="info"),
+    ]
+
+
+def _metadata_files(log_dir):
+    out = set()
+    for root, _, files in os.walk(log_dir):
+        out.update(os.path.join(root, f) for f in files if f.endswith("_metadata.json"))
+    return out
+
+
+def _log_completeness(log_dir, before):
+    """What the logging server holds for the exchanges since `before`: how many have
+    their request and response parts complete and the proxy's metadata with nothing
+    dropped; the bytes the proxy reports it could not log."""
+    out = {"exchanges": 0, "complete": 0, "with_response": 0, "with_proxy_meta": 0,
+           "dropped_bytes": 0, "unreadable": 0}
+    for path in sorted(_metadata_files(log_dir) - before)[:100000]:
+        try:
+            with open(path, "rb") as f:
+                doc = json.loads(f.read())
+        except (OSError, ValueError):
+            out["unreadable"] += 1
+            continue
+        proxy = doc.get("proxy") or {}
+        if proxy.get("path", "").endswith("/chat/completions"):
+            continue  # the probe before the scenario
+        out["exchanges"] += 1
+        parts = doc.get("parts") or {}
+        response = (parts.get("response") or {}).get("complete") is True
+        request = (parts.get("request") or {}).get("complete") is True
+        dropped = proxy.get("log_dropped_bytes") or 0
+        out["dropped_bytes"] += dropped
+        out["with_response"] += response
+        out["with_proxy_meta"] += bool(proxy)
+        out["complete"] += bool(request and response and proxy and not dropped)
+    return out
+
+
+def _log_stream_cap():
+    """orproxy's cap on log streams open at once (each a connection to the logserver)."""
+    try:
+        from orproxy.sink import MAX_ACTIVE_STREAMS
+        return MAX_ACTIVE_STREAMS
+    except Exception:  # an older or other proxy: assume the documented 2,048
+        return 2048
+
+
+def _held_capacity(ctx):
+    """{who: (open-files limit, streams it can hold)}, and the smallest of those: a proxy
+    holds a client and an upstream socket per stream (orproxy also its log streams), the
+    upstream and this load generator one socket per stream; ~100 files kept spare each
+    (listening sockets, logs, epoll), the upstream also the proxies' idle keep-alive pools."""
+    limits = {"load generator": nofile_limit(os.getpid())}
+    limits["upstream"] = nofile_limit(ctx.upstream.proc.pid)
+    spare = {"load generator": 100, "upstream": 100 + 256 + 128}
+    for t in ctx.targets:
+        for role, proc in t.roles().items():
+            if proc is None or not proc.alive():
+                continue
+            # nginx's worker may differ from its master (worker_rlimit_nofile)
+            lims = [nofile_limit(pid) for pid in tree(proc.pid)]
+            lims = [x for x in lims if x is not None]
+            who = "%s %s" % (t.name, role)
+            limits[who] = min(lims) if lims else None
+            if role == "proxy":
+                spare[who] = 100 + (_log_stream_cap() if t.has_logserver else 0)
+            else:
+                spare[who] = None  # the logging server: at most the proxy's log streams
+    out = {}
+    for who, lim in limits.items():
+        if lim is None or spare.get(who) is None:
+            out[who] = (lim, None)
+        elif who.endswith("proxy"):
+            out[who] = (lim, (lim - spare[who]) // 2)
+        else:
+            out[who] = (lim, lim - spare[who])
+    caps = [v[1] for v in out.values() if v[1] is not None]
+    return out, (min(caps) if caps else None)
+
+
+def _limits_text(limits):
+    return ", ".join("%s %s" % (who, lim) for who, (lim, _) in limits.items()
+                     if who in ("load generator", "upstream") or who.endswith("proxy"))
+
+
+# -- 7. gunicorn -k gevent -w 2 on both cores vs one process on one core ------------------
+
+LOG_CATCHUP_S = 20  # how long scenario gunicorn waits for a logging server to go idle
+
+
+def _rps_with_cpu(ctx, host, port, cpus, pids):
+    """requests/s at concurrency gu_conc (warm-up, then wrk on `cpus`), and the CPU cores
+    each group of `pids` used during the measurement itself."""
+    p = ctx.p
+    c, dur = p["gu_conc"], p["rps_duration"]
+    req = load.chat_request(host, port, CHAT)
+    load.closed_loop(host, port, req, c, p["rps_warmup"], 0)
+    hz = os.sysconf("SC_CLK_TCK")
+    before = {k: cpu_ticks(v) for k, v in pids.items()}
+    t0 = time.monotonic()
+    own0 = os.times()
+    work0 = ctx.work.snapshot()
+    res = None
+    if ctx.use_wrk:
+        try:
+            res = load.wrk_loop(host, port, CHAT, c, dur, cpus)
+        except (RuntimeError, OSError) as e:
+            ctx.note("wrk failed (%s); Python load generator instead" % e)
+    if res is None:
+        res = load.closed_loop(host, port, req, c, dur, 0)
+    wall = time.monotonic() - t0
+    own1 = os.times()
+    res["other_cores"] = ctx.work.between(work0, ctx.work.snapshot())["other_cores"]
+    res["cores"] = {k: round((cpu_ticks(v) - before[k]) / hz / wall, 2) for k, v in pids.items()}
+    # the load generator: wrk (a reaped child) or this process
+    res["cores"]["loadgen"] = round((own1.children_user + own1.children_system + own1.user
+                                     + own1.system - own0.children_user - own0.children_system
+                                     - own0.user - own0.system) / wall, 2)
+    if pids.get("logserver"):
+        # A logging server that fell behind (it runs at a lower priority) works on after
+        # the load stops: a requests/s figure that leaves work for later.
+        t1 = time.monotonic()
+        res["logserver_after_capped"] = not wait_idle(pids["logserver"], timeout=LOG_CATCHUP_S)
+        res["logserver_after_s"] = round(time.monotonic() - t1, 2)
+    return res
+
+
+@scenario("gunicorn", help="gunicorn -k gevent -w 2 on both cores vs one orproxy process on one core")
+def gunicorn(ctx):
+    p = ctx.p
+    one = [t for t in ctx.targets if t.name == "orproxy"]
+    if not one:
+        ctx.note("scenario gunicorn needs the orproxy target (one process) to compare with")
+        return
+    one = one[0]
+    direct = [t for t in ctx.targets if t.name == "direct"]
+    upstream = ctx.upstream.proc
+    all_cpus = {int(c) for c in ctx.cpus_all.split(",")}
+    client_cpus = {int(c) for c in ctx.cpus_client.split(",")} if ctx.cpus_client else all_cpus
+    gu = Gunicorn(ctx, ctx.args.gunicorn_cmd_argv, ctx.args.logserver_cmd_argv, p["gu_workers"])
+    try:
+        gu.start(ctx.upstream)
+        # one chat completion answered, then the workers' start-up work done (bounded)
+        conn = load.Connection(gu.host, gu.port, timeout=10)
+        try:
+            for _ in range(50):
+                try:
+                    if conn.request(load.chat_request(gu.host, gu.port, CHAT)).status == 200:
+                        break
+                except (OSError, ValueError):
+                    conn.close()
+                time.sleep(0.2)
+            else:
+                raise StartError("gunicorn answers no chat completion:\n%s" % gu.proc.tail())
+        finally:
+            conn.close()
+        wait_idle([pr.pid for pr in gu.procs()], timeout=15)
+    except StartError as e:
+        ctx.note("gunicorn did not start: %s" % e)
+        _stop_gunicorn(ctx, gu)
+        return
+    rounds = {"direct_1": [], "one_process": [], "direct_2": [], "gunicorn": []}
+    try:
+        for r in range(p["gu_rounds"]):
+            # (a) the usual layout: proxy + logserver on CPU 0, upstream + wrk on CPU 1
+            for t in ctx.each_target("gunicorn: one process, round %d" % (r + 1),
+                                     only=lambda t: t.name in ("direct", "orproxy")):
+                pids = {"proxy": [t.proxy.pid], "logserver": [t.logserver.pid]} \
+                    if t is one else {}
+                pids["upstream"] = [upstream.pid]
+                res = _rps_with_cpu(ctx, t.host, t.port, ctx.cpus_client, pids)
+                rounds["direct_1" if t.name == "direct" else "one_process"].append(res)
+            # (b) everything on every CPU: gunicorn's workers, its logserver, upstream, wrk
+            set_affinity(upstream.pid, all_cpus)
+            try:
+                if not wait_idle(ctx.server_pids() + [pr.pid for pr in gu.procs()]):
+                    ctx.overlaps += 1
+                if direct:
+                    ctx.progress("gunicorn: direct on both cores, round %d" % (r + 1))
+                    before = ctx.work.snapshot()
+                    rounds["direct_2"].append(_rps_with_cpu(
+                        ctx, direct[0].host, direct[0].port, ctx.cpus_all,
+                        {"upstream": [upstream.pid]}))
+                    ctx.disturbed.append(["gunicorn both cores", "direct"] + _share(ctx, before))
+                ctx.progress("gunicorn: -w %d on both cores, round %d" % (gu.workers, r + 1))
+                before = ctx.work.snapshot()
+                rounds["gunicorn"].append(_rps_with_cpu(
+                    ctx, gu.host, gu.port, ctx.cpus_all,
+                    {"proxy": gu.worker_pids(), "logserver": [gu.logserver.pid],
+                     "upstream": [upstream.pid]}))
+                ctx.disturbed.append(["gunicorn both cores", "gunicorn"] + _share(ctx, before))
+            finally:
+                set_affinity(upstream.pid, client_cpus)
+        files = sum(len(f) for _, _, f in os.walk(gu.log_dir))
+    finally:
+        _stop_gunicorn(ctx, gu)
+
+    def mean(key, field="rps"):
+        vals = [x.get(field) for x in rounds[key] if isinstance(x.get(field), (int, float))]
+        return sum(vals) / len(vals) if vals else None
+
+    def cores(key, who):
+        vals = [x["cores"].get(who) for x in rounds[key] if who in x.get("cores", {})]
+        return sum(vals) / len(vals) if vals else None
+
+    one_rps, gu_rps = mean("one_process"), mean("gunicorn")
+    ratio = gu_rps / one_rps if one_rps and gu_rps else None
+
+    def per_core(key, rps):
+        c = (cores(key, "proxy") or 0) + (cores(key, "logserver") or 0)
+        return rps / c if rps and c else None
+    one_pc, gu_pc = per_core("one_process", one_rps), per_core("gunicorn", gu_rps)
+    # If the workers and their logserver had both cores to themselves (upstream and load
+    # generator elsewhere), and the one process its core, at the per-core rates they
+    # showed: a projection, not a measurement.
+    projected = 2 * gu_pc / one_pc if gu_pc and one_pc else None
+    ncpu = len(all_cpus)
+    shared = sum(cores("gunicorn", k) or 0 for k in ("upstream", "loadgen"))
+    if ratio is not None:
+        ctx.note("gunicorn -w %d: the workers and their logging server share the %d cores with "
+                 "the fake upstream and the load generator (%.2f cores of them during it), "
+                 "while the one process has CPU 0 alone and leaves them CPU 1: the ratio "
+                 "%.2f is bounded by that" % (gu.workers, ncpu, shared, ratio))
+    ctx.results["gunicorn"] = {"rounds": rounds, "workers": gu.workers,
+                               "concurrency": p["gu_conc"], "ratio": ratio,
+                               "log_files": files, "cpus": ctx.cpus_all}
+    g = "gunicorn -w %d, 1 KB JSON c=%d (%s)" % (gu.workers, p["gu_conc"], ctx.loadgen_name)
+
+    def side(key):
+        if cores(key, "proxy") is None:
+            return None
+        return "%.2f + %.2f" % (cores(key, "proxy"), cores(key, "logserver"))
+    ctx.rows += [
+        Row(g, "1 process: proxy+logserver CPU 0, upstream+wrk CPU 1", "req/s",
+            {"direct": mean("direct_1"), "orproxy": one_rps}),
+        Row(g, "gunicorn -w %d: all on both cores (shared with upstream, wrk)" % gu.workers,
+            "req/s", {"direct": mean("direct_2"), "orproxy": gu_rps}),
+        Row(g, "  gunicorn / 1 process", "", {"orproxy": ratio}, kind="info",
+            goal=[(">=", 1.8, "#6")]),
+        Row(g, "  CPU 1 process: proxy + logserver, cores", "",
+            {"orproxy": side("one_process")}, kind="info"),
+        Row(g, "  CPU gunicorn: workers + logserver, cores", "",
+            {"orproxy": side("gunicorn")}, kind="info"),
+        Row(g, "  CPU upstream + load generator, cores (1 process / gunicorn)", "", {
+            k: _pair(*[(cores(key, "upstream") or 0) + (cores(key, "loadgen") or 0)
+                       if rounds[key] else None for key in keys])
+            for k, keys in (("direct", ("direct_1", "direct_2")),
+                            ("orproxy", ("one_process", "gunicorn")))}, kind="info"),
+        Row(g, "  other work on the machine, cores (1 process / gunicorn)", "", {
+            k: _pair(*[mean(key, "other_cores") for key in keys])
+            for k, keys in (("direct", ("direct_1", "direct_2")),
+                            ("orproxy", ("one_process", "gunicorn")))}, kind="info"),
+        Row(g, "  req/s per core of proxy + logserver (1 process / gunicorn)", "",
+            {"orproxy": _pair(one_pc, gu_pc, "%.0f")}, kind="info"),
+        Row(g, "  projected ratio: 2 cores for gunicorn alone vs 1 (2 x per-core ratio)", "",
+            {"orproxy": projected}, kind="info"),
+        Row(g, "  logserver busy after the load, s (1 process / gunicorn)", "", {
+            "orproxy": " / ".join(_catchup(rounds[key]) for key in ("one_process", "gunicorn"))},
+            kind="info"),
+        Row(g, "  log files written under gunicorn", "", {"orproxy": files}, kind="info"),
+    ]
+    errors = sum(x.get("errors", 0) + x.get("non2xx", 0)
+                 for key in ("one_process", "gunicorn") for x in rounds[key])
+    ctx.error_row(g, {"orproxy": {"errors": errors}})
+
+
+def _catchup(results):
+    """Mean seconds a logging server stayed busy after the load ('>=N' if it was still
+    busy when the wait gave up)."""
+    vals = [r["logserver_after_s"] for r in results if "logserver_after_s" in r]
+    if not vals:
+        return "\u2014"
+    capped = any(r.get("logserver_after_capped") for r in results)
+    return ("\u2265%.0f" if capped else "%.1f") % (sum(vals) / len(vals))
+
+
+def _stop_gunicorn(ctx, gu):
+    gu.stop()
+    for pr in gu.procs():
+        if pr in ctx.extra_procs:
+            ctx.extra_procs.remove(pr)
+
+
+def _pair(a, b, form="%.2f"):
+    if a is None and b is None:
+        return None
+    return "%s / %s" % tuple("\u2014" if v is None else form % v for v in (a, b))
+
+
+def _share(ctx, before):
+    share = ctx.work.between(before, ctx.work.snapshot())
+    return [share["other_cores"], share["wall_s"]]
 
 
 def run_all(ctx, names):

@@ -7,8 +7,9 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
-from bench.procs import Proc, StartError, free_port
+from bench.procs import Proc, StartError, free_port, tree
 
 API = "/v1"  # every request goes to {target}/v1/...; the proxy route is source "/v1/"
 
@@ -158,7 +159,8 @@ master_process on;
 worker_processes 1;
 pid %(dir)s/nginx.pid;
 error_log %(dir)s/error.log warn;
-events { worker_connections 4096; }
+worker_rlimit_nofile %(nofile)d;
+events { worker_connections %(nofile)d; }  # scenario streams10k: 2 per stream
 http {
     access_log off;
     keepalive_requests 1000000;
@@ -188,6 +190,68 @@ http {
 """
 
 
+class Gunicorn:
+    """orproxy under `gunicorn -k gevent -w N --no-control-socket 'orproxy.wsgi:proxy_app()'`
+    (config from ORPROXY_CONFIG) with its own `orlogserver` (which lowers its own priority),
+    both on every CPU of the run: not a column of its own, scenario gunicorn compares it
+    with the one-process orproxy target."""
+
+    name = "gunicorn"
+    host = "127.0.0.1"
+
+    def __init__(self, ctx, gunicorn_argv, logserver_argv, workers=2):
+        self.ctx = ctx
+        self.gunicorn_argv = gunicorn_argv
+        self.logserver_argv = logserver_argv
+        self.workers = workers
+        self.log_dir = os.path.join(ctx.log_root, "gunicorn-logs")
+        self.config_path = os.path.join(ctx.workdir, "orproxy-gunicorn.yaml")
+        self.proc = None
+        self.logserver = None
+        self.port = None
+
+    def procs(self):
+        return [p for p in (self.proc, self.logserver) if p is not None]
+
+    def start(self, upstream, timeout=60.0):
+        """Start both; return once every worker has loaded the app (bounded)."""
+        if not shutil.which(self.gunicorn_argv[0]) and not os.path.exists(self.gunicorn_argv[0]):
+            raise StartError("%s missing" % self.gunicorn_argv[0])
+        os.makedirs(self.log_dir, exist_ok=True)
+        cpus = self.ctx.cpus_all
+        self.logserver = Proc("gunicorn-orlogserver", self.logserver_argv + [
+            "--host", "127.0.0.1", "--port", "0", "--log-dir", self.log_dir],
+            self.ctx.workdir, cpus=cpus, cwd=self.ctx.workdir).start()
+        self.ctx.extra_procs.append(self.logserver)
+        logport = self.logserver.wait_listening()
+        with open(self.config_path, "w") as f:
+            f.write(CONFIG % {"logport": logport, "upstream": upstream.url})
+        port = free_port()
+        env = dict(os.environ, ORPROXY_CONFIG=self.config_path)
+        self.proc = Proc("gunicorn", self.gunicorn_argv + [
+            "-k", "gevent", "-w", str(self.workers), "--no-control-socket",
+            "-b", "127.0.0.1:%d" % port, "--graceful-timeout", "2",
+            "orproxy.wsgi:proxy_app()"],
+            self.ctx.workdir, cpus=cpus, env=env, cwd=self.ctx.workdir).start()
+        self.ctx.extra_procs.append(self.proc)
+        self.port = self.proc.wait_port(port, timeout)
+        # gunicorn binds before its workers load the app: wait for each worker's line
+        deadline = time.monotonic() + timeout
+        while self.proc.output().count(b"Booting worker") < self.workers:
+            if not self.proc.alive() or time.monotonic() > deadline:
+                raise StartError("gunicorn workers did not boot:\n%s" % self.proc.tail())
+            time.sleep(0.1)
+        return self
+
+    def worker_pids(self):
+        return [p for p in tree(self.proc.pid) if p != self.proc.pid] if self.proc else []
+
+    def stop(self):
+        for p in (self.proc, self.logserver):
+            if p is not None:
+                p.stop()
+
+
 class Nginx(Target):
     """nginx, one worker, pinned to the proxy CPU, streaming both ways, no access log."""
 
@@ -207,7 +271,9 @@ class Nginx(Target):
         port = free_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF % {"dir": d, "upstream": upstream.port, "port": port})
+            # as many connections as it may open files (the harness's raised limit)
+            f.write(NGINX_CONF % {"dir": d, "upstream": upstream.port, "port": port,
+                                  "nofile": self.ctx.nofile[0] if self.ctx.nofile else 4096})
         self.proc = Proc("nginx", [binary, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")],
                          self.ctx.workdir, cpus=self.ctx.cpus_proxy, cwd=d)
         try:

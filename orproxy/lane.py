@@ -38,13 +38,13 @@ class _Replies:
 class Lane:
     """One greenlet, one keep-alive connection, batches of whole PUTs.
 
-    `on_sent(size)` gives back budget, `on_failure(error, lost)` reports a batch that did
+    `on_sent(size)` gives back budget, `on_failure(error)` reports a batch that did
     not arrive, `on_success()` one that did: the sink keeps the counters and the policy.
     """
 
     def __init__(self, pool: ConnectionPool, key: tuple[str, str, int], host: str,
                  timeouts: tuple[float, float], on_sent: Callable[[int], None],
-                 on_failure: Callable[[Exception, int], None], on_success: Callable[[], None]) -> None:
+                 on_failure: Callable[[Exception], None], on_success: Callable[[], None]) -> None:
         self.pool, self.key, self.host = pool, key, host
         self.connect_timeout, self.io_timeout = timeouts
         self.on_sent, self.on_failure, self.on_success = on_sent, on_failure, on_success
@@ -70,7 +70,7 @@ class Lane:
                 if self.conn is not None:
                     self.conn.close()
                     self.conn = None
-                self.on_failure(error, len(batch))
+                self.on_failure(error)
             finally:
                 self.on_sent(size)
 

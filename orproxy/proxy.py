@@ -23,6 +23,7 @@ from orproxy.errors import error_response
 from orproxy.exchange import Exchange
 from orproxy.headers import Headers, header_value, masked, serialize_head, strip_hop_by_hop
 from orproxy.incoming import ClientBodyError, body_blocks, client_socket, raw_target, request_headers
+from orproxy.routes import Route
 from orproxy.sink import LogSink, LogStream, NullStream
 from orproxy.tee import tee
 from orproxy.transport import BLOCK, StreamingAdapter, UpstreamBroken
@@ -64,7 +65,7 @@ class ProxyApp:
             return self.websockets.serve(exchange, environ, headers, logs, lambda error:
                                          self._upstream_error(exchange, logs, start_response, error))
         try:
-            upstream_headers, body = self._upstream_request(exchange, environ, headers, logs)
+            upstream_headers, body = self._upstream_request(route, environ, headers)
         except ValueError as e:
             return self._error(exchange, logs, start_response, "bad_request", str(e))
         if logs.enabled:
@@ -104,8 +105,8 @@ class ProxyApp:
 
     # --- request ------------------------------------------------------------------------
 
-    def _upstream_request(self, exchange: Exchange, environ: dict[str, Any], headers: Headers,
-                          logs: "_Logs") -> tuple[Headers, Iterator[bytes] | None]:
+    def _upstream_request(self, route: Route, environ: dict[str, Any],
+                          headers: Headers) -> tuple[Headers, Iterator[bytes] | None]:
         """The headers and body to send upstream; ValueError for a malformed request."""
         length_text = header_value(headers, "content-length")
         chunked = "chunked" in (header_value(headers, "transfer-encoding") or "").lower()
@@ -115,7 +116,7 @@ class ProxyApp:
                 raise ValueError(f"invalid Content-Length: {length_text!r}")
             length = int(length_text)
         forwarded = strip_hop_by_hop(headers)
-        host = _upstream_host(exchange.upstream_url)
+        host = route.netloc
         host_at = next((i for i, (n, _) in enumerate(forwarded) if n.lower() == "host"), None)
         if host_at is None:
             forwarded.insert(0, ("Host", host))
@@ -131,10 +132,7 @@ class ProxyApp:
 
     def _request_head(self, exchange: Exchange, environ: dict[str, Any], headers: Headers) -> bytes:
         called = f"http://{environ.get('HTTP_HOST', '')}{exchange.target}"
-        if exchange.upstream_url:
-            target = exchange.upstream_url[exchange.upstream_url.index("/", 8):]
-        else:
-            target = exchange.target
+        target = exchange.route.upstream_target(exchange.target) if exchange.route else exchange.target
         return serialize_head(f"{exchange.method} {target} HTTP/1.1",
                               [*masked(headers, self.config.redact_headers), ("X-Proxy-Path", called)])
 
@@ -314,6 +312,3 @@ def _cut(sock: Any) -> None:
         except OSError:
             pass
 
-
-def _upstream_host(url: str) -> str:
-    return url.split("/", 3)[2]

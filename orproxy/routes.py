@@ -17,9 +17,11 @@ class Route:
     logging: bool = True
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
-    # Derived once: the prefix compared against paths, the upstream origin and base path.
+    # Derived once: the prefix compared against paths, the upstream's origin, its `Host`
+    # (netloc) and its base path.
     prefix: str = field(init=False)
     origin: str = field(init=False)
+    netloc: str = field(init=False)
     base_path: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -27,6 +29,7 @@ class Route:
         set_ = object.__setattr__
         set_(self, "prefix", self.source.rstrip("/"))
         set_(self, "origin", f"{parts.scheme}://{parts.netloc}")
+        set_(self, "netloc", parts.netloc)
         set_(self, "base_path", parts.path if parts.path not in ("", "/") else "")
 
     def matches(self, path: str) -> bool:

@@ -59,7 +59,7 @@ class LogSink:
         self.base_path = base.rstrip("/")
         self.origin = self.server_url[:len(self.server_url) - len(self.base_path)]
         self.lane = Lane(self.adapter.pool, key, self.netloc, (CONNECT_TIMEOUT, IO_TIMEOUT),
-                         self._sent, self._lane_failed, self.stream_succeeded)
+                         self._sent, self.stream_failed, self.stream_succeeded)
 
     def open(self, exchange_id: str, kind: str) -> "LogStream":
         """A stream for `PUT {server}/{id}/{kind}`; a dead one while the server rests."""
@@ -92,9 +92,6 @@ class LogSink:
 
     def _sent(self, size: int) -> None:
         self.queued_bytes -= size
-
-    def _lane_failed(self, error: Exception, parts: int) -> None:
-        self.stream_failed(error)
 
     def send_json(self, exchange_id: str, kind: str, document: dict[str, Any]) -> None:
         """One small JSON document (the exchange's metadata), sent in the background."""

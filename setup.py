@@ -14,7 +14,7 @@ setup(
         "PyYAML>=6.0",
         "httptools>=0.6",
         "brotli>=1.1",
-        "wsproto>=1.2",
+        "websockets>=13",  # its C unmasking: the WebSocket message log reads client frames fast
         "simple-websocket>=1.0",  # the UI's live feed (/api/live), under pywsgi and gunicorn
     ],
     extras_require={
@@ -23,7 +23,7 @@ setup(
             "gunicorn>=23",
             "openai>=1.0",
             "websocket-client>=1.8",
-            "websockets>=13",
+            "wsproto>=1.2",                  # frames encoded independently of the proxy's decoder
             "jsonschema>=4.18",              # the API's answers checked against its OpenAPI document
             "openapi-spec-validator>=0.7",   # the OpenAPI document itself
             "playwright>=1.40",              # the UI in Debian's chromium (never `playwright install`)

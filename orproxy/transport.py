@@ -33,6 +33,9 @@ _poll = monkey.get_original("select", "poll")
 _POLLIN = 0x001 | 0x008 | 0x010  # POLLIN | POLLERR | POLLHUP
 
 
+_MAX_PARTS = 1024  # buffers per sendmsg (IOV_MAX)
+Block = bytes | memoryview  # a body block; a chunk may also be a list of them
+
 _RECEIVED = bytearray(BLOCK)
 
 
@@ -52,6 +55,21 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         view = memoryview(data)
         while sent < len(data):
             sent += sock.send(view[sent:])
+
+
+def send_parts(sock: socket.socket, parts: list[Block]) -> None:
+    """Several buffers in one write (sendmsg), none of them copied into a joined one: a
+    large block costs no copy for its chunk framing. TLS sockets have no sendmsg."""
+    if len(parts) == 1 or isinstance(sock, ssl.SSLSocket):
+        send_all(sock, parts[0] if len(parts) == 1 else b"".join(parts))
+        return
+    sent = sock.sendmsg(parts[:_MAX_PARTS])
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        send_all(sock, memoryview(part)[sent:] if sent else part)  # the rest: one by one
+        sent = 0
 
 
 class UpstreamBroken(requests.exceptions.ChunkedEncodingError):
@@ -449,20 +467,25 @@ def _request_head(method: str, target: str, headers: Headers) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
-def _send_request(sock: socket.socket, head: bytes, blocks: Iterable[bytes], chunked: bool) -> None:
+def _send_request(sock: socket.socket, head: bytes, blocks: Iterable[Block], chunked: bool) -> None:
     """Send the head together with the first body block (one write, no Nagle wait), then
-    each block as it comes, chunk-framed when the body has no Content-Length."""
-    pending = head
+    each block as it comes, chunk-framed when the body has no Content-Length. A block may
+    be a list of buffers: they go out as one chunk, in one write, without being joined."""
+    pending = [head]
     for block in blocks:
-        if not block:
+        parts = block if isinstance(block, list) else [block]
+        size = sum(map(len, parts))
+        if not size:
             continue
         if chunked:
-            block = b"%x\r\n%b\r\n" % (len(block), block)
-        send_all(sock, pending + block if pending else block)
-        pending = b""
-    tail = b"0\r\n\r\n" if chunked else b""
-    if pending or tail:
-        send_all(sock, pending + tail)
+            send_parts(sock, [*pending, b"%x\r\n" % size, *parts, b"\r\n"])
+        else:
+            send_parts(sock, [*pending, *parts])
+        pending = []
+    if chunked:
+        pending.append(b"0\r\n\r\n")
+    if pending:
+        send_parts(sock, pending)
 
 
 def _read_head(sock: socket.socket, no_body: bool) -> _ParserState:

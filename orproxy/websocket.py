@@ -24,7 +24,7 @@ from gevent import socket, ssl
 from orproxy.exchange import Exchange
 from orproxy.headers import Headers, header_value, mask_secret, masked, serialize_head, strip_hop_by_hop
 from orproxy.sink import LogSink
-from orproxy.transport import open_connection, split_url
+from orproxy.transport import open_connection, send_all, split_url
 from orproxy.wslog import MessageLog
 
 BLOCK = 256 * 1024                 # bytes a pump reads at once: fewer wake-ups for bulk data
@@ -365,7 +365,7 @@ class Tunnel:
         while True:
             if data:
                 try:
-                    dst.sendall(data)
+                    send_all(dst, data)
                 except OSError:
                     return f"{target} failed"
                 self.active_at = time.monotonic()

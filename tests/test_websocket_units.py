@@ -116,18 +116,50 @@ def test_decoder_of_upstream_frames_with_permessage_deflate():
     assert joined(feed_in_pieces(decoder, wire, 100)) == [("text", m.encode()) for m in messages]
 
 
+def test_decoder_inflates_fragmented_messages_in_bounded_pieces(monkeypatch):
+    monkeypatch.setattr(wslog, "RECORD_MAX", 4096)
+    deflate = PerMessageDeflate()
+    deflate.finalize("permessage-deflate")
+    client = encoder(True, [deflate])
+    zeros = b"\x00" * 1_000_000  # inflates about a thousandfold
+    wire = b"".join([bytes(client.send_data(zeros[:600_000], fin=False)),
+                     bytes(client.ping(b"p")),
+                     bytes(client.send_data(zeros[600_000:], fin=True)),
+                     bytes(client.send_data("after", fin=True))])
+    assert len(wire) < 10_000
+    decoder = Decoder(False, "permessage-deflate")
+    pieces = feed_in_pieces(decoder, wire, 1000)
+    assert max(len(payload) for _, payload, _ in pieces) <= 4096
+    assert joined(pieces) == [("ping", b"p"), ("binary", zeros), ("text", b"after")]
+    assert decoder.counts() == {"messages": 2, "control_frames": 1, "payload_bytes": len(zeros) + 5}
+
+
+@pytest.mark.parametrize("wire, why", [
+    (b"\x82\x85abcd\x00", "a masked frame from the upstream"),
+    (b"\x83\x00", "unknown opcode 3"),
+    (b"\xc2\x00", "reserved bits set"),          # RSV1 without permessage-deflate
+    (b"\x09\x00", "control frame fragmented"),
+    (b"\x80\x00", "continuation frame without a message"),
+    (b"\x88\x01\x03", "one-byte payload"),
+])
+def test_decoder_names_each_protocol_error(wire, why):
+    decoder = Decoder(True, "")
+    assert list(decoder.feed(wire)) == []
+    assert why in decoder.failure
+
+
 def test_decoder_stops_on_a_protocol_error_and_says_why():
     decoder = Decoder(False, "")
-    assert decoder.feed(b"\x81\x05hello") == []  # unmasked: not a client's frame
+    assert list(decoder.feed(b"\x81\x05hello")) == []  # unmasked: not a client's frame
     assert "unmasked" in decoder.failure and "the tunnel goes on" in decoder.failure
     assert "log_incomplete" in decoder.counts()
 
 
 def test_message_record_format():
     at = 1764265532.5
-    assert message_record("client", at, "text", b"hi", False) == (
+    assert b"".join(message_record("client", at, "text", b"hi", False)) == (
         b"client 2025-11-27T17:45:32.500000Z text 2\r\nhi\r\n")
-    assert message_record("upstream", at, "binary", b"\x00", True) == (
+    assert b"".join(message_record("upstream", at, "binary", b"\x00", True)) == (
         b"upstream 2025-11-27T17:45:32.500000Z binary 1 more\r\n\x00\r\n")
 
 
@@ -142,10 +174,22 @@ class FakeStream(object):
     dead = False
 
     def __init__(self):
-        self.blocks = []
+        self.data = b""
 
     def write(self, block):
-        self.blocks.append(block)
+        self.data += bytes(block)
+
+    def records(self):
+        """(head fields, payload) of each record written, read back as a reader would."""
+        records, rest = [], self.data
+        while rest:
+            head, rest = rest.split(b"\r\n", 1)
+            fields = head.split(b" ")
+            size = int(fields[3])
+            assert rest[size:size + 2] == b"\r\n"
+            records.append((fields, rest[:size]))
+            rest = rest[size + 2:]
+        return records
 
 
 def test_message_log_writes_records_in_arrival_order():
@@ -154,9 +198,8 @@ def test_message_log_writes_records_in_arrival_order():
     log.tap("client", bytes(encoder(True).send_data("question", fin=True)))
     log.tap("upstream", bytes(encoder(False).send_data("answer", fin=True)))
     log.finish(5)
-    records = [b.split(b"\r\n")[0].split(b" ") for b in stream.blocks]
-    assert [(r[0], r[2], r[3]) for r in records] == [(b"client", b"text", b"8"),
-                                                    (b"upstream", b"text", b"6")]
+    assert [(f[0], f[2], f[3], payload) for f, payload in stream.records()] == [
+        (b"client", b"text", b"8", b"question"), (b"upstream", b"text", b"6", b"answer")]
     assert sink.queued_bytes == 0 and log.greenlet.dead
 
 
@@ -170,9 +213,9 @@ def test_message_log_past_its_budget_stops_logging_but_never_the_tap(monkeypatch
         log.tap("client", frame)
     log.tap("upstream", bytes(encoder(False).send_data("ok", fin=True)))
     log.finish(5)
-    heads = [b.split(b"\r\n")[0].split(b" ")[2] for b in stream.blocks]
-    assert heads == [b"binary", b"binary", b"error", b"text"]
-    assert b"fell more than 1000 bytes behind" in stream.blocks[2]
+    records = stream.records()
+    assert [f[2] for f, payload in records] == [b"binary", b"binary", b"error", b"text"]
+    assert b"fell more than 1000 bytes behind" in records[2][1]
     assert log.decoders["client"].counts()["log_incomplete"]
     assert sink.queued_bytes == 0
 
@@ -183,7 +226,7 @@ def test_large_payload_pieces_are_split_into_bounded_records(monkeypatch):
     log = MessageLog(stream, sink, "")
     log.tap("upstream", bytes(encoder(False).send_data(b"y" * 2500, fin=True)))
     log.finish(5)
-    assert [b.split(b"\r\n")[0].split(b" ")[3:] for b in stream.blocks] == [
+    assert [f[3:] for f, payload in stream.records()] == [
         [b"1000", b"more"], [b"1000", b"more"], [b"500"]]
 
 

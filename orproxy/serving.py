@@ -4,6 +4,7 @@ Both commands use `serve()`. gunicorn users get the same apps from orproxy.wsgi.
 """
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -212,6 +213,10 @@ def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: floa
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stopping.set)
     server.start()
+    # Everything made so far (modules, config, routes) lives as long as the process: out
+    # of the collector's sight, a full collection no longer walks ~30,000 objects (~10 ms,
+    # a latency spike for whichever requests are in flight).
+    gc.freeze()
     stopping.wait()
     begin_shutdown = getattr(app, "begin_shutdown", None)
     if begin_shutdown is not None:  # e.g. the logging server ends its UI's endless streams

@@ -533,3 +533,10 @@ def test_a_response_beyond_the_log_budget_is_logged_up_to_it_and_marked(make_pro
     prefix = body[:-len(marker)]
     assert len(prefix) + dropped == n
     assert prefix == pattern_bytes(len(prefix))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_logging_server_runs_at_idle_cpu_priority(logserver):
+    """So that on a shared machine a waking proxy preempts it at once (README, orlogserver
+    --priority): nice levels only lowered its share, not the proxy's wait for the CPU."""
+    assert os.sched_getscheduler(logserver.process.pid) == os.SCHED_IDLE

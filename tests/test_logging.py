@@ -13,6 +13,8 @@ import socket
 import time
 import uuid
 
+import pytest
+
 from helpers import free_port, pattern_bytes, wait_until
 
 BIN_NAME_RE = re.compile(

@@ -331,9 +331,9 @@ def streams10k(ctx):
         else:
             n = max(100, fits // 100 * 100)
             ctx.note("streams10k: %d streams instead of %d: the open-files limit (%s) cannot be "
-                     "raised here and a proxy needs 2 sockets per stream (orproxy also up to "
-                     "%d log streams); --held-streams %d forces it" % (
-                         n, asked, _limits_text(limits), _log_stream_cap(), asked))
+                     "raised here and a proxy needs 2 sockets per stream (orproxy also one log "
+                     "stream each, up to a third of its limit); --held-streams %d forces it" % (
+                         n, asked, _limits_text(limits), asked))
     per = {}
     for t in ctx.each_target("%d streams" % n):
         watches = {role: RssWatch(proc.pid, every=0.5).start()
@@ -473,13 +473,10 @@ def _log_completeness(log_dir, before):
     return out
 
 
-def _log_stream_cap():
-    """orproxy's cap on log streams open at once (each a connection to the logserver)."""
-    try:
-        from orproxy.sink import MAX_ACTIVE_STREAMS
-        return MAX_ACTIVE_STREAMS
-    except Exception:  # an older or other proxy: assume the documented 2,048
-        return 2048
+def _log_stream_cap(limit):
+    """orproxy's cap on log streams open at once (each a connection to the logserver),
+    for a proxy whose open-files limit is `limit` (orproxy.sink.max_log_streams)."""
+    return max(64, limit // 3)
 
 
 def _held_capacity(ctx):
@@ -500,7 +497,7 @@ def _held_capacity(ctx):
             who = "%s %s" % (t.name, role)
             limits[who] = min(lims) if lims else None
             if role == "proxy":
-                spare[who] = 100 + (_log_stream_cap() if t.has_logserver else 0)
+                spare[who] = 100 + (_log_stream_cap(limits[who]) if t.has_logserver and limits[who] else 0)
             else:
                 spare[who] = None  # the logging server: at most the proxy's log streams
     out = {}

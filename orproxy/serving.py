@@ -5,6 +5,7 @@ Both commands use `serve()`. gunicorn users get the same apps from orproxy.wsgi.
 from __future__ import annotations
 
 import gc
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -198,6 +199,17 @@ class GracefulWSGIServer(WSGIServer):
                 pass
         self.pool.join(timeout=timeout)
         self.pool.kill(block=True, timeout=1)
+
+
+def raise_open_files_limit() -> None:
+    """Soft open-files limit up to the hard one (as Go's runtime does): each held stream
+    takes two or three descriptors, and shells often start with a soft limit of 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel caps lower
+            pass
 
 
 def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0) -> None:

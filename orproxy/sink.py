@@ -14,6 +14,7 @@ connections; logging resumes by itself when it answers again.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +29,6 @@ from orproxy.transport import StreamingAdapter, split_url
 
 STREAM_BUDGET = 8 * 1024 * 1024      # bytes queued for one stream before it is truncated
 TOTAL_BUDGET = 64 * 1024 * 1024      # bytes queued for all streams together
-MAX_ACTIVE_STREAMS = 2048            # concurrent PUTs; more means the server is not keeping up
 CONNECT_TIMEOUT = 2.0
 IO_TIMEOUT = 10.0                    # a logging server silent this long is treated as stalled
 COALESCE_LIMIT = 256 * 1024          # queued blocks sent in one write up to this size ...
@@ -36,6 +36,14 @@ COALESCE_PARTS = 512                 # ... and this many
 RETRY_AFTER = 1.0                    # seconds to leave a failed logging server alone
 
 _END = None
+
+
+def max_log_streams() -> int:
+    """Streaming PUTs open at once: a third of the open-files limit. An exchange held open
+    also needs its client's and its upstream's socket, so past this the traffic itself
+    would run out of descriptors; the exchanges beyond it are not logged."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 65536 if soft == resource.RLIM_INFINITY else max(64, soft // 3)
 
 
 def truncation_marker(dropped: int) -> bytes:
@@ -51,6 +59,7 @@ class LogSink:
         self.adapter = adapter or StreamingAdapter()
         self.queued_bytes = 0
         self.active_streams = 0
+        self.max_streams = max_log_streams()
         self.retry_at = 0.0
         self.dropped_bytes = 0
         self.failed_streams = 0
@@ -64,7 +73,7 @@ class LogSink:
 
     def open(self, exchange_id: str, kind: str) -> "LogStream":
         """A stream for `PUT {server}/{id}/{kind}`; a dead one while the server rests."""
-        if time.monotonic() < self.retry_at or self.active_streams >= MAX_ACTIVE_STREAMS:
+        if time.monotonic() < self.retry_at or self.active_streams >= self.max_streams:
             return LogStream(self, None)
         stream = LogStream(self, f"{self.base_path}/{exchange_id}/{kind}")
         if not self._starting:

@@ -7,11 +7,13 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import re
 import signal
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -542,3 +544,32 @@ def test_the_logging_server_runs_at_idle_cpu_priority(logserver):
     """So that on a shared machine a waking proxy preempts it at once (README, orlogserver
     --priority): nice levels only lowered its share, not the proxy's wait for the CPU."""
     assert os.sched_getscheduler(logserver.process.pid) == os.SCHED_IDLE
+
+
+def _open_files_limit(pid):
+    """(soft, hard) of the process's open-files limit, as /proc shows them."""
+    for line in Path("/proc/%d/limits" % pid).read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line in /proc/%d/limits" % pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc/PID/limits")
+@pytest.mark.parametrize("gunicorn", [False, True], ids=["orproxy", "gunicorn"])
+def test_the_proxy_raises_its_open_files_limit_to_the_hard_one(make_proxy, gunicorn):
+    """A shell's usual soft limit of 1,024 would cap held streams near 300 (3 descriptors
+    each with logging); the proxy lifts it as Go programs do, and sizes its log streams
+    by it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 1024:
+        pytest.skip("the hard open-files limit is too low to show a raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the proxy inherits it
+    try:
+        proxy = make_proxy(gunicorn=gunicorn, workers=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    pids = [proxy.pid] if not gunicorn else [int(p) for p in wait_until(
+        lambda: Path("/proc/%d/task/%d/children" % (proxy.pid, proxy.pid)).read_text().split(), 10)]
+    for pid in pids:  # under gunicorn, its worker
+        assert _open_files_limit(pid) == (hard, hard)

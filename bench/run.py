@@ -135,14 +135,14 @@ class Bench:
         return [proc.pid for t in self.targets for proc in t.roles().values()
                 if proc is not None and proc.alive()]
 
-    def load_loop(self, t, concurrency, duration):
+    def load_loop(self, t, concurrency, duration, after_warmup=lambda: None):
         """requests/s of 1 KB JSON chat completions at `concurrency`, after a warm-up."""
         path = CHAT
         req = load.chat_request(t.host, t.port, path)
-        warmup = self.p["rps_warmup"]
+        load.closed_loop(t.host, t.port, req, concurrency, self.p["rps_warmup"], 0)
+        after_warmup()
         if not self.use_wrk:
-            return load.closed_loop(t.host, t.port, req, concurrency, duration, warmup)
-        load.closed_loop(t.host, t.port, req, concurrency, warmup, 0)
+            return load.closed_loop(t.host, t.port, req, concurrency, duration, 0)
         try:
             return load.wrk_loop(t.host, t.port, path, concurrency, duration, self.cpus_client)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:

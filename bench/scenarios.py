@@ -113,7 +113,13 @@ def rps(ctx):
     per = {}
     for c in p["rps_conc"]:
         for t in ctx.each_target("rps c=%d" % c):
-            per.setdefault(t.name, {})["c%d" % c] = ctx.load_loop(t, c, p["rps_duration"])
+            before = _metadata_files(t.log_dir) if t.has_logserver else None
+            window = []  # when the measured load began and ended (the warm-up is not in it)
+            res = per.setdefault(t.name, {})["c%d" % c] = ctx.load_loop(
+                t, c, p["rps_duration"], after_warmup=lambda: window.append(time.time()))
+            window.append(time.time())
+            if before is not None:
+                res.update(_logged_in_full(ctx, t, before, window, res))
     ctx.results["rps"] = per
     g = "1 KB JSON, req/s (%s)" % ctx.loadgen_name
     for c in p["rps_conc"]:
@@ -121,6 +127,17 @@ def rps(ctx):
         vals = {k: v.get(key, {}).get("rps") for k, v in per.items()}
         goal = [(">=", 2000, "#6")] if c == 64 else None
         ctx.rows.append(Row(g, "c=%d" % c, "req/s", vals, goal=goal))
+        logged = {k: v[key] for k, v in per.items() if "logged_share" in v.get(key, {})}
+        if logged:
+            ctx.rows += [
+                Row(g, "  c=%d: logging server busy after the load, s" % c, "",
+                    {k: ("\u2265%.0f" if r["catchup_capped"] else "%.1f") % r["catchup_s"]
+                     for k, r in logged.items()}, kind="info"),
+                Row(g, "  c=%d: exchanges logged in full, %%" % c, "",
+                    {k: 100 * r["logged_share"] for k, r in logged.items()}, kind="info"),
+                Row(g, "  c=%d: logged in full per second of load + catch-up" % c, "req/s",
+                    {k: r["sustained_rps"] for k, r in logged.items()}, kind="info"),
+            ]
     # Latency under load stays in the JSON only: with the load generator and the Python
     # upstream sharing one core, its tail is the upstream's scheduling more than the proxy.
     ctx.error_row(g, {k: {"errors": sum(r.get("errors", 0) + r.get("non2xx", 0)
@@ -445,10 +462,28 @@ def _metadata_files(log_dir):
     return out
 
 
-def _log_completeness(log_dir, before):
+def _logged_in_full(ctx, t, before, window, res):
+    """After a requests/s run: how long the logging server worked on (it runs at idle
+    priority, so on a shared core it logs mostly after the load), the share of the run's
+    exchanges it holds in full, and the rate at which exchanges were both proxied and
+    logged: those logged in full over the load's duration plus the catch-up."""
+    t0 = time.monotonic()
+    capped = not wait_idle([t.logserver.pid], window=0.5, timeout=LOG_CATCHUP_S * 6)
+    catchup = time.monotonic() - t0
+    logs = _log_completeness(t.log_dir, before, window=window)
+    made = (res.get("ok") or 0) + (res.get("non2xx") or 0)
+    duration = res.get("duration_s") or ctx.p["rps_duration"]
+    return {"catchup_s": round(catchup, 1), "catchup_capped": capped,
+            "logged_share": logs["complete"] / made if made else None,
+            "sustained_rps": logs["complete"] / (duration + catchup),
+            "log_dropped_bytes": logs["dropped_bytes"]}
+
+
+def _log_completeness(log_dir, before, window=None):
     """What the logging server holds for the exchanges since `before`: how many have
     their request and response parts complete and the proxy's metadata with nothing
-    dropped; the bytes the proxy reports it could not log."""
+    dropped; the bytes the proxy reports it could not log. With `window` (start, end):
+    only the exchanges the proxy started within it, probes included."""
     out = {"exchanges": 0, "complete": 0, "with_response": 0, "with_proxy_meta": 0,
            "dropped_bytes": 0, "unreadable": 0}
     for path in sorted(_metadata_files(log_dir) - before)[:100000]:
@@ -459,8 +494,11 @@ def _log_completeness(log_dir, before):
             out["unreadable"] += 1
             continue
         proxy = doc.get("proxy") or {}
-        if proxy.get("path", "").endswith("/chat/completions"):
+        if window is None and proxy.get("path", "").endswith("/chat/completions"):
             continue  # the probe before the scenario
+        if window is not None and not window[0] <= (proxy.get("started_at") or 0) <= window[1]:
+            continue  # only the exchanges of the measured load, not its warm-up
+
         out["exchanges"] += 1
         parts = doc.get("parts") or {}
         response = (parts.get("response") or {}).get("complete") is True

@@ -213,6 +213,62 @@ def test_metadata_is_stored_beside_the_parts_and_merged(server):
     assert metas[0].name.split("_" + exchange_id[:8])[0] == request_file.split("_" + exchange_id[:8])[0]
 
 
+def _pipelined(server, requests):
+    """Send whole requests in one write on one connection (the last one closing it);
+    return everything the server answered until it closed."""
+    host, port = _split(server.url)
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        data = b""
+        while block := sock.recv(65536):
+            data += block
+        return data
+
+
+def _put(exchange_id, kind, body, close=False):
+    return (b"PUT /%s/%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        exchange_id.encode(), kind.encode(), len(body), b"Connection: close\r\n" if close else b"",
+        body))
+
+
+def test_pipelined_uploads_are_answered_in_order_once_their_metadata_is_written(server):
+    """What the proxy's log lane does: an exchange's parts and metadata in one write. Every
+    answer is a 201, in order; when the last arrives the metadata file already holds all
+    three, and the orlogserver command wrote it once for the three (a batch per connection;
+    gunicorn's workers write it three times)."""
+    exchange_id = new_id()
+    answers = _pipelined(server, [
+        _put(exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
+        _put(exchange_id, "response", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nok"),
+        _put(exchange_id, "metadata", json.dumps({"status": 200}).encode(), close=True)])
+    statuses = re.findall(rb"HTTP/1\.1 (\d+)", answers)
+    assert statuses == [b"201", b"201", b"201"]
+    document = json.loads(server.file(exchange_id, "metadata").read_text())  # no waiting
+    assert set(document["parts"]) == {"request", "response"}
+    assert all(part["complete"] for part in document["parts"].values())
+    assert document["proxy"] == {"status": 200}
+    if server.process.name == "orlogserver":
+        assert document["rev"] == 1
+
+
+def test_a_read_pipelined_behind_uploads_sees_them(server):
+    exchange_id = new_id()
+    answers = _pipelined(server, [
+        _put(exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
+        b"GET /api/requests/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % exchange_id.encode()])
+    assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == [b"201", b"200"]
+    assert json.loads(answers.split(b"\r\n\r\n", 2)[2])["id"] == exchange_id
+
+
+def test_a_malformed_request_behind_uploads_gets_its_400_after_their_answers(server):
+    exchange_id = new_id()
+    answers = _pipelined(server, [
+        _put(exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
+        b"PUT /%s/request HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n" % exchange_id.encode()])
+    assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == [b"201", b"400"]
+    assert read_metadata(server, exchange_id)["parts"]["request"]["complete"] is True
+
+
 def test_metadata_alone_creates_the_metadata_file(server):
     exchange_id = new_id()
     status, _ = send(server.url, "PUT", "/%s/metadata" % exchange_id, b'{"status": 404}')

@@ -70,14 +70,17 @@ class LogServerApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "/")
+        parts = path.strip("/").split("/")
         ui = self.ui.route(path)
+        if ui is None and parts[0] != "api" and len(parts) == 2:
+            return self._ingest(environ, start_response, *parts)
+        batch = environ.get("orproxy.batch")
+        if batch is not None and batch.work:
+            batch.run()  # a read pipelined behind uploads sees what they wrote
         if ui is not None:
             return ui(environ, start_response)
-        parts = path.strip("/").split("/")
         if parts[0] == "api":
             return self.api(environ, start_response)
-        if len(parts) == 2:
-            return self._ingest(environ, start_response, *parts)
         return error_response(start_response, "404 Not Found", f"nothing at {path}")
 
     def _ingest(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,

@@ -27,6 +27,7 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 KINDS = ("request", "response", "metadata")
 METADATA_SUFFIX = "_metadata.json"
 PREFIX_CACHE = 4096
+RECENT_PARTS = 256  # small parts kept in memory (64 KiB each at most: 16 MiB at worst)
 _PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{3}_[0-9a-f]{8}$")
 
 
@@ -41,6 +42,17 @@ class LogDir:
         os.makedirs(self.ids, exist_ok=True)
         self._lock = open(os.path.join(self.ids, ".lock"), "a")
         self._prefixes: OrderedDict[str, str] = OrderedDict()  # id -> prefix, recently used
+        self._recent: OrderedDict[str, bytes] = OrderedDict()  # part file name -> its bytes
+
+    def keep_recent(self, name: str, data: bytes) -> None:
+        """A part file's whole content, just written, for one `take_recent` to read
+        instead of the file (the indexer derives every small exchange's fields from it)."""
+        self._recent[name] = data
+        if len(self._recent) > RECENT_PARTS:
+            self._recent.popitem(last=False)
+
+    def take_recent(self, name: str) -> bytes | None:
+        return self._recent.pop(name, None)
 
     def _remember(self, exchange_id: str, prefix: str) -> str:
         self._prefixes[exchange_id] = prefix

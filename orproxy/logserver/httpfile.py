@@ -179,13 +179,28 @@ def read_message(path: str, limit: int, raw_limit: int | None = None) -> Message
         head = parse_head(start)
         if head is None:
             f.seek(0)
-            size_after = _size(f)
-            raw = start[:limit]
-            return Message(None, Body(size_after, raw, truncated=size_after > limit,
-                                      notes=["no HTTP head found"]))
+            return _headless(start, _size(f), limit)
         f.seek(head.size)
         raw = f.read(raw_limit + 1)
         raw_size = _size(f) - head.size
+    return _message(head, raw, raw_size, raw_limit, limit)
+
+
+def parse_message(data: bytes, limit: int, raw_limit: int | None = None) -> Message:
+    """read_message for a part's bytes already in memory."""
+    raw_limit = raw_limit or 4 * limit
+    head = parse_head(data[:MAX_HEAD])
+    if head is None:
+        return _headless(data, len(data), limit)
+    return _message(head, data[head.size:head.size + raw_limit + 1], len(data) - head.size,
+                    raw_limit, limit)
+
+
+def _headless(start: bytes, size: int, limit: int) -> Message:
+    return Message(None, Body(size, start[:limit], truncated=size > limit, notes=["no HTTP head found"]))
+
+
+def _message(head: Head, raw: bytes, raw_size: int, raw_limit: int, limit: int) -> Message:
     encoding = head.header("content-encoding")
     raw_cut = len(raw) > raw_limit
     raw = raw[:raw_limit]

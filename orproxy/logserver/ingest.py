@@ -21,6 +21,7 @@ from orproxy.logserver.sse import strict_json
 BLOCK = 65536
 MAX_METADATA = 1024 * 1024
 ANNOUNCE_AFTER = 0.02  # seconds
+KEEP_BYTES = 64 * 1024  # parts up to this stay in memory a while: the indexer derives from them
 
 Observer = Callable[[str, dict[str, Any]], None]
 
@@ -138,23 +139,31 @@ class Ingest:
                 self._update(exchange_id, now, lambda d: d["parts"].update({kind: part}))
 
         size, error, timer = 0, None, None
+        whole = int(environ.get("CONTENT_LENGTH") or 0)  # 0: chunked, its end unknown
+        kept: list[bytes] | None = []  # a small part's bytes, for deriving without a re-read
         with open(path, "wb", buffering=0) as f:
             try:
                 for block in arriving_blocks(environ):
                     f.write(block)
                     size += len(block)
+                    if kept is not None and size <= KEEP_BYTES:
+                        kept.append(block)
+                    else:
+                        kept = None
                     if not sniffer.done:
                         sniffer.feed(block)
                         if sniffer.head is not None and state["announced"]:  # a head in pieces
                             head = sniffer.head.summary()
                             self._update(exchange_id, now, lambda d: d["parts"][kind].update(head=head))
-                    if timer is None:
+                    if timer is None and size != whole:  # not whole yet: maybe a stream
                         timer = gevent.spawn_later(ANNOUNCE_AFTER, announce)
             except (OSError, ValueError) as e:  # the proxy went away mid-stream
                 error = str(e) or type(e).__name__
         state["ended"] = True
         if timer is not None:
             timer.kill()
+        if kept and error is None:
+            self.log_dir.keep_recent(name, b"".join(kept))
         final = entry()
 
         def finished(d: dict[str, Any]) -> None:

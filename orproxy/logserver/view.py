@@ -15,7 +15,7 @@ from typing import Any
 from orproxy.logserver import derive
 from orproxy.logserver.blobs import LogDir
 from orproxy.logserver.bodies import ParsedBody, parse_body
-from orproxy.logserver.httpfile import Message, read_message
+from orproxy.logserver.httpfile import Message, parse_message, read_message
 
 DERIVE_LIMIT = 16 * 1024 * 1024   # decoded bytes per body looked at for the derived fields
 VIEW_LIMIT = 8 * 1024 * 1024      # decoded bytes per body shown by the API
@@ -36,6 +36,9 @@ def load_part(log_dir: LogDir, document: dict[str, Any], kind: str, limit: int) 
     path = log_dir.file_path(str(part.get("file", "")))
     if path is None:
         return None
+    data = log_dir.take_recent(os.path.basename(path))
+    if data is not None:
+        return parse_message(data, limit)
     try:
         return read_message(path, limit)
     except OSError:

@@ -251,6 +251,20 @@ def test_pipelined_uploads_are_answered_in_order_once_their_metadata_is_written(
         assert document["rev"] == 1
 
 
+
+def test_a_long_pipeline_is_answered_in_order_and_every_exchange_written(server):
+    """More exchanges in one write than a batch gathers (serving.BATCH_KEYS): the batch
+    runs midway and again at the end, and no answer is lost or reordered."""
+    ids = [new_id() for _ in range(300)]
+    requests = [_put(i, "metadata", json.dumps({"n": n}).encode()) for n, i in enumerate(ids)]
+    requests.append(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = _pipelined(server, requests)
+    bodies = [json.loads(b) for b in re.findall(rb'\r\n\r\n(\{"id":[^}]*\})', answers)]
+    assert [b["id"] for b in bodies] == ids
+    assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == [b"201"] * 300 + [b"200"]
+    for n, exchange_id in enumerate(ids):
+        assert json.loads(server.file(exchange_id, "metadata").read_text())["proxy"] == {"n": n}
+
 def test_a_read_pipelined_behind_uploads_sees_them(server):
     exchange_id = new_id()
     answers = _pipelined(server, [

@@ -34,6 +34,7 @@ _POLLIN = 0x001 | 0x008 | 0x010  # POLLIN | POLLERR | POLLHUP
 
 
 _MAX_PARTS = 1024  # buffers per sendmsg (IOV_MAX)
+JOIN_BELOW = 8192  # bytes: parts up to this in all are joined, not sent by sendmsg
 Block = bytes | memoryview  # a body block; a chunk may also be a list of them
 
 _RECEIVED = bytearray(BLOCK)
@@ -58,10 +59,14 @@ def send_all(sock: socket.socket, data: bytes) -> None:
 
 
 def send_parts(sock: socket.socket, parts: list[Block]) -> None:
-    """Several buffers in one write (sendmsg), none of them copied into a joined one: a
-    large block costs no copy for its chunk framing. TLS sockets have no sendmsg."""
-    if len(parts) == 1 or isinstance(sock, ssl.SSLSocket):
-        send_all(sock, parts[0] if len(parts) == 1 else b"".join(parts))
+    """Several buffers in one write: small ones joined (cheaper than sendmsg), larger ones
+    by sendmsg, not copied (a large block costs no copy for its chunk framing). TLS
+    sockets have no sendmsg."""
+    if len(parts) == 1:
+        send_all(sock, parts[0])
+        return
+    if isinstance(sock, ssl.SSLSocket) or sum(map(len, parts)) <= JOIN_BELOW:
+        send_all(sock, b"".join(parts))
         return
     sent = sock.sendmsg(parts[:_MAX_PARTS])
     for part in parts:

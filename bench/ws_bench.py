@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ws_bench.py            # about a minute
     .venv/bin/python bench/ws_bench.py --quick    # fewer round trips and transfers
+    .venv/bin/python bench/ws_bench.py --pin --rounds 30   # pinned, steadier medians
 
 Targets: the WebSocket upstream of the tests (tests/ws_upstream.py) directly; orproxy with
 logging on (its orlogserver writing to tmpfs), the default; orproxy with logging off.
@@ -108,6 +109,8 @@ def measure(targets, rounds, echoes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, about 20 s")
+    parser.add_argument("--rounds", type=int, help="rounds of transfers (default 10, quick 3): "
+                        "more give steadier medians")
     parser.add_argument("--pin", action="store_true",
                         help="orproxy and orlogserver on CPU 0, the upstream and client on CPU 1 "
                              "(direct then has one core for both ends: flatters the proxy)")
@@ -131,7 +134,7 @@ def main():
             targets.append((name, "ws://127.0.0.1:%d/ws" % proc.port))
         if cpus("1"):
             os.sched_setaffinity(0, {1})
-        results = measure(targets, 3 if args.quick else 10, 300 if args.quick else 1000)
+        results = measure(targets, args.rounds or (3 if args.quick else 10), 300 if args.quick else 1000)
         report(results, args.quick, bool(cpus("1")))
     finally:
         for proc in reversed(procs):

@@ -135,8 +135,10 @@ class RawRequestHandler(WSGIHandler):
       which PATH_INFO and the HTTP_* keys lose, and the socket (`orproxy.socket`).
     - A header parser and a sendall without the email package and gevent's per-call
       SO_SNDBUF query, which cost more than the proxying itself.
-    These override pywsgi methods (`MessageClass`, `_write_with_headers`, `_sendall`) that
-    gevent 24-26 define; tests/test_proxy_* fail loudly if a release changes them.
+    - A `Batch` per connection (`orproxy.batch`), for the logging server's pipelined PUTs.
+    These override pywsgi methods (`MessageClass`, `_write_with_headers`, `_sendall`,
+    `read_requestline`, `handle_one_request`) that gevent 24-26 define; tests/test_proxy_*
+    and tests/test_logserver.py fail loudly if a release changes them.
     """
 
     def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
@@ -184,7 +186,7 @@ class RawRequestHandler(WSGIHandler):
             self.response_length += len(data)
             return
         if self.batch.work or self.held:
-            self.end_batch()  # the answers before this one go first
+            self._end_batch()  # the answers before this one go first
         try:
             send_all(self.socket, data)
         except OSError as ex:
@@ -194,7 +196,7 @@ class RawRequestHandler(WSGIHandler):
             raise
         self.response_length += len(data)
 
-    def end_batch(self) -> None:
+    def _end_batch(self) -> None:
         """Run the batch's work, then send the responses held for it."""
         self.batch.run()
         if self.held:
@@ -215,7 +217,7 @@ class RawRequestHandler(WSGIHandler):
 
     def _end_batch_quietly(self) -> None:
         try:
-            self.end_batch()
+            self._end_batch()
         except OSError:  # the client is gone: its answers with it
             self.held, self.held_bytes = [], 0
 

@@ -33,6 +33,8 @@ CONNECT_TIMEOUT = 2.0
 IO_TIMEOUT = 10.0                    # a logging server silent this long is treated as stalled
 COALESCE_LIMIT = 256 * 1024          # queued blocks sent in one write up to this size ...
 COALESCE_PARTS = 512                 # ... and this many
+BUSY_STREAMS = 32                    # open log streams past which each gathers ...
+BUSY_GATHER = 0.1                    # ... for this long (s): fewer, larger writes both sides
 RETRY_AFTER = 1.0                    # seconds to leave a failed logging server alone
 
 _END = None
@@ -201,8 +203,16 @@ class LogStream:
         """Queued blocks as lists: all those already waiting go out together as one chunk
         (fewer writes under load), never joined (no copy of a large one)."""
         queue = self.queue
+        last = 0.0
         while (block := queue.get()) is not _END:
-            gevent.sleep(0)  # let the clients' writes that are ready go first, then gather
+            # Let the clients' writes that are ready go first, then gather. A dense stream
+            # (its previous block within BUSY_GATHER) among many open ones gathers for
+            # BUSY_GATHER: fewer, larger writes on both sides, where a sparse one would
+            # only pay for the timer.
+            now = time.monotonic()
+            dense = now - last < BUSY_GATHER and self.sink.active_streams > BUSY_STREAMS
+            gevent.sleep(BUSY_GATHER if dense else 0)
+            last = now
             parts, size = [block], len(block)
             while (queue.qsize() and size < COALESCE_LIMIT and len(parts) < COALESCE_PARTS
                    and queue.peek() is not _END):

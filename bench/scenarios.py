@@ -37,6 +37,7 @@ FULL = {
     "lat_warmup": 200, "lat_requests": 2000, "lat_rounds": 4,
     "rps_conc": (16, 64), "rps_duration": 5, "rps_warmup": 1.0,
     "sse_streams": 20, "sse_events": 100, "sse_interval_ms": 20,
+    "tok_streams": 100, "tok_events": 200, "tok_interval_ms": 20,
     "fb_count": 40, "fb_first_delay_ms": 20,
     "down_bytes": 1 << 30, "up_bytes": 256 << 20,
     "logdown_conc": 16, "logdown_duration": 5,
@@ -44,7 +45,7 @@ FULL = {
     "gu_conc": 64, "gu_workers": 2, "gu_rounds": 2,
 }
 QUICK = dict(FULL, lat_warmup=20, lat_requests=200, lat_rounds=2, rps_duration=1,
-             rps_warmup=0.3, sse_events=25, fb_count=10, down_bytes=64 << 20, up_bytes=16 << 20,
+             rps_warmup=0.3, sse_events=25, tok_events=25, fb_count=10, down_bytes=64 << 20, up_bytes=16 << 20,
              logdown_duration=1, held_streams=500, held_events=10, held_ramp_s=1.0, gu_rounds=1)
 
 
@@ -216,6 +217,42 @@ def sse(ctx):
     ]
     ctx.error_row(g, {k: {"errors": v["first_byte"]["failed"]} for k, v in per.items()
                       if "first_byte" in v})
+
+
+# -- 3b. many token streams --------------------------------------------------------------
+
+@scenario("tokens", help="100 token streams x 200 events @ 20 ms: delay, CPU per event")
+def tokens(ctx):
+    """A busy agent fleet: many streams whose events come fast, so each log stream gathers
+    its events (sink.BUSY_GATHER). CPU per event of the proxy and, catch-up included, of
+    its logging server, from /proc."""
+    p = ctx.p
+    n, events, iv = p["tok_streams"], p["tok_events"], p["tok_interval_ms"]
+    per = {}
+    for t in ctx.each_target("token streams"):
+        pids = {role: proc.pid for role, proc in t.roles().items() if proc is not None and proc.alive()}
+        before = {role: cpu_ticks([pid]) for role, pid in pids.items()}
+        per[t.name] = r = load.sse_streams(t.host, t.port, CHAT, n, events, iv)
+        if "logserver" in pids:
+            wait_idle([pids["logserver"]], window=0.5, timeout=LOG_CATCHUP_S * 3)
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        r["cpu_us_per_event"] = {role: (cpu_ticks([pid]) - before[role]) * tick_us / max(r["events"], 1)
+                                 for role, pid in pids.items()}
+    ctx.results["tokens"] = per
+    g = "%d token streams x %d @ %d ms" % (n, events, iv)
+    d50, d99 = _vals(per, "delay", "p50"), _vals(per, "delay", "p99")
+    cpu = {k: v["cpu_us_per_event"] for k, v in per.items() if v.get("cpu_us_per_event")}
+    ctx.rows += [
+        Row(g, "event delay p50", "ms", d50),
+        Row(g, "event delay p99", "ms", d99),
+        Row(g, "added delay p99", "ms", _added(d99), kind="added"),
+        Row(g, "intact streams", "", {k: "%d/%d" % (v["intact"], n) for k, v in per.items()},
+            kind="info"),
+        Row(g, "CPU per event: proxy (+ logging server), us", "",
+            {k: ("%.0f + %.0f" % (c["proxy"], c["logserver"]) if "logserver" in c
+                 else "%.0f" % c.get("proxy", 0)) for k, c in cpu.items() if "proxy" in c},
+            kind="info"),
+    ]
 
 
 # -- 4. bulk --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ _POLLIN = 0x001 | 0x008 | 0x010  # POLLIN | POLLERR | POLLHUP
 
 
 _MAX_PARTS = 1024  # buffers per sendmsg (IOV_MAX)
-JOIN_BELOW = 8192  # bytes: parts up to this in all are joined, not sent by sendmsg
+JOIN_BELOW = 8192  # bytes of data up to which a write's parts are joined, not sendmsg'd
 Block = bytes | memoryview  # a body block; a chunk may also be a list of them
 
 _RECEIVED = bytearray(BLOCK)
@@ -58,14 +58,14 @@ def send_all(sock: socket.socket, data: bytes) -> None:
             sent += sock.send(view[sent:])
 
 
-def send_parts(sock: socket.socket, parts: list[Block]) -> None:
-    """Several buffers in one write: small ones joined (cheaper than sendmsg), larger ones
-    by sendmsg, not copied (a large block costs no copy for its chunk framing). TLS
-    sockets have no sendmsg."""
+def send_parts(sock: socket.socket, parts: list[Block], size: int) -> None:
+    """Several buffers in one write: joined when their data (`size` bytes, framing aside)
+    is small (cheaper than sendmsg), else by sendmsg, not copied (a large block costs no
+    copy for its chunk framing). TLS sockets have no sendmsg."""
     if len(parts) == 1:
         send_all(sock, parts[0])
         return
-    if isinstance(sock, ssl.SSLSocket) or sum(map(len, parts)) <= JOIN_BELOW:
+    if size <= JOIN_BELOW or isinstance(sock, ssl.SSLSocket):
         send_all(sock, b"".join(parts))
         return
     sent = sock.sendmsg(parts[:_MAX_PARTS])
@@ -483,14 +483,14 @@ def _send_request(sock: socket.socket, head: bytes, blocks: Iterable[Block], chu
         if not size:
             continue
         if chunked:
-            send_parts(sock, [*pending, b"%x\r\n" % size, *parts, b"\r\n"])
+            send_parts(sock, [*pending, b"%x\r\n" % size, *parts, b"\r\n"], size)
         else:
-            send_parts(sock, [*pending, *parts])
+            send_parts(sock, [*pending, *parts], size)
         pending = []
     if chunked:
         pending.append(b"0\r\n\r\n")
     if pending:
-        send_parts(sock, pending)
+        send_parts(sock, pending, 0)
 
 
 def _read_head(sock: socket.socket, no_body: bool) -> _ParserState:

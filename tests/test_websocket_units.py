@@ -116,6 +116,19 @@ def test_decoder_of_upstream_frames_with_permessage_deflate():
     assert joined(feed_in_pieces(decoder, wire, 100)) == [("text", m.encode()) for m in messages]
 
 
+
+def test_decoder_of_client_frames_compressed_without_context_takeover():
+    """The client's compressor starts afresh for each message; the decoder's one inflater
+    for the session reads them all the same."""
+    accepted = "permessage-deflate; client_no_context_takeover"
+    deflate = PerMessageDeflate()
+    deflate.finalize(accepted)
+    client = encoder(True, [deflate])
+    messages = ["same words again " * 50] * 3
+    wire = b"".join(bytes(client.send_data(m, fin=True)) for m in messages)
+    decoder = Decoder(False, accepted)
+    assert joined(feed_in_pieces(decoder, wire, 37)) == [("text", m.encode()) for m in messages]
+
 def test_decoder_inflates_fragmented_messages_in_bounded_pieces(monkeypatch):
     monkeypatch.setattr(wslog, "RECORD_MAX", 4096)
     deflate = PerMessageDeflate()

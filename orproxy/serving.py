@@ -135,10 +135,8 @@ class RawRequestHandler(WSGIHandler):
       which PATH_INFO and the HTTP_* keys lose, and the socket (`orproxy.socket`).
     - A header parser and a sendall without the email package and gevent's per-call
       SO_SNDBUF query, which cost more than the proxying itself.
-    - A `Batch` per connection (`orproxy.batch`), for the logging server's pipelined PUTs.
-    These override pywsgi methods (`MessageClass`, `_write_with_headers`, `_sendall`,
-    `read_requestline`, `handle_one_request`) that gevent 24-26 define; tests/test_proxy_*
-    and tests/test_logserver.py fail loudly if a release changes them.
+    These override pywsgi methods (`MessageClass`, `_write_with_headers`, `_sendall`) that
+    gevent 24-26 define; tests/test_proxy_* fail loudly if a release changes them.
     """
 
     def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
@@ -147,9 +145,6 @@ class RawRequestHandler(WSGIHandler):
         except OSError:
             pass  # not TCP (a Unix socket)
         super().__init__(sock, address, server, rfile)
-        self.batch = Batch()
-        self.held: list[bytes] = []  # responses waiting for the batch's work
-        self.held_bytes = 0
 
     def MessageClass(self, fp: Any, *args: Any) -> WireHeaders:  # noqa: N802 (pywsgi's name)
         return parse_headers(fp)
@@ -160,7 +155,6 @@ class RawRequestHandler(WSGIHandler):
         env["orproxy.raw_uri"] = self.path
         env["orproxy.socket"] = self.socket
         env["orproxy.headers"] = pairs
-        env["orproxy.batch"] = self.batch
         return env
 
     def _write_with_headers(self, data: bytes) -> None:
@@ -180,13 +174,6 @@ class RawRequestHandler(WSGIHandler):
         self._sendall(head)
 
     def _sendall(self, data: bytes) -> None:
-        if self.batch.work and self.held_bytes + len(data) <= HOLD_MAX:
-            self.held.append(bytes(data))
-            self.held_bytes += len(data)
-            self.response_length += len(data)
-            return
-        if self.batch.work or self.held:
-            self._end_batch()  # the answers before this one go first
         try:
             send_all(self.socket, data)
         except OSError as ex:
@@ -195,6 +182,66 @@ class RawRequestHandler(WSGIHandler):
                 self.code = -self.code
             raise
         self.response_length += len(data)
+
+    def log_request(self) -> None:
+        """The proxy prints its own console line; pywsgi's access log would double it."""
+
+    def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
+        """A request too malformed to reach the app: the app words the 400 if it can
+        (pywsgi's documented hook for this; its default is an empty 400)."""
+        default = super()._handle_client_error(ex)
+        malformed_request = getattr(self.server.application, "malformed_request", None)
+        if malformed_request is None:
+            return default
+        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        return "400", malformed_request(f"malformed request: {message}")
+
+    def handle(self) -> None:
+        self.server.idle_handlers.add(self)
+        try:
+            super().handle()
+        finally:
+            self.server.idle_handlers.discard(self)
+
+    def handle_one_response(self) -> None:
+        self.server.idle_handlers.discard(self)
+        try:
+            super().handle_one_response()
+        finally:
+            if self.server.stopping:
+                self.close_connection = True  # finish this response, take no new request
+            else:
+                self.server.idle_handlers.add(self)
+
+
+class BatchingRequestHandler(RawRequestHandler):
+    """The logging server's handler: a `Batch` per connection (`orproxy.batch`), run before
+    the connection waits for its next request, its answers held until then.
+
+    Overrides pywsgi's `read_requestline` and `handle_one_request` too (gevent 24-26);
+    tests/test_logserver.py fails loudly if a release changes them.
+    """
+
+    def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
+        super().__init__(sock, address, server, rfile)
+        self.batch = Batch()
+        self.held: list[bytes] = []  # responses waiting for the batch's work
+        self.held_bytes = 0
+
+    def get_environ(self) -> dict[str, Any]:
+        env = super().get_environ()
+        env["orproxy.batch"] = self.batch
+        return env
+
+    def _sendall(self, data: bytes) -> None:
+        if self.batch.work and self.held_bytes + len(data) <= HOLD_MAX:
+            self.held.append(bytes(data))
+            self.held_bytes += len(data)
+            self.response_length += len(data)
+            return
+        if self.batch.work or self.held:
+            self._end_batch()  # the answers before this one go first
+        super()._sendall(data)
 
     def _end_batch(self) -> None:
         """Run the batch's work, then send the responses held for it."""
@@ -234,36 +281,6 @@ class RawRequestHandler(WSGIHandler):
         finally:
             sock.settimeout(timeout)
 
-    def log_request(self) -> None:
-        """The proxy prints its own console line; pywsgi's access log would double it."""
-
-    def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
-        """A request too malformed to reach the app: the app words the 400 if it can
-        (pywsgi's documented hook for this; its default is an empty 400)."""
-        default = super()._handle_client_error(ex)
-        malformed_request = getattr(self.server.application, "malformed_request", None)
-        if malformed_request is None:
-            return default
-        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
-        return "400", malformed_request(f"malformed request: {message}")
-
-    def handle(self) -> None:
-        self.server.idle_handlers.add(self)
-        try:
-            super().handle()
-        finally:
-            self.server.idle_handlers.discard(self)
-
-    def handle_one_response(self) -> None:
-        self.server.idle_handlers.discard(self)
-        try:
-            super().handle_one_response()
-        finally:
-            if self.server.stopping:
-                self.close_connection = True  # finish this response, take no new request
-            else:
-                self.server.idle_handlers.add(self)
-
 
 class GracefulWSGIServer(WSGIServer):
     """Stops by letting requests in flight finish, while idle keep-alive connections close."""
@@ -298,9 +315,10 @@ def raise_open_files_limit() -> None:
             pass
 
 
-def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0) -> None:
+def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0,
+          handler_class: type[RawRequestHandler] = RawRequestHandler) -> None:
     """Serve until SIGINT/SIGTERM, then let in-flight requests finish for `shutdown_timeout`."""
-    server = GracefulWSGIServer((host, port), app, handler_class=RawRequestHandler, log=None,
+    server = GracefulWSGIServer((host, port), app, handler_class=handler_class, log=None,
                                 error_log=sys.stderr)
     server.init_socket()
     bound_host, bound_port = server.socket.getsockname()[:2]

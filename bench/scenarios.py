@@ -14,6 +14,7 @@ from bench.procs import (RssWatch, StartError, cpu_ticks, nofile_limit, set_affi
                          tcp_counters, tree, wait_idle)
 from bench.report import Row
 from bench.targets import API, Gunicorn
+from orproxy.sink import max_log_streams
 
 CHAT = API + "/chat/completions"
 
@@ -563,12 +564,6 @@ def _log_completeness(log_dir, before, window=None):
     return out
 
 
-def _log_stream_cap(limit):
-    """orproxy's cap on log streams open at once (each a connection to the logserver),
-    for a proxy whose open-files limit is `limit` (orproxy.sink.max_log_streams)."""
-    return max(64, limit // 3)
-
-
 def _held_capacity(ctx):
     """{who: (open-files limit, streams it can hold)}, and the smallest of those: a proxy
     holds a client and an upstream socket per stream (orproxy also its log streams), the
@@ -587,7 +582,7 @@ def _held_capacity(ctx):
             who = "%s %s" % (t.name, role)
             limits[who] = min(lims) if lims else None
             if role == "proxy":
-                spare[who] = 100 + (_log_stream_cap(limits[who]) if t.has_logserver and limits[who] else 0)
+                spare[who] = 100 + (max_log_streams(limits[who]) if t.has_logserver and limits[who] else 0)
             else:
                 spare[who] = None  # the logging server: at most the proxy's log streams
     out = {}

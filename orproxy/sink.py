@@ -40,12 +40,14 @@ RETRY_AFTER = 1.0                    # seconds to leave a failed logging server 
 _END = None
 
 
-def max_log_streams() -> int:
-    """Streaming PUTs open at once: a third of the open-files limit. An exchange held open
-    also needs its client's and its upstream's socket, so past this the traffic itself
-    would run out of descriptors; the exchanges beyond it are not logged."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 65536 if soft == resource.RLIM_INFINITY else max(64, soft // 3)
+def max_log_streams(limit: int | None = None) -> int:
+    """Streaming PUTs open at once: a third of the open-files limit (this process's unless
+    given). An exchange held open also needs its client's and its upstream's socket, so
+    past this the traffic itself would run out of descriptors; the exchanges beyond it are
+    not logged."""
+    if limit is None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 65536 if limit == resource.RLIM_INFINITY else max(64, limit // 3)
 
 
 def truncation_marker(dropped: int) -> bytes:

@@ -301,3 +301,18 @@ def http_json(method, url, payload=None, headers=None, timeout=10.0):
         headers.setdefault("Content-Type", "application/json")
     status, _, data = http_request(method, url, body, headers, timeout)
     return status, json.loads(data) if data else None
+
+
+def join_messages(pieces):
+    """WebSocket messages from logged (opcode, payload, more) pieces: the `more` pieces of
+    a text or binary message joined; control frames as they are."""
+    out, parts = [], []
+    for opcode, payload, more in pieces:
+        if opcode in ("text", "binary"):
+            parts.append(payload)
+            if not more:
+                out.append((opcode, b"".join(parts)))
+                parts = []
+        else:
+            out.append((opcode, payload))
+    return out

@@ -419,6 +419,19 @@ def test_console_false_prints_no_request_lines(make_proxy):
 # -- the logging server misbehaving ------------------------------------------------------
 
 
+def _logging_resumes(proxy, logserver, target, timeout):
+    """Send `target` through the proxy until one such exchange is logged whole; its id."""
+    def logged_again():
+        status, _, _, rid = send(proxy.url, "GET", target)
+        assert status == 200
+        try:
+            logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=1.0)
+        except AssertionError:
+            return None
+        return rid
+    return wait_until(logged_again, timeout=timeout, interval=0.2, message="logging to resume")
+
+
 def _mixed_request(url, i):
     """One of three kinds of exchange, each checked byte for byte."""
     kind = i % 3
@@ -465,16 +478,7 @@ def test_logging_server_killed_then_restarted(make_proxy, logserver):
 
     # Back on the same port: logging resumes by itself within a few seconds.
     logserver.start()
-
-    def logged_again():
-        status, _, _, rid = send(p.url, "GET", "/v1/echo?after=1")
-        assert status == 200
-        try:
-            logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=1.0)
-        except AssertionError:
-            return None
-        return rid
-    rid = wait_until(logged_again, timeout=10, interval=0.2, message="logging to resume")
+    rid = _logging_resumes(p, logserver, "/v1/echo?after=1", timeout=10)
     request, _, _ = logged(logserver, rid)
     assert request.startswith(b"GET /v1/echo?after=1 HTTP/1.1\r\n")
     assert p.alive
@@ -501,15 +505,7 @@ def test_logging_server_stalled_never_delays_requests(make_proxy, logserver):
         os.kill(pid, signal.SIGCONT)
     assert p.alive
 
-    def logged_again():
-        status, _, _, rid = send(p.url, "GET", "/v1/echo?after=stall")
-        assert status == 200
-        try:
-            logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=1.0)
-        except AssertionError:
-            return None
-        return rid
-    wait_until(logged_again, timeout=20, interval=0.2, message="logging to resume after SIGCONT")
+    _logging_resumes(p, logserver, "/v1/echo?after=stall", timeout=20)
 
 
 def test_a_response_beyond_the_log_budget_is_logged_up_to_it_and_marked(make_proxy, logserver):

@@ -241,17 +241,22 @@ def test_upstream_breaking_mid_body_breaks_the_client_response(any_proxy, framin
 # -- big bodies --------------------------------------------------------------------------
 
 
-def test_10_mib_upload_with_content_length_is_byte_exact(any_proxy):
-    body = pattern_bytes(10 * MiB, offset=7)
-    conn = connect(any_proxy.url, timeout=30)
+def _echoed(proxy, body, headers, **options):
+    """The fake upstream's account of the upload it received (POST /v1/echo)."""
+    conn = connect(proxy.url, timeout=30)
     try:
-        conn.request("POST", "/v1/echo", body=body,
-                     headers={"Content-Type": "application/octet-stream"})
+        conn.request("POST", "/v1/echo", body=body, **options,
+                     headers={"Content-Type": "application/octet-stream", **headers})
         resp = conn.getresponse()
         assert resp.status == 200
-        doc = json.loads(resp.read())
+        return json.loads(resp.read())
     finally:
         conn.close()
+
+
+def test_10_mib_upload_with_content_length_is_byte_exact(any_proxy):
+    body = pattern_bytes(10 * MiB, offset=7)
+    doc = _echoed(any_proxy, body, {})
     assert doc["framing"] == "length"
     assert doc["content_length"] == str(len(body))
     assert doc["body_length"] == len(body)
@@ -262,16 +267,7 @@ def test_10_mib_upload_with_content_length_is_byte_exact(any_proxy):
 def test_10_mib_chunked_upload_goes_upstream_chunked_and_byte_exact(any_proxy):
     body = pattern_bytes(10 * MiB, offset=3)
     blocks = [body[i:i + 100003] for i in range(0, len(body), 100003)]   # odd sizes
-    conn = connect(any_proxy.url, timeout=30)
-    try:
-        conn.request("POST", "/v1/echo", body=iter(blocks), encode_chunked=True,
-                     headers={"Content-Type": "application/octet-stream",
-                              "Transfer-Encoding": "chunked"})
-        resp = conn.getresponse()
-        assert resp.status == 200
-        doc = json.loads(resp.read())
-    finally:
-        conn.close()
+    doc = _echoed(any_proxy, iter(blocks), {"Transfer-Encoding": "chunked"}, encode_chunked=True)
     assert doc["framing"] == "chunked"
     assert doc["content_length"] is None
     assert not [v for n, v in doc["headers"] if n.lower() == "content-length"]

@@ -28,7 +28,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from conftest import build_config, start_proxy
-from helpers import TESTS_DIR, ServerProcess, http_json, wait_until
+from helpers import TESTS_DIR, ServerProcess, http_json, join_messages, wait_until
 
 SERVERS = ["pywsgi", "gunicorn"]
 
@@ -119,18 +119,8 @@ def parse_log(data):
 
 def messages(records, direction):
     """Whole messages sent by ``direction``: (opcode, payload), `more` pieces joined."""
-    out, parts = [], []
-    for who, _, opcode, payload, more in records:
-        if who != direction:
-            continue
-        if opcode in ("text", "binary"):
-            parts.append(payload)
-            if not more:
-                out.append((opcode, b"".join(parts)))
-                parts = []
-        else:
-            out.append((opcode, payload))
-    return out
+    return join_messages((opcode, payload, more) for who, _, opcode, payload, more in records
+                         if who == direction)
 
 
 def exchange_logged(data):

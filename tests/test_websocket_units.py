@@ -11,6 +11,7 @@ from gevent import socket
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
+from helpers import join_messages
 from orproxy import websocket as ws
 from orproxy import wslog
 from orproxy.websocket import Tunnel, is_websocket_upgrade, upstream_headers, with_request_id
@@ -71,20 +72,6 @@ def feed_in_pieces(decoder, data, size):
     return pieces
 
 
-def joined(pieces):
-    """Messages from (opcode, payload, more) pieces."""
-    out, parts = [], []
-    for opcode, payload, more in pieces:
-        if opcode in ("text", "binary"):
-            parts.append(payload)
-            if not more:
-                out.append((opcode, b"".join(parts)))
-                parts = []
-        else:
-            out.append((opcode, payload))
-    return out
-
-
 @pytest.mark.parametrize("size", [1, 7, 65536])
 def test_decoder_of_client_frames_fragments_and_interleaved_control_frames(size):
     client = encoder(True)  # a client masks its frames
@@ -97,7 +84,7 @@ def test_decoder_of_client_frames_fragments_and_interleaved_control_frames(size)
         client.close(4001, "bye"),
     ])
     decoder = Decoder(False, "")
-    assert joined(feed_in_pieces(decoder, bytes(wire), size)) == [
+    assert join_messages(feed_in_pieces(decoder, bytes(wire), size)) == [
         ("ping", b"in between"), ("text", text.encode()), ("binary", b"\x00\x01\x02"),
         ("close", b"4001 bye")]
     assert decoder.counts() == {"messages": 2, "control_frames": 2,
@@ -113,7 +100,7 @@ def test_decoder_of_upstream_frames_with_permessage_deflate():
     wire = b"".join(bytes(upstream.send_data(m, fin=True)) for m in messages)
     assert len(wire) < sum(map(len, messages)) / 5
     decoder = Decoder(True, accepted + ", x-other-extension")
-    assert joined(feed_in_pieces(decoder, wire, 100)) == [("text", m.encode()) for m in messages]
+    assert join_messages(feed_in_pieces(decoder, wire, 100)) == [("text", m.encode()) for m in messages]
 
 
 
@@ -127,7 +114,7 @@ def test_decoder_of_client_frames_compressed_without_context_takeover():
     messages = ["same words again " * 50] * 3
     wire = b"".join(bytes(client.send_data(m, fin=True)) for m in messages)
     decoder = Decoder(False, accepted)
-    assert joined(feed_in_pieces(decoder, wire, 37)) == [("text", m.encode()) for m in messages]
+    assert join_messages(feed_in_pieces(decoder, wire, 37)) == [("text", m.encode()) for m in messages]
 
 def test_decoder_inflates_fragmented_messages_in_bounded_pieces(monkeypatch):
     monkeypatch.setattr(wslog, "RECORD_MAX", 4096)
@@ -143,7 +130,7 @@ def test_decoder_inflates_fragmented_messages_in_bounded_pieces(monkeypatch):
     decoder = Decoder(False, "permessage-deflate")
     pieces = feed_in_pieces(decoder, wire, 1000)
     assert max(len(payload) for _, payload, _ in pieces) <= 4096
-    assert joined(pieces) == [("ping", b"p"), ("binary", zeros), ("text", b"after")]
+    assert join_messages(pieces) == [("ping", b"p"), ("binary", zeros), ("text", b"after")]
     assert decoder.counts() == {"messages": 2, "control_frames": 1, "payload_bytes": len(zeros) + 5}
 
 

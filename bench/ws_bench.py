@@ -5,15 +5,18 @@
     .venv/bin/python bench/ws_bench.py --pin --rounds 30   # pinned, steadier medians
 
 Targets: the WebSocket upstream of the tests (tests/ws_upstream.py) directly; orproxy with
-logging on (its orlogserver writing to tmpfs), the default; orproxy with logging off.
+logging on (its orlogserver writing to tmpfs), the default; orproxy with logging off; nginx
+(when installed) as a plain WebSocket reverse proxy, one worker: what any proxy's extra hop
+costs on this machine.
 Measured: the round-trip time of a small echo (websocket-client, one connection, so the
 client adds as little as possible) and the throughput of one 16 MiB binary message each
 way (`websockets`, whose masking is in C): upload to `/sink` until its ack, download from
 `/source`. The targets take turns, round by round, so a change in the machine's load
 touches every column alike. Not pinned by default: pinned as in bench/run.py (`--pin`),
 the direct column would squeeze client and upstream onto one core while the proxied ones
-get a second, which flatters the proxy. Prints a table; figures move ±30% between runs on
-a shared machine, so compare columns of one run.
+get a second, which flatters the proxy. Prints a table. Figures move ±30% between runs on a
+shared machine, so compare columns of one run: a ratio to direct is the median of each
+round's ratio, whose transfers ran moments apart.
 """
 import argparse
 import os
@@ -27,7 +30,7 @@ import websocket  # websocket-client
 from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.procs import Proc  # noqa: E402
+from bench.procs import Proc, free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -49,6 +52,53 @@ def orproxy(name, outdir, upstream_port, logserver_port, logging, cpus):
                 "routes:\n  - {source: /ws/, destination: 'http://127.0.0.1:%d/', name: ws}\n"
                 % ("true" if logging else "false", logserver_port, upstream_port))
     return start(name, [os.path.join(BIN, "orproxy"), "--config", config], outdir, cpus)
+
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path %(dir)s/client_body;
+    proxy_temp_path %(dir)s/proxy_temp;
+    fastcgi_temp_path %(dir)s/fastcgi_temp;
+    uwsgi_temp_path %(dir)s/uwsgi_temp;
+    scgi_temp_path %(dir)s/scgi_temp;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location /ws/ {
+            proxy_pass http://127.0.0.1:%(upstream)d/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_buffer_size 256k;       # what an upgraded tunnel reads at once, as orproxy
+            proxy_buffers 4 256k;
+            proxy_busy_buffers_size 256k;
+            proxy_read_timeout 600s;
+        }
+    }
+}
+"""
+
+
+def nginx(outdir, upstream_port, cpus):
+    """nginx as a WebSocket reverse proxy, or None when it is not installed."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not binary:
+        return None
+    d = os.path.join(outdir, "nginx")
+    os.makedirs(d, exist_ok=True)
+    port = free_port()
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF % {"dir": d, "port": port, "upstream": upstream_port})
+    proc = Proc("nginx", [binary, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")],
+                outdir, cpus=cpus, cwd=d).start()
+    proc.wait_port(port)
+    return proc
 
 
 class Client:
@@ -87,7 +137,8 @@ class Client:
         self.down.close()
         rtt = sorted(self.rtt)
         return {"p50": statistics.median(rtt), "p99": rtt[int(len(rtt) * 0.99) - 1],
-                "up": statistics.median(self.rates["up"]), "down": statistics.median(self.rates["down"])}
+                "up": statistics.median(self.rates["up"]), "down": statistics.median(self.rates["down"]),
+                "rates": self.rates}
 
 
 def measure(targets, rounds, echoes):
@@ -132,6 +183,10 @@ def main():
                            upstream.port, logserver.port, logging, cpus("0"))
             procs.append(proc)
             targets.append((name, "ws://127.0.0.1:%d/ws" % proc.port))
+        proc = nginx(outdir, upstream.port, cpus("0"))
+        if proc is not None:
+            procs.append(proc)
+            targets.append(("nginx", "ws://127.0.0.1:%d/ws" % proc.port))
         if cpus("1"):
             os.sched_setaffinity(0, {1})
         results = measure(targets, args.rounds or (3 if args.quick else 10), 300 if args.quick else 1000)
@@ -164,8 +219,10 @@ def report(results, quick, pinned):
                 cells.append((fmt % value).rjust(20))
             elif key in ("p50", "p99"):
                 cells.append(("%s (+%.3f)" % (fmt % value, value - direct[key])).rjust(20))
-            else:
-                cells.append(("%s (%.0f%%)" % (fmt % value, 100 * value / direct[key])).rjust(20))
+            else:  # the median of each round's ratio: a round's transfers ran moments apart
+                ratio = statistics.median(r / d for r, d in zip(results[name]["rates"][key],
+                                                                 direct["rates"][key]))
+                cells.append(("%s (%.0f%%)" % (fmt % value, 100 * ratio)).rjust(20))
         target = {"p50": "added < 1 ms", "up": ">= 80% of direct", "down": ">= 80% of direct"}
         print("".join([label.ljust(width)] + cells + [target.get(key, "").rjust(22)]))
 

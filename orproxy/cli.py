@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
 from orproxy.logserver.units import parse_duration, parse_size  # noqa: E402
-from orproxy.serving import BatchingRequestHandler, raise_open_files_limit, serve  # noqa: E402
+from orproxy.serving import BatchingRequestHandler, prepare_process, serve  # noqa: E402
 
 T = TypeVar("T", int, float)
 
@@ -45,7 +45,7 @@ def proxy_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=_port, help="listen port (overrides server.port; 0 picks a free one)")
     parser.add_argument("--version", action="version", version=f"orproxy {__version__}")
     args = parser.parse_args(argv)
-    raise_open_files_limit()  # before the app: its log sink sizes itself by the limit
+    prepare_process()  # before the app: its log sink sizes itself by the files limit
 
     from orproxy.proxy import ProxyApp
 
@@ -115,7 +115,7 @@ def logserver_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     lower_priority(args.priority)
-    raise_open_files_limit()
+    prepare_process()
     if args.reindex:
         _reindex(args.log_dir)
         return

@@ -31,9 +31,9 @@ def _nodelay(app: Callable) -> Callable:
 
 def proxy_app() -> Callable:
     from orproxy.proxy import ProxyApp
-    from orproxy.serving import raise_open_files_limit
+    from orproxy.serving import prepare_process
 
-    raise_open_files_limit()  # before the app: its log sink sizes itself by the limit
+    prepare_process()  # before the app: its log sink sizes itself by the files limit
     path = os.environ.get("ORPROXY_CONFIG", "config.yaml")
     try:
         return _nodelay(ProxyApp(load_config(path)))
@@ -50,9 +50,9 @@ def logserver_app() -> Callable:
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.logserver.app import LogServerApp
     from orproxy.logserver.units import parse_duration, parse_size
-    from orproxy.serving import raise_open_files_limit
+    from orproxy.serving import prepare_process
 
-    raise_open_files_limit()
+    prepare_process()
 
     limits = {}
     for key, name, parse in (("max_age", "ORLOGSERVER_MAX_AGE", parse_duration),

@@ -13,7 +13,7 @@ from bench import load
 from bench.procs import (RssWatch, StartError, cpu_ticks, nofile_limit, set_affinity,
                          tcp_counters, tree, wait_idle)
 from bench.report import Row
-from bench.targets import API, Gunicorn
+from bench.targets import API, Gunicorn, Nginx
 from orproxy.sink import max_log_streams
 
 CHAT = API + "/chat/completions"
@@ -644,7 +644,11 @@ def _rps_with_cpu(ctx, host, port, cpus, pids):
     return res
 
 
-@scenario("gunicorn", help="gunicorn -k gevent -w 2 on both cores vs one orproxy process on one core")
+GUNICORN_WORKERS = ("orproxy.worker.GeventWorker", "gevent")
+
+
+@scenario("gunicorn", help="gunicorn -w 2 (orproxy's worker, then -k gevent) on both cores vs one "
+                           "orproxy process on one core")
 def gunicorn(ctx):
     p = ctx.p
     one = [t for t in ctx.targets if t.name == "orproxy"]
@@ -656,7 +660,156 @@ def gunicorn(ctx):
     upstream = ctx.upstream.proc
     all_cpus = {int(c) for c in ctx.cpus_all.split(",")}
     client_cpus = {int(c) for c in ctx.cpus_client.split(",")} if ctx.cpus_client else all_cpus
-    gu = Gunicorn(ctx, ctx.args.gunicorn_cmd_argv, ctx.args.logserver_cmd_argv, p["gu_workers"])
+    # orproxy's own worker (the recommended setting), then gunicorn's -k gevent
+    gus = [gu for gu in (_start_gunicorn(ctx, k) for k in GUNICORN_WORKERS) if gu is not None]
+    if not gus:
+        return
+    gu = gus[0]
+    # The control: what the same layouts give nginx, one worker on CPU 0 against a worker
+    # per core on every CPU.
+    nginx = Nginx(ctx, workers=len(all_cpus), cpus=ctx.cpus_all)
+    if any(t.name == "nginx" for t in ctx.targets):
+        nginx.start(ctx.upstream)
+    rounds = {"direct_1": [], "one_process": [], "direct_2": [], "nginx_1": [], "nginx_2": [],
+              **{g.worker_class: [] for g in gus}}
+    phase_a = {"direct": "direct_1", "orproxy": "one_process", "nginx": "nginx_1"}
+    try:
+        for r in range(p["gu_rounds"]):
+            # (a) the usual layout: proxy + logserver on CPU 0, upstream + wrk on CPU 1
+            for t in ctx.each_target("gunicorn: one process, round %d" % (r + 1),
+                                     only=lambda t: t.name in phase_a):
+                pids = {"proxy": [t.proxy.pid], "logserver": [t.logserver.pid]} \
+                    if t is one else {}
+                pids["upstream"] = [upstream.pid]
+                rounds[phase_a[t.name]].append(_rps_with_cpu(ctx, t.host, t.port, ctx.cpus_client, pids))
+            # (b) everything on every CPU: gunicorn's workers, its logserver, upstream, wrk
+            set_affinity(upstream.pid, all_cpus)
+            try:
+                if not wait_idle(ctx.server_pids() + [pr.pid for g in gus for pr in g.procs()]):
+                    ctx.overlaps += 1
+                if direct:
+                    ctx.progress("gunicorn: direct on both cores, round %d" % (r + 1))
+                    before = ctx.work.snapshot()
+                    rounds["direct_2"].append(_rps_with_cpu(
+                        ctx, direct[0].host, direct[0].port, ctx.cpus_all,
+                        {"upstream": [upstream.pid]}))
+                    ctx.disturbed.append(["gunicorn both cores", "direct"] + _share(ctx, before))
+                for g in gus:
+                    ctx.progress("gunicorn: -k %s -w %d on both cores, round %d"
+                                 % (g.worker_class, g.workers, r + 1))
+                    before = ctx.work.snapshot()
+                    rounds[g.worker_class].append(_rps_with_cpu(
+                        ctx, g.host, g.port, ctx.cpus_all,
+                        {"proxy": g.worker_pids(), "logserver": [g.logserver.pid],
+                         "upstream": [upstream.pid]}))
+                    ctx.disturbed.append(["gunicorn both cores", g.name] + _share(ctx, before))
+                if nginx.available:
+                    ctx.progress("gunicorn: nginx, %d workers on both cores, round %d"
+                                 % (nginx.workers, r + 1))
+                    rounds["nginx_2"].append(_rps_with_cpu(
+                        ctx, nginx.host, nginx.port, ctx.cpus_all,
+                        {"proxy": tree(nginx.proc.pid), "upstream": [upstream.pid]}))
+            finally:
+                set_affinity(upstream.pid, client_cpus)
+        files = sum(len(f) for _, _, f in os.walk(gu.log_dir))
+    finally:
+        for g in gus:
+            _stop_gunicorn(ctx, g)
+        nginx.stop()
+
+    def mean(key, field="rps"):
+        vals = [x.get(field) for x in rounds[key] if isinstance(x.get(field), (int, float))]
+        return sum(vals) / len(vals) if vals else None
+
+    def cores(key, who):
+        vals = [x["cores"].get(who) for x in rounds[key] if who in x.get("cores", {})]
+        return sum(vals) / len(vals) if vals else None
+
+    one_rps, gu_rps = mean("one_process"), mean(gu.worker_class)
+    ratio = gu_rps / one_rps if one_rps and gu_rps else None
+    nginx_1, nginx_2 = mean("nginx_1"), mean("nginx_2")
+    nginx_ratio = nginx_2 / nginx_1 if nginx_1 and nginx_2 else None
+
+    def per_core(key, rps):
+        c = (cores(key, "proxy") or 0) + (cores(key, "logserver") or 0)
+        return rps / c if rps and c else None
+    one_pc, gu_pc = per_core("one_process", one_rps), per_core(gu.worker_class, gu_rps)
+    # If the workers and their logserver had both cores to themselves (upstream and load
+    # generator elsewhere), and the one process its core, at the per-core rates they
+    # showed: a projection, not a measurement.
+    projected = 2 * gu_pc / one_pc if gu_pc and one_pc else None
+    ncpu = len(all_cpus)
+    shared = sum(cores(gu.worker_class, k) or 0 for k in ("upstream", "loadgen"))
+    if ratio is not None:
+        ctx.note("gunicorn -w %d: the workers and their logging server share the %d cores with "
+                 "the fake upstream and the load generator (%.2f cores of them during it), "
+                 "while the one process has CPU 0 alone and leaves them CPU 1: the ratio "
+                 "%.2f is bounded by that" % (gu.workers, ncpu, shared, ratio))
+    ctx.results["gunicorn"] = {"rounds": rounds, "workers": gu.workers, "worker_class": gu.worker_class,
+                               "concurrency": p["gu_conc"], "ratio": ratio, "nginx_ratio": nginx_ratio,
+                               "log_files": files, "cpus": ctx.cpus_all}
+    g = "gunicorn -w %d, 1 KB JSON c=%d (%s)" % (gu.workers, p["gu_conc"], ctx.loadgen_name)
+
+    def side(key):
+        if cores(key, "proxy") is None:
+            return None
+        return "%.2f + %.2f" % (cores(key, "proxy"), cores(key, "logserver"))
+    ctx.rows += [
+        Row(g, "1 process: proxy+logserver CPU 0, upstream+wrk CPU 1", "req/s",
+            {"direct": mean("direct_1"), "orproxy": one_rps, "nginx": nginx_1}),
+        Row(g, "gunicorn -k %s (nginx: %d workers): all on both cores (shared with upstream, "
+            "wrk)" % (gu.worker_class, nginx.workers), "req/s",
+            {"direct": mean("direct_2"), "orproxy": gu_rps, "nginx": nginx_2}),
+        Row(g, "  gunicorn / 1 process (nginx: its workers / 1 worker)", "",
+            {"orproxy": ratio, "nginx": nginx_ratio}, kind="info", goal=[(">=", 1.8, "#6")]),
+        *[row for other in gus[1:] for row in (
+            Row(g, "gunicorn -k %s: all on both cores" % other.worker_class, "req/s",
+                {"orproxy": mean(other.worker_class)}),
+            Row(g, "  gunicorn -k %s / 1 process" % other.worker_class, "",
+                {"orproxy": mean(other.worker_class) / one_rps
+                 if one_rps and mean(other.worker_class) else None}, kind="info"))],
+        Row(g, "  CPU 1 process: proxy + logserver, cores", "",
+            {"orproxy": side("one_process")}, kind="info"),
+        Row(g, "  CPU gunicorn -k %s: workers + logserver, cores" % gu.worker_class, "",
+            {"orproxy": side(gu.worker_class)}, kind="info"),
+        Row(g, "  CPU upstream + load generator, cores (1 process / gunicorn)", "", {
+            k: _pair(*[(cores(key, "upstream") or 0) + (cores(key, "loadgen") or 0)
+                       if rounds[key] else None for key in keys])
+            for k, keys in (("direct", ("direct_1", "direct_2")),
+                            ("orproxy", ("one_process", gu.worker_class)))}, kind="info"),
+        Row(g, "  other work on the machine, cores (1 process / gunicorn)", "", {
+            k: _pair(*[mean(key, "other_cores") for key in keys])
+            for k, keys in (("direct", ("direct_1", "direct_2")),
+                            ("orproxy", ("one_process", gu.worker_class)))}, kind="info"),
+        Row(g, "  req/s per core of proxy + logserver (1 process / gunicorn)", "",
+            {"orproxy": _pair(one_pc, gu_pc, "%.0f")}, kind="info"),
+        Row(g, "  projected ratio: 2 cores for gunicorn alone vs 1 (2 x per-core ratio)", "",
+            {"orproxy": projected}, kind="info"),
+        Row(g, "  logserver busy after the load, s (1 process / gunicorn)", "", {
+            "orproxy": " / ".join(_catchup(rounds[key]) for key in ("one_process", gu.worker_class))},
+            kind="info"),
+        Row(g, "  log files written under gunicorn", "", {"orproxy": files}, kind="info"),
+    ]
+    errors = sum(x.get("errors", 0) + x.get("non2xx", 0)
+                 for key in ("one_process", *(g.worker_class for g in gus)) for x in rounds[key])
+    ctx.error_row(g, {"orproxy": {"errors": errors}})
+
+
+def _catchup(results):
+    """Mean seconds a logging server stayed busy after the load ('>=N' if it was still
+    busy when the wait gave up)."""
+    vals = [r["logserver_after_s"] for r in results if "logserver_after_s" in r]
+    if not vals:
+        return "\u2014"
+    capped = any(r.get("logserver_after_capped") for r in results)
+    return ("\u2265%.0f" if capped else "%.1f") % (sum(vals) / len(vals))
+
+
+def _start_gunicorn(ctx, worker_class):
+    """orproxy under gunicorn with that worker class, once it answers and has settled; None
+    (with a note) when it does not start."""
+    gu = Gunicorn(ctx, ctx.args.gunicorn_cmd_argv, ctx.args.logserver_cmd_argv,
+                  ctx.p["gu_workers"], worker_class)
     try:
         gu.start(ctx.upstream)
         # one chat completion answered, then the workers' start-up work done (bounded)
@@ -675,122 +828,10 @@ def gunicorn(ctx):
             conn.close()
         wait_idle([pr.pid for pr in gu.procs()], timeout=15)
     except StartError as e:
-        ctx.note("gunicorn did not start: %s" % e)
+        ctx.note("gunicorn -k %s did not start: %s" % (worker_class, e))
         _stop_gunicorn(ctx, gu)
-        return
-    rounds = {"direct_1": [], "one_process": [], "direct_2": [], "gunicorn": []}
-    try:
-        for r in range(p["gu_rounds"]):
-            # (a) the usual layout: proxy + logserver on CPU 0, upstream + wrk on CPU 1
-            for t in ctx.each_target("gunicorn: one process, round %d" % (r + 1),
-                                     only=lambda t: t.name in ("direct", "orproxy")):
-                pids = {"proxy": [t.proxy.pid], "logserver": [t.logserver.pid]} \
-                    if t is one else {}
-                pids["upstream"] = [upstream.pid]
-                res = _rps_with_cpu(ctx, t.host, t.port, ctx.cpus_client, pids)
-                rounds["direct_1" if t.name == "direct" else "one_process"].append(res)
-            # (b) everything on every CPU: gunicorn's workers, its logserver, upstream, wrk
-            set_affinity(upstream.pid, all_cpus)
-            try:
-                if not wait_idle(ctx.server_pids() + [pr.pid for pr in gu.procs()]):
-                    ctx.overlaps += 1
-                if direct:
-                    ctx.progress("gunicorn: direct on both cores, round %d" % (r + 1))
-                    before = ctx.work.snapshot()
-                    rounds["direct_2"].append(_rps_with_cpu(
-                        ctx, direct[0].host, direct[0].port, ctx.cpus_all,
-                        {"upstream": [upstream.pid]}))
-                    ctx.disturbed.append(["gunicorn both cores", "direct"] + _share(ctx, before))
-                ctx.progress("gunicorn: -w %d on both cores, round %d" % (gu.workers, r + 1))
-                before = ctx.work.snapshot()
-                rounds["gunicorn"].append(_rps_with_cpu(
-                    ctx, gu.host, gu.port, ctx.cpus_all,
-                    {"proxy": gu.worker_pids(), "logserver": [gu.logserver.pid],
-                     "upstream": [upstream.pid]}))
-                ctx.disturbed.append(["gunicorn both cores", "gunicorn"] + _share(ctx, before))
-            finally:
-                set_affinity(upstream.pid, client_cpus)
-        files = sum(len(f) for _, _, f in os.walk(gu.log_dir))
-    finally:
-        _stop_gunicorn(ctx, gu)
-
-    def mean(key, field="rps"):
-        vals = [x.get(field) for x in rounds[key] if isinstance(x.get(field), (int, float))]
-        return sum(vals) / len(vals) if vals else None
-
-    def cores(key, who):
-        vals = [x["cores"].get(who) for x in rounds[key] if who in x.get("cores", {})]
-        return sum(vals) / len(vals) if vals else None
-
-    one_rps, gu_rps = mean("one_process"), mean("gunicorn")
-    ratio = gu_rps / one_rps if one_rps and gu_rps else None
-
-    def per_core(key, rps):
-        c = (cores(key, "proxy") or 0) + (cores(key, "logserver") or 0)
-        return rps / c if rps and c else None
-    one_pc, gu_pc = per_core("one_process", one_rps), per_core("gunicorn", gu_rps)
-    # If the workers and their logserver had both cores to themselves (upstream and load
-    # generator elsewhere), and the one process its core, at the per-core rates they
-    # showed: a projection, not a measurement.
-    projected = 2 * gu_pc / one_pc if gu_pc and one_pc else None
-    ncpu = len(all_cpus)
-    shared = sum(cores("gunicorn", k) or 0 for k in ("upstream", "loadgen"))
-    if ratio is not None:
-        ctx.note("gunicorn -w %d: the workers and their logging server share the %d cores with "
-                 "the fake upstream and the load generator (%.2f cores of them during it), "
-                 "while the one process has CPU 0 alone and leaves them CPU 1: the ratio "
-                 "%.2f is bounded by that" % (gu.workers, ncpu, shared, ratio))
-    ctx.results["gunicorn"] = {"rounds": rounds, "workers": gu.workers,
-                               "concurrency": p["gu_conc"], "ratio": ratio,
-                               "log_files": files, "cpus": ctx.cpus_all}
-    g = "gunicorn -w %d, 1 KB JSON c=%d (%s)" % (gu.workers, p["gu_conc"], ctx.loadgen_name)
-
-    def side(key):
-        if cores(key, "proxy") is None:
-            return None
-        return "%.2f + %.2f" % (cores(key, "proxy"), cores(key, "logserver"))
-    ctx.rows += [
-        Row(g, "1 process: proxy+logserver CPU 0, upstream+wrk CPU 1", "req/s",
-            {"direct": mean("direct_1"), "orproxy": one_rps}),
-        Row(g, "gunicorn -w %d: all on both cores (shared with upstream, wrk)" % gu.workers,
-            "req/s", {"direct": mean("direct_2"), "orproxy": gu_rps}),
-        Row(g, "  gunicorn / 1 process", "", {"orproxy": ratio}, kind="info",
-            goal=[(">=", 1.8, "#6")]),
-        Row(g, "  CPU 1 process: proxy + logserver, cores", "",
-            {"orproxy": side("one_process")}, kind="info"),
-        Row(g, "  CPU gunicorn: workers + logserver, cores", "",
-            {"orproxy": side("gunicorn")}, kind="info"),
-        Row(g, "  CPU upstream + load generator, cores (1 process / gunicorn)", "", {
-            k: _pair(*[(cores(key, "upstream") or 0) + (cores(key, "loadgen") or 0)
-                       if rounds[key] else None for key in keys])
-            for k, keys in (("direct", ("direct_1", "direct_2")),
-                            ("orproxy", ("one_process", "gunicorn")))}, kind="info"),
-        Row(g, "  other work on the machine, cores (1 process / gunicorn)", "", {
-            k: _pair(*[mean(key, "other_cores") for key in keys])
-            for k, keys in (("direct", ("direct_1", "direct_2")),
-                            ("orproxy", ("one_process", "gunicorn")))}, kind="info"),
-        Row(g, "  req/s per core of proxy + logserver (1 process / gunicorn)", "",
-            {"orproxy": _pair(one_pc, gu_pc, "%.0f")}, kind="info"),
-        Row(g, "  projected ratio: 2 cores for gunicorn alone vs 1 (2 x per-core ratio)", "",
-            {"orproxy": projected}, kind="info"),
-        Row(g, "  logserver busy after the load, s (1 process / gunicorn)", "", {
-            "orproxy": " / ".join(_catchup(rounds[key]) for key in ("one_process", "gunicorn"))},
-            kind="info"),
-        Row(g, "  log files written under gunicorn", "", {"orproxy": files}, kind="info"),
-    ]
-    errors = sum(x.get("errors", 0) + x.get("non2xx", 0)
-                 for key in ("one_process", "gunicorn") for x in rounds[key])
-    ctx.error_row(g, {"orproxy": {"errors": errors}})
-
-
-def _catchup(results):
-    """Mean seconds a logging server stayed busy after the load ('>=N' if it was still
-    busy when the wait gave up)."""
-    vals = [r["logserver_after_s"] for r in results if "logserver_after_s" in r]
-    if not vals:
-        return "\u2014"
-    capped = any(r.get("logserver_after_capped") for r in results)
-    return ("\u2265%.0f" if capped else "%.1f") % (sum(vals) / len(vals))
+        return None
+    return gu
 
 
 def _stop_gunicorn(ctx, gu):

@@ -156,7 +156,7 @@ class Orproxy(Target):
 NGINX_CONF = """\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes %(workers)d;
 pid %(dir)s/nginx.pid;
 error_log %(dir)s/error.log warn;
 worker_rlimit_nofile %(nofile)d;
@@ -191,21 +191,22 @@ http {
 
 
 class Gunicorn:
-    """orproxy under `gunicorn -k gevent -w N --no-control-socket 'orproxy.wsgi:proxy_app()'`
-    (config from ORPROXY_CONFIG) with its own `orlogserver` (which lowers its own priority),
-    both on every CPU of the run: not a column of its own, scenario gunicorn compares it
-    with the one-process orproxy target."""
+    """orproxy under `gunicorn -k WORKER_CLASS -w N --no-control-socket
+    'orproxy.wsgi:proxy_app()'` (config from ORPROXY_CONFIG) with its own `orlogserver`
+    (which lowers its own priority), both on every CPU of the run: not a column of its
+    own, scenario gunicorn compares it with the one-process orproxy target."""
 
-    name = "gunicorn"
     host = "127.0.0.1"
 
-    def __init__(self, ctx, gunicorn_argv, logserver_argv, workers=2):
+    def __init__(self, ctx, gunicorn_argv, logserver_argv, workers=2, worker_class="gevent"):
         self.ctx = ctx
         self.gunicorn_argv = gunicorn_argv
         self.logserver_argv = logserver_argv
         self.workers = workers
-        self.log_dir = os.path.join(ctx.log_root, "gunicorn-logs")
-        self.config_path = os.path.join(ctx.workdir, "orproxy-gunicorn.yaml")
+        self.worker_class = worker_class
+        self.name = "gunicorn-" + worker_class.rsplit(".", 1)[0].replace(".", "-")
+        self.log_dir = os.path.join(ctx.log_root, self.name + "-logs")
+        self.config_path = os.path.join(ctx.workdir, self.name + ".yaml")
         self.proc = None
         self.logserver = None
         self.port = None
@@ -219,7 +220,7 @@ class Gunicorn:
             raise StartError("%s missing" % self.gunicorn_argv[0])
         os.makedirs(self.log_dir, exist_ok=True)
         cpus = self.ctx.cpus_all
-        self.logserver = Proc("gunicorn-orlogserver", self.logserver_argv + [
+        self.logserver = Proc(self.name + "-orlogserver", self.logserver_argv + [
             "--host", "127.0.0.1", "--port", "0", "--log-dir", self.log_dir],
             self.ctx.workdir, cpus=cpus, cwd=self.ctx.workdir).start()
         self.ctx.extra_procs.append(self.logserver)
@@ -228,8 +229,8 @@ class Gunicorn:
             f.write(CONFIG % {"logport": logport, "upstream": upstream.url})
         port = free_port()
         env = dict(os.environ, ORPROXY_CONFIG=self.config_path)
-        self.proc = Proc("gunicorn", self.gunicorn_argv + [
-            "-k", "gevent", "-w", str(self.workers), "--no-control-socket",
+        self.proc = Proc(self.name, self.gunicorn_argv + [
+            "-k", self.worker_class, "-w", str(self.workers), "--no-control-socket",
             "-b", "127.0.0.1:%d" % port, "--graceful-timeout", "2",
             "orproxy.wsgi:proxy_app()"],
             self.ctx.workdir, cpus=cpus, env=env, cwd=self.ctx.workdir).start()
@@ -253,29 +254,32 @@ class Gunicorn:
 
 
 class Nginx(Target):
-    """nginx, one worker, pinned to the proxy CPU, streaming both ways, no access log."""
+    """nginx, one worker, pinned to the proxy CPU, streaming both ways, no access log.
+    Scenario gunicorn also runs one with a worker per core on every CPU (`workers`, `cpus`)."""
 
     name = "nginx"
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, workers=1, cpus=None):
         super().__init__(ctx)
         self.proc = None
+        self.workers = workers
+        self.cpus = cpus or ctx.cpus_proxy
 
     def start(self, upstream):
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if not binary:
             self.note = "not installed (run with --install, or apt-get install nginx)"
             return
-        d = os.path.join(self.ctx.workdir, "nginx")
+        d = os.path.join(self.ctx.workdir, "nginx-w%d" % self.workers)
         os.makedirs(d, exist_ok=True)
         port = free_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
             # as many connections as it may open files (the harness's raised limit)
-            f.write(NGINX_CONF % {"dir": d, "upstream": upstream.port, "port": port,
+            f.write(NGINX_CONF % {"dir": d, "upstream": upstream.port, "port": port, "workers": self.workers,
                                   "nofile": self.ctx.nofile[0] if self.ctx.nofile else 4096})
-        self.proc = Proc("nginx", [binary, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")],
-                         self.ctx.workdir, cpus=self.ctx.cpus_proxy, cwd=d)
+        self.proc = Proc(os.path.basename(d), [binary, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")],
+                         self.ctx.workdir, cpus=self.cpus, cwd=d)
         try:
             self.proc.start()
             self.port = self.proc.wait_port(port)
@@ -285,7 +289,8 @@ class Nginx(Target):
             return
         self.available = True
         self.version = _version([binary])
-        self.note = "plain reverse proxy, 1 worker, no access log"
+        self.note = "plain reverse proxy, %d worker%s, no access log" % (
+            self.workers, "" if self.workers == 1 else "s")
 
     def stop(self):
         if self.proc is not None:

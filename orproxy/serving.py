@@ -284,23 +284,35 @@ class BatchingRequestHandler(RawRequestHandler):
 
 
 class GracefulWSGIServer(WSGIServer):
-    """Stops by letting requests in flight finish, while idle keep-alive connections close."""
+    """Stops by letting requests in flight finish, while idle keep-alive connections close.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # gevent's default listen backlog is 128: thousands of clients connecting at once
-        # overflowed it (bench streams10k); the kernel caps this at net.core.somaxconn.
-        super().__init__(*args, spawn=Pool(), backlog=4096, **kwargs)
+    Also the server of gunicorn's workers in orproxy.worker, which passes its own
+    listening socket and pool, and stops it with `close()` and a wait for the pool.
+    """
+
+    def __init__(self, listener: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("spawn", Pool())
+        if not isinstance(listener, socket.socket):
+            # gevent's default listen backlog is 128: thousands of clients connecting at
+            # once overflowed it (bench streams10k); the kernel caps this at somaxconn.
+            kwargs.setdefault("backlog", 4096)
+        super().__init__(listener, *args, **kwargs)
         self.idle_handlers: set[RawRequestHandler] = set()
         self.stopping = False
 
-    def stop_gracefully(self, timeout: float) -> None:
+    def close(self) -> None:
+        """No new connections, and idle keep-alive ones end: their handlers wait for a
+        request line that will not come."""
         self.stopping = True
-        self.close()  # no new connections
+        super().close()
         for handler in list(self.idle_handlers):
             try:
-                handler.socket.shutdown(socket.SHUT_RD)  # its wait for a request line ends
+                handler.socket.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
+
+    def stop_gracefully(self, timeout: float) -> None:
+        self.close()
         self.pool.join(timeout=timeout)
         self.pool.kill(block=True, timeout=1)
 

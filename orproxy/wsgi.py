@@ -1,6 +1,7 @@
 """App factories for `gunicorn -k gevent` (gunicorn's gevent worker patches the stdlib).
 
     ORPROXY_CONFIG=config.yaml gunicorn -k gevent 'orproxy.wsgi:proxy_app()'
+    ORPROXY_CONFIG=config.yaml gunicorn -k orproxy.worker.GeventWorker 'orproxy.wsgi:proxy_app()'
     ORLOGSERVER_LOG_DIR=logs gunicorn -k gevent 'orproxy.wsgi:logserver_app()'
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ def _nodelay(app: Callable) -> Callable:
             except OSError:
                 pass
         return app(environ, start_response)
+    # orproxy.worker's handler asks the app to word a malformed request's 400
+    wrapped.malformed_request = getattr(app, "malformed_request", None)  # type: ignore[attr-defined]
     return wrapped
 
 

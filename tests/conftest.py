@@ -6,10 +6,14 @@ Session-wide processes, restarted on the same port if a test stopped or broke th
                   .wait_for_file(uuid, kind), .wait_for_metadata(uuid))
   proxy           orproxy with the default configuration; .stdout_text() shows only the
                   output of the current test
-  any_proxy       the same under both servers: params "pywsgi" and "gunicorn"
+  any_proxy       the same under each of SERVERS: params "pywsgi", "gunicorn" (-k gevent)
+                  and "gunicorn-worker" (-k orproxy.worker.GeventWorker)
+  own_handler_proxy  the same under the servers with orproxy's request handler (pywsgi,
+                  gunicorn-worker)
 Per test:
   make_proxy(routes=None, logging=None, extra=None, gunicorn=False, ...) a fresh proxy
-                  with its own config.yaml in tmp_path, stopped at teardown
+                  with its own config.yaml in tmp_path, stopped at teardown; gunicorn=True
+                  runs it under gunicorn -k gevent, a string under that worker class
   write_config(data, name="config.yaml") -> Path in tmp_path (dict dumped as YAML, or str)
   run_cli(name, *args, ...) -> CompletedProcess (returncode, stdout, stderr) run in tmp_path
 
@@ -230,8 +234,11 @@ def logserver(_logserver_session):
 # --------------------------------------------------------------------------------------
 # Proxies
 
+# How a proxy is served: its own command, or gunicorn with this worker class (-k)
+SERVERS = {"pywsgi": None, "gunicorn": "gevent", "gunicorn-worker": "orproxy.worker.GeventWorker"}
+
 class Proxy(object):
-    """An orproxy process (its own server, or gunicorn -k gevent)."""
+    """An orproxy process: its own server, or gunicorn (`gunicorn` is then its -k)."""
 
     def __init__(self, process, config_path, gunicorn, config):
         self.process = process
@@ -323,7 +330,8 @@ def post_worker_init(worker):
 
 def start_proxy(workdir, config, gunicorn=False, args=(), env=None, workers=2,
                 timeout=STARTUP_TIMEOUT, name="orproxy"):
-    """Write ``config`` (a dict, or YAML text) to workdir and start the proxy on it."""
+    """Write ``config`` (a dict, or YAML text) to workdir and start the proxy on it, under
+    gunicorn when ``gunicorn`` is true: True for -k gevent, else the worker class."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
@@ -338,10 +346,11 @@ def start_proxy(workdir, config, gunicorn=False, args=(), env=None, workers=2,
         process.start("listening", timeout)
         return Proxy(process, config_path, False, config)
 
+    worker = "gevent" if gunicorn is True else gunicorn
     port = free_port()
     hooks = workdir / "gunicorn_hooks.py"
     hooks.write_text(_GUNICORN_HOOKS)
-    argv = [script("gunicorn"), "-k", "gevent", "-w", str(workers), "--no-control-socket",
+    argv = [script("gunicorn"), "-k", worker, "-w", str(workers), "--no-control-socket",
             "-b", "127.0.0.1:%d" % port, "-c", hooks, "--graceful-timeout", "10",
             *args, "orproxy.wsgi:proxy_app()"]
     process = ServerProcess(name + "-gunicorn", argv, workdir,
@@ -353,7 +362,7 @@ def start_proxy(workdir, config, gunicorn=False, args=(), env=None, workers=2,
             return "http://127.0.0.1:%d" % port
         return None
     process.start(ready, timeout)
-    return Proxy(process, config_path, True, config)
+    return Proxy(process, config_path, worker, config)
 
 
 @pytest.fixture
@@ -410,11 +419,19 @@ def proxy(_shared_proxies, tmp_path_factory, fake_upstream, logserver):
                          logserver, gunicorn=False)
 
 
-@pytest.fixture(params=["pywsgi", "gunicorn"])
+@pytest.fixture(params=list(SERVERS))
 def any_proxy(request, _shared_proxies, tmp_path_factory, fake_upstream, logserver):
-    """The shared default proxy under its own server, then under gunicorn -k gevent."""
+    """The shared default proxy under its own server, then under gunicorn -k gevent, then
+    under gunicorn with orproxy's worker."""
     return _shared_proxy(_shared_proxies, request.param, tmp_path_factory, fake_upstream,
-                         logserver, gunicorn=request.param == "gunicorn")
+                         logserver, gunicorn=SERVERS[request.param] or False)
+
+
+@pytest.fixture(params=["pywsgi", "gunicorn-worker"])
+def own_handler_proxy(request, _shared_proxies, tmp_path_factory, fake_upstream, logserver):
+    """The shared default proxy under each server that uses orproxy's request handler."""
+    return _shared_proxy(_shared_proxies, request.param, tmp_path_factory, fake_upstream,
+                         logserver, gunicorn=SERVERS[request.param] or False)
 
 
 # --------------------------------------------------------------------------------------

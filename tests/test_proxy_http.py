@@ -374,11 +374,11 @@ def test_upstream_read_timeout_from_the_upstream_section(make_proxy, fake_upstre
 
 
 @pytest.mark.parametrize("length", ["abc", "-5", "1x"])
-def test_invalid_content_length_is_a_400_json_error(proxy, length):
-    # orproxy's own server only: under gunicorn its parser answers before the app runs.
+def test_invalid_content_length_is_a_400_json_error(own_handler_proxy, length):
+    # Not under gunicorn -k gevent: its parser answers before the app runs.
     request = ("POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n"
                "Connection: close\r\n\r\n{}" % length).encode()
-    status, headers, body = raw_exchange(proxy.url, request)
+    status, headers, body = raw_exchange(own_handler_proxy.url, request)
     assert_proxy_error(status, headers, body, 400, "bad_request")
 
 

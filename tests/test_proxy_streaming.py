@@ -320,7 +320,8 @@ def _refused(url):
         return False
 
 
-@pytest.mark.parametrize("gunicorn", [False, True], ids=["pywsgi", "gunicorn"])
+@pytest.mark.parametrize("gunicorn", [False, True, "orproxy.worker.GeventWorker"],
+                         ids=["pywsgi", "gunicorn", "gunicorn-worker"])
 def test_sigterm_lets_a_stream_finish_refuses_new_connections_and_exits_0(make_proxy, gunicorn):
     p = make_proxy(gunicorn=gunicorn)
     count, interval_ms = 11, 200                      # a 2 s stream

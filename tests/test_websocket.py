@@ -27,10 +27,9 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 
-from conftest import build_config, start_proxy
+from conftest import SERVERS, build_config, start_proxy
 from helpers import TESTS_DIR, ServerProcess, http_json, join_messages, wait_until
 
-SERVERS = ["pywsgi", "gunicorn"]
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -81,13 +80,13 @@ def ws_routes(upstream_url):
     ]
 
 
-@pytest.fixture(scope="module", params=SERVERS)
+@pytest.fixture(scope="module", params=list(SERVERS))
 def ws_proxy(request, tmp_path_factory, ws_upstream, _logserver_session):
     """An orproxy with the routes above, under its own server, then gunicorn (1 worker, so
     that its sockets can be counted in one process)."""
     config = build_config("http://127.0.0.1:9", _logserver_session.url, ws_routes(ws_upstream.url))
     proxy = start_proxy(tmp_path_factory.mktemp("ws_" + request.param), config,
-                        gunicorn=request.param == "gunicorn", workers=1)
+                        gunicorn=SERVERS[request.param] or False, workers=1)
     yield proxy
     proxy.stop(timeout=15)
 

@@ -2,6 +2,7 @@
 
     ORPROXY_CONFIG=config.yaml gunicorn -k gevent 'orproxy.wsgi:proxy_app()'
     ORPROXY_CONFIG=config.yaml gunicorn -k orproxy.worker.GeventWorker 'orproxy.wsgi:proxy_app()'
+    ORLOGSERVER_LOG_DIR=logs gunicorn -k orproxy.worker.GeventWorker 'orproxy.wsgi:logserver_app()'
     ORLOGSERVER_LOG_DIR=logs gunicorn -k gevent 'orproxy.wsgi:logserver_app()'
 """
 from __future__ import annotations
@@ -16,9 +17,13 @@ from typing import Any
 from orproxy.config import ConfigError, load_config
 
 
-def _nodelay(app: Callable) -> Callable:
-    """gunicorn writes the head and the first body block separately: without TCP_NODELAY
-    a reused connection waits ~40 ms for a delayed ACK (FACTS.md)."""
+def _for_gunicorn(app: Callable, handler_class: type) -> Callable:
+    """The app as gunicorn's workers serve it.
+
+    `-k gevent` writes the head and the first body block separately: without TCP_NODELAY
+    a reused connection waits ~40 ms for a delayed ACK (FACTS.md). orproxy.worker serves
+    connections with `handler_class`, which asks the app to word a malformed request's 400.
+    """
     def wrapped(environ: dict[str, Any], start_response: Callable) -> Any:
         sock = environ.get("gunicorn.socket")
         if sock is not None:
@@ -27,19 +32,19 @@ def _nodelay(app: Callable) -> Callable:
             except OSError:
                 pass
         return app(environ, start_response)
-    # orproxy.worker's handler asks the app to word a malformed request's 400
+    wrapped.handler_class = handler_class  # type: ignore[attr-defined]
     wrapped.malformed_request = getattr(app, "malformed_request", None)  # type: ignore[attr-defined]
     return wrapped
 
 
 def proxy_app() -> Callable:
     from orproxy.proxy import ProxyApp
-    from orproxy.serving import prepare_process
+    from orproxy.serving import RawRequestHandler, prepare_process
 
     prepare_process()  # before the app: its log sink sizes itself by the files limit
     path = os.environ.get("ORPROXY_CONFIG", "config.yaml")
     try:
-        return _nodelay(ProxyApp(load_config(path)))
+        return _for_gunicorn(ProxyApp(load_config(path)), RawRequestHandler)
     except ConfigError as e:
         print(f"orproxy: {e}", file=sys.stderr)
         sys.exit(2)
@@ -53,7 +58,7 @@ def logserver_app() -> Callable:
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.logserver.app import LogServerApp
     from orproxy.logserver.units import parse_duration, parse_size
-    from orproxy.serving import prepare_process
+    from orproxy.serving import BatchingRequestHandler, prepare_process
 
     prepare_process()
 
@@ -70,7 +75,7 @@ def logserver_app() -> Callable:
             sys.exit(4)  # gunicorn's APP_LOAD_ERROR: the master stops instead of rebooting workers
     app = LogServerApp(log_dir, **limits)
     _on_sigterm(app.begin_shutdown)
-    return _nodelay(app)
+    return _for_gunicorn(app, BatchingRequestHandler)
 
 
 def _on_sigterm(callback: Callable[[], None]) -> None:

@@ -338,11 +338,11 @@ def test_the_ui_is_served_with_a_strict_content_security_policy(logserver):
 
 # -- several workers, stopping -----------------------------------------------------------
 
-@pytest.fixture
-def gunicorn_logserver(tmp_path):
+@pytest.fixture(params=["gevent", "orproxy.worker.GeventWorker"])
+def gunicorn_logserver(request, tmp_path):
     port = free_port()
     log_dir = tmp_path / "logs"
-    argv = [script("gunicorn"), "-k", "gevent", "-w", "2", "--no-control-socket",
+    argv = [script("gunicorn"), "-k", request.param, "-w", "2", "--no-control-socket",
             "-b", "127.0.0.1:%d" % port, "orproxy.wsgi:logserver_app()"]
     process = ServerProcess("logserver-gunicorn", argv, tmp_path,
                             env=child_env({"ORLOGSERVER_LOG_DIR": log_dir}))

@@ -2,7 +2,8 @@
 metadata merged beside them, 400/405 for bad ids, kinds and methods, and nothing ever
 written outside the log dir (path traversal attempts in raw request targets).
 
-Each server variant (``orlogserver`` and ``gunicorn -k gevent -w 2 logserver_app()``) runs
+Each server variant (``orlogserver``, and ``gunicorn -w 2 logserver_app()`` with -k gevent
+and with orproxy's worker) runs
 once for this module with its log dir four levels deep inside its own temporary tree, so
 that a traversal of up to four ``..`` would still land in a tree the tests can snapshot.
 Memory staying constant for any body size is not testable here (the benchmark measures it).
@@ -41,7 +42,7 @@ class Server(object):
         return found[0] if found else None
 
 
-@pytest.fixture(scope="module", params=["orlogserver", "gunicorn"])
+@pytest.fixture(scope="module", params=["orlogserver", "gunicorn", "gunicorn-worker"])
 def server(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("logserver_" + request.param)
     log_dir = root / "d1" / "d2" / "d3" / "logs"
@@ -53,9 +54,10 @@ def server(request, tmp_path_factory):
         url = process.start("listening")
     else:
         port = free_port()
-        argv = [script("gunicorn"), "-k", "gevent", "-w", "2", "--no-control-socket",
+        worker = "gevent" if request.param == "gunicorn" else "orproxy.worker.GeventWorker"
+        argv = [script("gunicorn"), "-k", worker, "-w", "2", "--no-control-socket",
                 "-b", "127.0.0.1:%d" % port, "orproxy.wsgi:logserver_app()"]
-        process = ServerProcess("logserver-gunicorn", argv, workdir,
+        process = ServerProcess("logserver-" + request.param, argv, workdir,
                                 env=child_env({"ORLOGSERVER_LOG_DIR": log_dir}))
         url = process.start(("port", "127.0.0.1", port))
     yield Server(url, root, log_dir, process)

@@ -9,18 +9,26 @@ where the `orproxy` command serves 2,300. This worker keeps gunicorn's process m
 the app's own request handler from serving.py, as the commands do: 1,800-2,400 requests/s
 on that core. The proxy then behaves as the `orproxy` command (header names as sent, a JSON
 400 for a malformed request), the logging server as `orlogserver` (pipelined PUTs batched).
+
+gunicorn imports this module in its master, before the worker monkey-patches the stdlib:
+orproxy's own modules (which import requests, and with it ssl) load only in the worker.
 """
 from __future__ import annotations
 
-from gunicorn.workers.ggevent import GeventPyWSGIWorker
+from typing import Any
 
-from orproxy.serving import GracefulWSGIServer, RawRequestHandler
+from gunicorn.workers.ggevent import GeventPyWSGIWorker
 
 
 class GeventWorker(GeventPyWSGIWorker):
-    server_class = GracefulWSGIServer
 
     @property
-    def wsgi_handler(self) -> type[RawRequestHandler]:
+    def server_class(self) -> Any:
+        from orproxy.serving import GracefulWSGIServer
+        return GracefulWSGIServer
+
+    @property
+    def wsgi_handler(self) -> Any:
         """The handler the app asks for (orproxy.wsgi), read once the worker has loaded it."""
+        from orproxy.serving import RawRequestHandler
         return getattr(self.wsgi, "handler_class", RawRequestHandler)

@@ -387,3 +387,13 @@ def test_body_shorter_than_content_length_is_a_400_json_error(any_proxy):
                b"Content-Type: application/json\r\n\r\n" + b"{" * 40)
     status, headers, body = raw_exchange(any_proxy.url, request, half_close=True)
     assert_proxy_error(status, headers, body, 400, "bad_request")
+
+
+def test_orproxy_worker_loads_orproxy_only_after_gunicorn_patched_the_stdlib(make_proxy):
+    """gunicorn imports the worker class in its master, before the worker monkey-patches:
+    had orproxy.worker imported requests (and with it ssl) then, gevent would warn that
+    ssl was patched too late, a setting in which it documents RecursionErrors."""
+    p = make_proxy(gunicorn="orproxy.worker.GeventWorker", workers=1)
+    assert send(p.url, "GET", "/v1/models")[0] == 200
+    assert "orproxy.worker.GeventWorker" in p.stderr_text()  # gunicorn names its worker
+    assert "MonkeyPatchWarning" not in p.stderr_text()

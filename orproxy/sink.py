@@ -29,11 +29,13 @@ from orproxy.transport import StreamingAdapter, split_url
 
 STREAM_BUDGET = 8 * 1024 * 1024      # bytes queued for one stream before it is truncated
 TOTAL_BUDGET = 64 * 1024 * 1024      # bytes queued for all streams together
-CONNECT_TIMEOUT = 2.0
-# A logging server silent this long is treated as stalled. It runs at idle CPU priority, so
-# on a saturated machine it may not run at all until the load ends: with 10 s, 0-1,470 of
-# 6,600 held streams were logged in full (bench streams10k), with 60 s 4,125. Memory stays
-# bounded by the budgets above, connections by max_log_streams.
+# A logging server that does not accept or answer within these is treated as stalled. It
+# runs at idle CPU priority, so on a saturated machine it may not run at all until the load
+# ends, and its listen queue overflows (a connect then waits for SYN retries, 1 s, 3 s,
+# 7 s, ...). With 2 s and 10 s, 0-1,470 of 6,600 held streams were logged in full (bench
+# streams10k); with 2 s and 60 s, 4,125-4,616; with these, all. Memory stays bounded by the
+# budgets above, connections by max_log_streams.
+CONNECT_TIMEOUT = 30.0
 IO_TIMEOUT = 60.0
 COALESCE_LIMIT = 256 * 1024          # queued blocks sent in one write up to this size ...
 COALESCE_PARTS = 512                 # ... and this many

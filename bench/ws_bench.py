@@ -11,7 +11,9 @@ costs on this machine.
 Measured: the round-trip time of a small echo (websocket-client, one connection, so the
 client adds as little as possible) and the throughput of one 16 MiB binary message each
 way (`websockets`, whose masking is in C): upload to `/sink` until its ack, download from
-`/source`. The targets take turns, round by round, so a change in the machine's load
+`/source`. Then, per message each way, the CPU time of each proxy and of the logging
+server, and the proxy's page faults, read from /proc (the log's work included: it follows
+the tunnel). The targets take turns, round by round, so a change in the machine's load
 touches every column alike. Not pinned by default: pinned as in bench/run.py (`--pin`),
 the direct column would squeeze client and upstream onto one core while the proxied ones
 get a second, which flatters the proxy. Prints a table. Figures move ±30% between runs on a
@@ -30,12 +32,13 @@ import websocket  # websocket-client
 from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.procs import Proc, free_port  # noqa: E402
+from bench.procs import Proc, free_port, wait_idle  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 SMALL = b"x" * 32
 BIG = 16 * 1024 * 1024
+COST_MESSAGES = 10  # messages each way whose CPU time is measured, per proxy
 
 
 def start(name, argv, outdir, cpus):
@@ -122,14 +125,19 @@ class Client:
 
     def transfer(self, data):
         """MB/s of one 16 MiB message each way: to /sink until its ack, from /source."""
-        t0 = time.perf_counter()
-        self.up.send(data)
-        assert self.up.recv() == str(BIG)
-        self.rates["up"].append(BIG / (time.perf_counter() - t0) / 1e6)
-        t0 = time.perf_counter()
-        self.down.send("go")
-        assert len(self.down.recv()) == BIG
-        self.rates["down"].append(BIG / (time.perf_counter() - t0) / 1e6)
+        for way in ("up", "down"):
+            t0 = time.perf_counter()
+            self.send(way, data)
+            self.rates[way].append(BIG / (time.perf_counter() - t0) / 1e6)
+
+    def send(self, way, data):
+        """One 16 MiB message: up to /sink until its ack, or down from /source."""
+        if way == "up":
+            self.up.send(data)
+            assert self.up.recv() == str(BIG)
+        else:
+            self.down.send("go")
+            assert len(self.down.recv()) == BIG
 
     def result(self):
         self.echo.close()
@@ -141,11 +149,9 @@ class Client:
                 "rates": self.rates}
 
 
-def measure(targets, rounds, echoes):
+def measure(clients, data, rounds, echoes):
     """Rounds that take turns between the targets, so a change in the machine's load
     during the run touches every column alike."""
-    clients = {name: Client(url) for name, url in targets}
-    data = os.urandom(BIG)
     for name, client in clients.items():  # warm-up
         client.transfer(data)
         client.rates = {"up": [], "down": []}
@@ -154,7 +160,34 @@ def measure(targets, rounds, echoes):
         for client in clients.values():
             client.echo_block(echoes)
             client.transfer(data)
-    return {name: client.result() for name, client in clients.items()}
+
+
+def message_costs(clients, procs, logserver, data):
+    """{target: {way: (proxy CPU ms, logging server CPU ms, proxy page faults)}} per 16 MiB
+    message, from /proc over COST_MESSAGES messages, each batch followed by a wait until
+    both are idle: the log's decoding and writing follow the tunnel."""
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    costs = {}
+    for name, proc in procs.items():
+        costs[name] = {}
+        for way in ("up", "down"):
+            wait_idle([proc.pid, logserver.pid], timeout=30)
+            (proxy0, faults0), (log0, _) = _usage(proc.pid), _usage(logserver.pid)
+            for _ in range(COST_MESSAGES):
+                clients[name].send(way, data)
+            wait_idle([proc.pid, logserver.pid], timeout=30)
+            (proxy1, faults1), (log1, _) = _usage(proc.pid), _usage(logserver.pid)
+            costs[name][way] = ((proxy1 - proxy0) * tick_ms / COST_MESSAGES,
+                                (log1 - log0) * tick_ms / COST_MESSAGES,
+                                (faults1 - faults0) / COST_MESSAGES)
+    return costs
+
+
+def _usage(pid):
+    """(CPU clock ticks, minor page faults) of one process so far."""
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[7])
 
 
 def main():
@@ -178,26 +211,31 @@ def main():
                                           os.path.join(outdir, "logs")], outdir, cpus("0"))
         procs.append(logserver)
         targets = [("direct", "ws://127.0.0.1:%d" % upstream.port)]
+        proxies = {}
         for name, logging in (("orproxy", True), ("orproxy (log off)", False)):
-            proc = orproxy(name.replace(" ", "_").replace("(", "").replace(")", ""), outdir,
-                           upstream.port, logserver.port, logging, cpus("0"))
-            procs.append(proc)
-            targets.append((name, "ws://127.0.0.1:%d/ws" % proc.port))
+            proxies[name] = orproxy(name.replace(" ", "_").replace("(", "").replace(")", ""), outdir,
+                                    upstream.port, logserver.port, logging, cpus("0"))
         proc = nginx(outdir, upstream.port, cpus("0"))
         if proc is not None:
+            proxies["nginx"] = proc
+        for name, proc in proxies.items():
             procs.append(proc)
-            targets.append(("nginx", "ws://127.0.0.1:%d/ws" % proc.port))
+            targets.append((name, "ws://127.0.0.1:%d/ws" % proc.port))
         if cpus("1"):
             os.sched_setaffinity(0, {1})
-        results = measure(targets, args.rounds or (3 if args.quick else 10), 300 if args.quick else 1000)
-        report(results, args.quick, bool(cpus("1")))
+        clients = {name: Client(url) for name, url in targets}
+        data = os.urandom(BIG)
+        measure(clients, data, args.rounds or (3 if args.quick else 10), 300 if args.quick else 1000)
+        costs = message_costs(clients, proxies, logserver, data)
+        report({name: client.result() for name, client in clients.items()}, costs, args.quick,
+               bool(cpus("1")))
     finally:
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(outdir, ignore_errors=True)
 
 
-def report(results, quick, pinned):
+def report(results, costs, quick, pinned):
     names = list(results)
     direct = results["direct"]
     with open("/proc/loadavg") as f:
@@ -225,6 +263,12 @@ def report(results, quick, pinned):
                 cells.append(("%s (%.0f%%)" % (fmt % value, 100 * ratio)).rjust(20))
         target = {"p50": "added < 1 ms", "up": ">= 80% of direct", "down": ">= 80% of direct"}
         print("".join([label.ljust(width)] + cells + [target.get(key, "").rjust(22)]))
+    print("per 16 MiB message, from /proc over %d messages each way:" % COST_MESSAGES)
+    for way in ("up", "down"):
+        for label, cell in (("  %s: CPU ms, proxy + logserver" % way, lambda c: "%.0f + %.0f" % c[:2]),
+                            ("  %s: page faults of the proxy" % way, lambda c: "%.0f" % c[2])):
+            print("".join([label.ljust(width)] + [(cell(costs[n][way]) if n in costs else "").rjust(20)
+                                                  for n in names]))
 
 
 if __name__ == "__main__":

@@ -508,6 +508,32 @@ def test_logging_server_stalled_never_delays_requests(make_proxy, logserver):
     _logging_resumes(p, logserver, "/v1/echo?after=stall", timeout=20)
 
 
+def test_a_logging_server_silent_for_longer_than_10_s_still_gets_every_exchange(make_proxy, logserver):
+    """At idle CPU priority under a saturating load, the logging server may not run for many
+    seconds. The proxy waits up to 60 s for its answers before it treats it as stalled and
+    drops new exchanges' logs for a second; with a 10 s limit, the exchanges sent around
+    the 10 s mark were not logged."""
+    p = make_proxy()
+    logged(logserver, send(p.url, "GET", "/v1/echo")[3])  # the logging server is known to answer
+    pid = logserver.process.pid
+    sent = []
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 12.5:
+            status, _, _, rid = send(p.url, "GET", "/v1/echo?stalled=%d" % len(sent))
+            assert status == 200
+            sent.append(rid)
+            time.sleep(0.25)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert len(sent) >= 40
+    for rid in sent:
+        request, _, metadata = logged(logserver, rid, timeout=20)
+        assert request.startswith(b"GET /v1/echo?stalled=")
+        assert metadata["proxy"]["log_dropped_bytes"] == 0
+
+
 def test_a_response_beyond_the_log_budget_is_logged_up_to_it_and_marked(make_proxy, logserver):
     """With the logging server stalled, the proxy queues at most 8 MiB of one stream: the
     client still gets every byte; the log gets a prefix, a truncation marker, and the

@@ -648,3 +648,26 @@ def test_wss_upstream_with_a_trusted_certificate(tls_upstream, logserver, tmp_pa
         tls_upstream.wait_idle()
     finally:
         process.stop(10)
+
+
+def test_orproxy_worker_serves_clients_over_tls(tls_upstream, ws_upstream, make_proxy, logserver):
+    """gunicorn's --certfile with orproxy's worker: HTTPS requests and a wss:// session,
+    whose client socket is then TLS (no half-close can be passed on), both work."""
+    d = tls_upstream.ca.parent
+    proxy = make_proxy(routes=ws_routes(ws_upstream.url), gunicorn="orproxy.worker.GeventWorker",
+                       workers=1, args=("--certfile", str(d / "srv.pem"), "--keyfile", str(d / "srv.key")))
+    context = ssl.create_default_context(cafile=str(tls_upstream.ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, timeout=10, context=context)
+    try:
+        conn.request("GET", "/ws/")  # the ws upstream answers plain HTTP with its 426
+        response = conn.getresponse()
+        assert response.status == 426 and b"WebSocket" in response.read()
+        assert response.getheader("X-Request-Id")
+    finally:
+        conn.close()
+    with connect("wss://127.0.0.1:%d/ws/echo" % proxy.port, ssl=context, max_size=None) as ws:
+        ws.send("over tls to the proxy")
+        assert ws.recv() == "over tls to the proxy"
+        ws.send(b"\x02" * 300000)
+        assert ws.recv() == b"\x02" * 300000
+    ws_upstream.wait_idle()

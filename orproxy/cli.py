@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
 from orproxy.logserver.units import parse_duration, parse_size  # noqa: E402
-from orproxy.serving import BatchingRequestHandler, prepare_process, serve  # noqa: E402
+from orproxy.serving import prepare_process, serve  # noqa: E402
 
 T = TypeVar("T", int, float)
 
@@ -129,7 +129,7 @@ def logserver_main(argv: list[str] | None = None) -> None:
     except sqlite3.Error as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: the index cannot be opened: {e}")
     try:
-        serve(app, args.host, args.port, "orlogserver", args.shutdown_timeout, BatchingRequestHandler)
+        serve(app, args.host, args.port, "orlogserver", args.shutdown_timeout)
     except OSError as e:
         _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
 

@@ -357,11 +357,11 @@ def raise_open_files_limit() -> None:
             pass
 
 
-def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0,
-          handler_class: type[RawRequestHandler] = RawRequestHandler) -> None:
-    """Serve until SIGINT/SIGTERM, then let in-flight requests finish for `shutdown_timeout`."""
-    server = GracefulWSGIServer((host, port), app, handler_class=handler_class, log=None,
-                                error_log=sys.stderr)
+def serve(app: Callable, host: str, port: int, name: str, shutdown_timeout: float = 10.0) -> None:
+    """Serve until SIGINT/SIGTERM, then let in-flight requests finish for `shutdown_timeout`.
+    Connections get the handler the app names (`handler_class`), RawRequestHandler by default."""
+    server = GracefulWSGIServer((host, port), app, log=None, error_log=sys.stderr,
+                                handler_class=getattr(app, "handler_class", RawRequestHandler))
     server.init_socket()
     bound_host, bound_port = server.socket.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -17,12 +18,14 @@ from typing import Any
 from orproxy.config import ConfigError, load_config
 
 
-def _for_gunicorn(app: Callable, handler_class: type) -> Callable:
+def _for_gunicorn(app: Callable) -> Callable:
     """The app as gunicorn's workers serve it.
 
     `-k gevent` writes the head and the first body block separately: without TCP_NODELAY
     a reused connection waits ~40 ms for a delayed ACK (FACTS.md). orproxy.worker serves
-    connections with `handler_class`, which asks the app to word a malformed request's 400.
+    connections with the handler the app names, which asks the app to word a malformed
+    request's 400: both stay visible through the wrapper. As `serve` does, what was built
+    so far is frozen out of the collector's sight.
     """
     def wrapped(environ: dict[str, Any], start_response: Callable) -> Any:
         sock = environ.get("gunicorn.socket")
@@ -32,19 +35,21 @@ def _for_gunicorn(app: Callable, handler_class: type) -> Callable:
             except OSError:
                 pass
         return app(environ, start_response)
-    wrapped.handler_class = handler_class  # type: ignore[attr-defined]
-    wrapped.malformed_request = getattr(app, "malformed_request", None)  # type: ignore[attr-defined]
+    for name in ("handler_class", "malformed_request"):
+        if hasattr(app, name):
+            setattr(wrapped, name, getattr(app, name))
+    gc.freeze()
     return wrapped
 
 
 def proxy_app() -> Callable:
     from orproxy.proxy import ProxyApp
-    from orproxy.serving import RawRequestHandler, prepare_process
+    from orproxy.serving import prepare_process
 
     prepare_process()  # before the app: its log sink sizes itself by the files limit
     path = os.environ.get("ORPROXY_CONFIG", "config.yaml")
     try:
-        return _for_gunicorn(ProxyApp(load_config(path)), RawRequestHandler)
+        return _for_gunicorn(ProxyApp(load_config(path)))
     except ConfigError as e:
         print(f"orproxy: {e}", file=sys.stderr)
         sys.exit(2)
@@ -58,7 +63,7 @@ def logserver_app() -> Callable:
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.logserver.app import LogServerApp
     from orproxy.logserver.units import parse_duration, parse_size
-    from orproxy.serving import BatchingRequestHandler, prepare_process
+    from orproxy.serving import prepare_process
 
     prepare_process()
 
@@ -75,7 +80,7 @@ def logserver_app() -> Callable:
             sys.exit(4)  # gunicorn's APP_LOAD_ERROR: the master stops instead of rebooting workers
     app = LogServerApp(log_dir, **limits)
     _on_sigterm(app.begin_shutdown)
-    return _for_gunicorn(app, BatchingRequestHandler)
+    return _for_gunicorn(app)
 
 
 def _on_sigterm(callback: Callable[[], None]) -> None:

@@ -18,11 +18,16 @@ from orproxy.logserver.reindex import reindex
 from orproxy.logserver.replies import error_response, json_response
 from orproxy.logserver.retention import Retention
 from orproxy.logserver.ui import Ui
+from orproxy.serving import BatchingRequestHandler
 
 __all__ = ["LogServerApp", "json_response", "error_response"]
 
 
 class LogServerApp:
+    # Its connections batch the metadata rewrites of pipelined PUTs (ingest.Ingest._update);
+    # serving.serve and orproxy.worker serve it with this handler.
+    handler_class = BatchingRequestHandler
+
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
                  retention_interval: float = 60.0) -> None:
         self.log_dir = LogDir(log_dir)

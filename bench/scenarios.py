@@ -726,7 +726,11 @@ def gunicorn(ctx):
         return sum(vals) / len(vals) if vals else None
 
     one_rps, gu_rps = mean("one_process"), mean(gu.worker_class)
-    ratio = gu_rps / one_rps if one_rps and gu_rps else None
+
+    def versus_one(key):
+        """requests/s of a gunicorn layout over the one process's."""
+        return mean(key) / one_rps if one_rps and mean(key) else None
+    ratio = versus_one(gu.worker_class)
     nginx_1, nginx_2 = mean("nginx_1"), mean("nginx_2")
     nginx_ratio = nginx_2 / nginx_1 if nginx_1 and nginx_2 else None
 
@@ -754,6 +758,13 @@ def gunicorn(ctx):
         if cores(key, "proxy") is None:
             return None
         return "%.2f + %.2f" % (cores(key, "proxy"), cores(key, "logserver"))
+    other_rows = []
+    for other in gus[1:]:
+        other_rows += [
+            Row(g, "gunicorn -k %s: all on both cores" % other.worker_class, "req/s",
+                {"orproxy": mean(other.worker_class)}),
+            Row(g, "  gunicorn -k %s / 1 process" % other.worker_class, "",
+                {"orproxy": versus_one(other.worker_class)}, kind="info")]
     ctx.rows += [
         Row(g, "1 process: proxy+logserver CPU 0, upstream+wrk CPU 1", "req/s",
             {"direct": mean("direct_1"), "orproxy": one_rps, "nginx": nginx_1}),
@@ -762,12 +773,7 @@ def gunicorn(ctx):
             {"direct": mean("direct_2"), "orproxy": gu_rps, "nginx": nginx_2}),
         Row(g, "  gunicorn / 1 process (nginx: its workers / 1 worker)", "",
             {"orproxy": ratio, "nginx": nginx_ratio}, kind="info", goal=[(">=", 1.8, "#6")]),
-        *[row for other in gus[1:] for row in (
-            Row(g, "gunicorn -k %s: all on both cores" % other.worker_class, "req/s",
-                {"orproxy": mean(other.worker_class)}),
-            Row(g, "  gunicorn -k %s / 1 process" % other.worker_class, "",
-                {"orproxy": mean(other.worker_class) / one_rps
-                 if one_rps and mean(other.worker_class) else None}, kind="info"))],
+        *other_rows,
         Row(g, "  CPU 1 process: proxy + logserver, cores", "",
             {"orproxy": side("one_process")}, kind="info"),
         Row(g, "  CPU gunicorn -k %s: workers + logserver, cores" % gu.worker_class, "",

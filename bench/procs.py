@@ -135,16 +135,21 @@ class Proc:
 
 def cpu_ticks(pids):
     """utime + stime of the processes and their descendants, in clock ticks (10 ms)."""
-    total = 0
-    for pid in pids:
-        for p in tree(pid):
-            try:
-                with open("/proc/%d/stat" % p, "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                pass
-    return total
+    return sum(_stat(p, 11) + _stat(p, 12) for pid in pids for p in tree(pid))
+
+
+def minor_faults(pid):
+    """Minor page faults of one process so far (pages it touched for the first time)."""
+    return _stat(pid, 7)
+
+
+def _stat(pid, field):
+    """One numeric field of /proc/PID/stat, counted after the command name; 0 if gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[field])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def wait_idle(pids, window=0.1, timeout=5.0):

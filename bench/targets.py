@@ -253,6 +253,11 @@ class Gunicorn:
                 p.stop()
 
 
+def nginx_binary():
+    """nginx's path, or None: Debian puts it in /usr/sbin, often not on a user's PATH."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 class Nginx(Target):
     """nginx, one worker, pinned to the proxy CPU, streaming both ways, no access log.
     Scenario gunicorn also runs one with a worker per core on every CPU (`workers`, `cpus`)."""
@@ -266,7 +271,7 @@ class Nginx(Target):
         self.cpus = cpus or ctx.cpus_proxy
 
     def start(self, upstream):
-        binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        binary = nginx_binary()
         if not binary:
             self.note = "not installed (run with --install, or apt-get install nginx)"
             return

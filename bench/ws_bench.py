@@ -32,7 +32,8 @@ import websocket  # websocket-client
 from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.procs import Proc, free_port, wait_idle  # noqa: E402
+from bench.procs import Proc, cpu_ticks, free_port, minor_faults, wait_idle  # noqa: E402
+from bench.targets import nginx_binary  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -89,7 +90,7 @@ http {
 
 def nginx(outdir, upstream_port, cpus):
     """nginx as a WebSocket reverse proxy, or None when it is not installed."""
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    binary = nginx_binary()
     if not binary:
         return None
     d = os.path.join(outdir, "nginx")
@@ -172,22 +173,15 @@ def message_costs(clients, procs, logserver, data):
         costs[name] = {}
         for way in ("up", "down"):
             wait_idle([proc.pid, logserver.pid], timeout=30)
-            (proxy0, faults0), (log0, _) = _usage(proc.pid), _usage(logserver.pid)
+            proxy0, log0, faults0 = cpu_ticks([proc.pid]), cpu_ticks([logserver.pid]), minor_faults(proc.pid)
             for _ in range(COST_MESSAGES):
                 clients[name].send(way, data)
             wait_idle([proc.pid, logserver.pid], timeout=30)
-            (proxy1, faults1), (log1, _) = _usage(proc.pid), _usage(logserver.pid)
+            proxy1, log1, faults1 = cpu_ticks([proc.pid]), cpu_ticks([logserver.pid]), minor_faults(proc.pid)
             costs[name][way] = ((proxy1 - proxy0) * tick_ms / COST_MESSAGES,
                                 (log1 - log0) * tick_ms / COST_MESSAGES,
                                 (faults1 - faults0) / COST_MESSAGES)
     return costs
-
-
-def _usage(pid):
-    """(CPU clock ticks, minor page faults) of one process so far."""
-    with open("/proc/%d/stat" % pid, "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12]), int(fields[7])
 
 
 def main():

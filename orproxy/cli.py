@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
 from orproxy.logserver.units import parse_duration, parse_size  # noqa: E402
-from orproxy.serving import prepare_process, serve  # noqa: E402
+from orproxy.hosting.server import prepare_process, serve  # noqa: E402
 
 T = TypeVar("T", int, float)
 

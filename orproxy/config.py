@@ -32,8 +32,6 @@ class Config:
     logging_enabled: bool = True
     log_unrouted: bool = False
     redact_headers: frozenset[str] = frozenset(DEFAULT_REDACTED)
-    connect_timeout: float = 10.0
-    read_timeout: float = 600.0
     routes: RouteTable = field(default_factory=lambda: RouteTable([]))
 
 
@@ -116,10 +114,14 @@ _ROUTE_KEYS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
-def _routes(data: Any, defaults: dict[str, float]) -> RouteTable:
-    """Accept a list of routes, or the Go program's mapping of name -> {source, destination}."""
-    if data is None:
-        return RouteTable([])
+def _routes(data: Any, defaults: dict[str, float], log_unrouted: bool) -> RouteTable:
+    """Accept a list of routes, or the Go program's mapping of name -> {source, destination}.
+    At least one, unless `logging.default` asks to log unrouted requests on purpose (a
+    proxy without routes answers 404 to everything: a mistake, unless it is a logging trap)."""
+    if not data:
+        if log_unrouted:
+            return RouteTable([])
+        raise ConfigError("routes: at least one route is required")
     if isinstance(data, dict):
         items = [(f"routes.{name}", {"name": str(name), **(spec or {})} if isinstance(spec, dict) else spec)
                  for name, spec in data.items()]
@@ -168,9 +170,7 @@ def parse_config(data: Any) -> Config:
         logging_enabled=log.get("enabled", True) and log.get("binary_files", True),
         log_unrouted=log.get("default", False),
         redact_headers=log.get("redact_headers", frozenset(DEFAULT_REDACTED)),
-        connect_timeout=defaults["connect_timeout"],
-        read_timeout=defaults["read_timeout"],
-        routes=_routes(top.get("routes"), defaults),
+        routes=_routes(top.get("routes"), defaults, log.get("default", False)),
     )
 
 

@@ -1,7 +1,7 @@
-"""Header rules shared by both directions: hop-by-hop stripping, secret masking, raw heads.
+"""Header rules shared by both directions: hop-by-hop stripping and secret masking.
 
 Headers travel as lists of (name, value) pairs so that order, case and repeats
-(`Set-Cookie`) survive; a dict would lose them.
+(`Set-Cookie`) survive; a dict would lose them. http1.head() writes them out.
 """
 from __future__ import annotations
 
@@ -47,10 +47,49 @@ def mask_secret(name: str, value: str) -> str:
 
 
 def masked(headers: Headers, secret_names: frozenset[str]) -> Headers:
-    return [(n, mask_secret(n, v) if n.lower() in secret_names else v) for n, v in headers]
+    """The headers as logged: the values of `secret_names` masked, and API keys passed as
+    WebSocket subprotocols. Browsers cannot set `Authorization` on a WebSocket, so OpenAI's
+    Realtime API takes the key as a subprotocol `openai-insecure-api-key.<key>`."""
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in secret_names:
+            value = mask_secret(name, value)
+        elif lower == "sec-websocket-protocol" and "api-key." in value:
+            value = ", ".join(_mask_subprotocol(token) for token in value.split(","))
+        out.append((name, value))
+    return out
 
 
-def serialize_head(first_line: str, headers: Headers) -> bytes:
-    """A raw HTTP head with CRLF line ends and the blank line that ends it."""
-    lines = [first_line, *(f"{n}: {v}" for n, v in headers), "", ""]
-    return "\r\n".join(lines).encode("latin-1", "replace")
+def _mask_subprotocol(token: str) -> str:
+    prefix, sep, key = token.strip().partition("api-key.")
+    return f"{prefix}{sep}{mask_secret('', key)}" if sep else token.strip()
+
+
+class HeaderPairs:
+    """Header pairs as the wire had them, answering the questions requests and urllib3 ask
+    of a header mapping: `name in h` and `h.get(name)` (case-insensitive), iteration over
+    the names, `items()` over the pairs (repeats included). So one object is the request
+    headers for orproxy's adapter, which sends the pairs exactly, and for requests' own
+    HTTPAdapter; and the response headers either adapter's `raw` offers."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: Headers) -> None:
+        self.pairs = pairs
+
+    def items(self) -> Headers:
+        return self.pairs
+
+    def __iter__(self):  # noqa: ANN204 - the names, as a mapping iterates
+        return (name for name, _ in self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and header_value(self.pairs, name) is not None
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = header_value(self.pairs, name)
+        return default if value is None else value

@@ -62,10 +62,24 @@ def test_routes_as_a_mapping_with_per_route_logging_and_default():
 
 
 def test_defaults():
-    config = parse_config({"routes": []})
+    config = parse_config({"routes": [{"source": "/a/", "destination": "http://x/"}]})
     assert (config.host, config.port, config.console, config.logging_enabled) == ("localhost", 5601, True, True)
-    assert (config.connect_timeout, config.read_timeout, config.shutdown_timeout) == (10.0, 600.0, 10.0)
+    route = config.routes.match("/a/b")
+    assert (route.connect_timeout, route.read_timeout, config.shutdown_timeout) == (10.0, 600.0, 10.0)
     assert "authorization" in config.redact_headers
+
+
+@pytest.mark.parametrize("routes", [None, [], {}])
+def test_a_config_without_routes_is_refused(routes):
+    data = {"server": {"port": 5601}} if routes is None else {"routes": routes}
+    with pytest.raises(ConfigError) as error:
+        parse_config(data)
+    assert str(error.value) == "routes: at least one route is required"
+
+
+def test_no_routes_are_allowed_when_unrouted_requests_are_logged_on_purpose():
+    config = parse_config({"logging": {"default": True}})
+    assert len(config.routes) == 0 and config.log_unrouted
 
 
 def test_upstream_timeouts_apply_to_routes_unless_overridden():
@@ -108,6 +122,7 @@ def run_proxy(*args, cwd=None):
     ("routes:\n  - source: /a/\n    destination: ftp://x\n", 'config.yaml: routes[0].destination: "ftp://x" is not an http(s) URL'),
     ("server: [unclosed\n", "config.yaml: invalid YAML (line 2)"),
     ("server:\n  port: 5601\n  bogus: 1\n", "config.yaml: server.bogus: unknown key"),
+    ("server:\n  port: 5601\n", "config.yaml: routes: at least one route is required"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, content, expected):
     (tmp_path / "config.yaml").write_text(content)

@@ -1,18 +1,19 @@
-"""How a log stream gathers its queued blocks into writes (sink.LogStream._blocks), on its
+"""How a log stream gathers its queued blocks into writes (LogStream._blocks), on its
 own: with few log streams open, what is queued goes out at once; with many, each waits
 BUSY_GATHER so that a token stream's events go out together (fewer, larger writes for the
 proxy and the logging server)."""
 import gevent
 from gevent.queue import SimpleQueue
 
-from orproxy import sink
-from orproxy.sink import LogStream
+from orproxy.logclient import stream as sink
+from orproxy.logclient.budget import Budget
+from orproxy.logclient.stream import LogStream
 
 
 class FakeSink(object):
     def __init__(self, active_streams):
         self.active_streams = active_streams
-        self.queued_bytes = 0
+        self.budget = Budget()
 
 
 def second_write(active_streams, gap):

@@ -1,9 +1,9 @@
 """Pure functions: routing rewrites, header rules, secret masking, the transport's URL split."""
 import pytest
 
-from orproxy.headers import mask_secret, masked, serialize_head, strip_hop_by_hop
+from orproxy.headers import mask_secret, masked, strip_hop_by_hop
 from orproxy.routes import Route, RouteTable
-from orproxy.transport import split_url
+from orproxy.http1 import head, split_url
 
 
 def table(*routes):
@@ -63,7 +63,7 @@ def test_masking_is_case_insensitive_and_configurable():
 
 
 def test_serialized_head_uses_crlf_and_ends_with_a_blank_line():
-    assert serialize_head("GET / HTTP/1.1", [("A", "1")]) == b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"
+    assert head("GET / HTTP/1.1", [("A", "1")]) == b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"
 
 
 @pytest.mark.parametrize("url, key, netloc, target", [

@@ -630,8 +630,8 @@ def test_wss_upstream_with_a_trusted_certificate(tls_upstream, logserver, tmp_pa
     config = build_config("http://127.0.0.1:9", logserver.url, [
         {"source": "/tls/", "destination": "https://127.0.0.1:%d/" % tls_upstream.port, "name": "tls"}])
     (tmp_path / "config.yaml").write_text(json.dumps(config))
-    code = ("import sys; from orproxy import cli, websocket; "
-            "websocket.TLS.load_verify_locations(sys.argv[1]); cli.proxy_main(sys.argv[2:])")
+    code = ("import sys; from orproxy import cli, connections; "
+            "connections.tls_context().load_verify_locations(sys.argv[1]); cli.proxy_main(sys.argv[2:])")
     process = ServerProcess("orproxy-tls", [sys.executable, "-c", code, tls_upstream.ca, "--config",
                                             tmp_path / "config.yaml", "--port", "0"], tmp_path)
     url = process.start("listening")

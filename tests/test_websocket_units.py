@@ -1,4 +1,4 @@
-"""The pieces of orproxy/websocket.py and wslog.py on their own: header rules, frame decoding, the
+"""The pieces of orproxy/websocket/ on their own: header rules, frame decoding, the
 message records, the log's budget, and the tunnel's ways of ending (on gevent socket pairs
 in this process, so that leftover greenlets can be counted)."""
 import gc
@@ -12,10 +12,12 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
 from helpers import join_messages
-from orproxy import websocket as ws
-from orproxy import wslog
-from orproxy.websocket import Tunnel, is_websocket_upgrade, upstream_headers, with_request_id
-from orproxy.wslog import Decoder, MessageLog, message_record
+from orproxy.headers import masked
+from orproxy.logclient.budget import Budget
+from orproxy.websocket import messagelog, tunnel
+from orproxy.websocket.handshake import is_websocket_upgrade, upstream_headers, with_request_id
+from orproxy.websocket.messagelog import Decoder, MessageLog, message_record
+from orproxy.websocket.tunnel import Tunnel
 
 
 # -- the handshake ---------------------------------------------------------------------------
@@ -53,8 +55,8 @@ def test_request_id_is_added_as_the_last_header():
 
 
 def test_subprotocol_api_keys_are_masked():
-    assert ws._mask_subprotocols([("Sec-WebSocket-Protocol",
-                                   "realtime, openai-insecure-api-key.sk-abcdefghijkl9876")]) == [
+    assert masked([("Sec-WebSocket-Protocol",
+                    "realtime, openai-insecure-api-key.sk-abcdefghijkl9876")], frozenset()) == [
         ("Sec-WebSocket-Protocol", "realtime, openai-insecure-api-key.****9876")]
 
 
@@ -117,7 +119,7 @@ def test_decoder_of_client_frames_compressed_without_context_takeover():
     assert join_messages(feed_in_pieces(decoder, wire, 37)) == [("text", m.encode()) for m in messages]
 
 def test_decoder_inflates_fragmented_messages_in_bounded_pieces(monkeypatch):
-    monkeypatch.setattr(wslog, "RECORD_MAX", 4096)
+    monkeypatch.setattr(messagelog, "RECORD_MAX", 4096)
     deflate = PerMessageDeflate()
     deflate.finalize("permessage-deflate")
     client = encoder(True, [deflate])
@@ -165,10 +167,6 @@ def test_message_record_format():
 
 # -- the message log ---------------------------------------------------------------------------
 
-class FakeSink(object):
-    queued_bytes = 0
-
-
 class FakeStream(object):
     queued = 0
     dead = False
@@ -193,20 +191,20 @@ class FakeStream(object):
 
 
 def test_message_log_writes_records_in_arrival_order():
-    sink, stream = FakeSink(), FakeStream()
-    log = MessageLog(stream, sink, "")
+    budget, stream = Budget(), FakeStream()
+    log = MessageLog(stream, budget, "")
     log.tap("client", bytes(encoder(True).send_data("question", fin=True)))
     log.tap("upstream", bytes(encoder(False).send_data("answer", fin=True)))
     log.finish(5)
     assert [(f[0], f[2], f[3], payload) for f, payload in stream.records()] == [
         (b"client", b"text", b"8", b"question"), (b"upstream", b"text", b"6", b"answer")]
-    assert sink.queued_bytes == 0 and log.greenlet.dead
+    assert budget.used == 0 and log.greenlet.dead
 
 
 def test_message_log_past_its_budget_stops_logging_but_never_the_tap(monkeypatch):
-    monkeypatch.setattr(wslog, "TAP_BUDGET", 1000)
-    sink, stream = FakeSink(), FakeStream()
-    log = MessageLog(stream, sink, "")
+    monkeypatch.setattr(messagelog, "TAP_BUDGET", 1000)
+    budget, stream = Budget(), FakeStream()
+    log = MessageLog(stream, budget, "")
     client = encoder(True)
     frames = [bytes(client.send_data(b"x" * 400, fin=True)) for _ in range(4)]
     for frame in frames:  # no switch to the decoder in between: it falls behind
@@ -217,13 +215,13 @@ def test_message_log_past_its_budget_stops_logging_but_never_the_tap(monkeypatch
     assert [f[2] for f, payload in records] == [b"binary", b"binary", b"error", b"text"]
     assert b"fell more than 1000 bytes behind" in records[2][1]
     assert log.decoders["client"].counts()["log_incomplete"]
-    assert sink.queued_bytes == 0
+    assert budget.used == 0
 
 
 def test_large_payload_pieces_are_split_into_bounded_records(monkeypatch):
-    monkeypatch.setattr(wslog, "RECORD_MAX", 1000)
-    sink, stream = FakeSink(), FakeStream()
-    log = MessageLog(stream, sink, "")
+    monkeypatch.setattr(messagelog, "RECORD_MAX", 1000)
+    budget, stream = Budget(), FakeStream()
+    log = MessageLog(stream, budget, "")
     log.tap("upstream", bytes(encoder(False).send_data(b"y" * 2500, fin=True)))
     log.finish(5)
     assert [f[3:] for f, payload in stream.records()] == [
@@ -279,7 +277,7 @@ def test_bytes_flow_both_ways_in_order_including_buffered_ones(pairs):
 
 
 def test_a_peer_that_never_closes_after_the_other_did_is_let_go(pairs, monkeypatch):
-    monkeypatch.setattr(ws, "CLOSE_LINGER", 0.2)
+    monkeypatch.setattr(tunnel, "CLOSE_LINGER", 0.2)
     client, proxy_client, proxy_upstream, upstream = pairs
     before = live_greenlets()
     running = run_tunnel(Tunnel(proxy_client, proxy_upstream, 10))

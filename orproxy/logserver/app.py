@@ -3,6 +3,7 @@ together (files, index, the indexer that keeps it current, retention)."""
 from __future__ import annotations
 
 import atexit
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from orproxy.logserver.reindex import reindex
 from orproxy.logserver.replies import error_response, json_response
 from orproxy.logserver.retention import Retention
 from orproxy.logserver.ui import Ui
+from orproxy.http1 import head
 from orproxy.serving import BatchingRequestHandler
 
 __all__ = ["LogServerApp", "json_response", "error_response"]
@@ -25,7 +27,7 @@ __all__ = ["LogServerApp", "json_response", "error_response"]
 
 class LogServerApp:
     # Its connections batch the metadata rewrites of pipelined PUTs (ingest.Ingest._update);
-    # serving.serve and orproxy.worker serve it with this handler.
+    # hosting.server.serve and orproxy's gunicorn worker serve it with this handler.
     handler_class = BatchingRequestHandler
 
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
@@ -64,6 +66,15 @@ class LogServerApp:
             self.index.close()
         except Exception as e:  # at exit: say it, do not raise
             print(f"orlogserver: closing the index: {e!r}", file=sys.stderr, flush=True)
+
+    def malformed_request(self, message: str) -> bytes:
+        """The whole answer to a request too malformed to reach the app: the API's JSON error."""
+        body = json.dumps({"error": {"message": message}}).encode()
+        return head("HTTP/1.1 400 Bad Request", [("Content-Type", "application/json"),
+                                                 ("Content-Length", str(len(body))), ("Connection", "close")]) + body
+
+    def drain(self, timeout: float) -> None:
+        """Nothing to finish once the last request is served: close() writes the index at exit."""
 
     def begin_shutdown(self) -> None:
         """The server is stopping: end the UI's endless streams so it need not wait for them."""

@@ -2,16 +2,16 @@
 
 The consumer that matters (upstream for the request, the client for the response) gets
 each block as the caller iterates; the log stream gets the same block without ever
-blocking (sink.LogStream.write only enqueues).
+blocking (LogStream.write only enqueues).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from orproxy.sink import LogStream
+from orproxy.logclient.stream import LogStream, NullStream
 
 
-def tee(blocks: Iterable[bytes], log: LogStream, count: Callable[[int], None]) -> Iterator[bytes]:
+def tee(blocks: Iterable[bytes], log: LogStream | NullStream, count: Callable[[int], None]) -> Iterator[bytes]:
     for block in blocks:
         log.write(block)
         count(len(block))

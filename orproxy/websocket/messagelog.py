@@ -1,6 +1,6 @@
 """The message log of a WebSocket tunnel: frames decoded beside the tunnel into records.
 
-The tunnel (websocket.py) hands each block it has just forwarded to `MessageLog.tap`, which
+The tunnel (tunnel.py) hands each block it has just forwarded to `MessageLog.tap`, which
 only queues a reference to it. This log's own greenlet decodes the frames (RFC 6455,
 permessage-deflate included) into message records on the exchange's response stream, the
 format README.md documents. It decodes only while the event loop has nothing else to do, so
@@ -24,7 +24,8 @@ try:
 except ImportError:  # a build without the C extension: the same function in Python
     from websockets.utils import apply_mask
 
-from orproxy.sink import TOTAL_BUDGET, LogSink, LogStream
+from orproxy.logclient.budget import Budget
+from orproxy.logclient.stream import LogStream
 
 TAP_BUDGET = 32 * 1024 * 1024      # bytes a decoder may fall behind one direction before it stops
 RECORD_MAX = 1024 * 1024           # larger payload pieces are split over several records
@@ -43,13 +44,13 @@ class MessageLog:
     """Decodes copies of both byte streams into message records on the response stream.
 
     `tap` only queues a reference to bytes already forwarded, within TAP_BUDGET per
-    direction and the sink's TOTAL_BUDGET for all logging in the process; decoding and
+    direction and the process's Budget for all logging; decoding and
     writing happen in this log's own greenlet, in arrival order.
     """
 
-    def __init__(self, stream: LogStream, sink: LogSink, extensions: str) -> None:
+    def __init__(self, stream: LogStream, budget: Budget, extensions: str) -> None:
         self.stream = stream
-        self.sink = sink
+        self.budget = budget
         self.queue: SimpleQueue = SimpleQueue()
         self.pending = {"client": 0, "upstream": 0}
         self.stopped: set[str] = set()
@@ -61,12 +62,11 @@ class MessageLog:
         if direction in self.stopped:
             return
         size = len(data)
-        if self.pending[direction] + size > TAP_BUDGET or self.sink.queued_bytes + size > TOTAL_BUDGET:
+        if self.pending[direction] + size > TAP_BUDGET or not self.budget.reserve(size):
             self.stopped.add(direction)
             self.queue.put((direction, time.time(), None))  # in order: stop here
             return
         self.pending[direction] += size
-        self.sink.queued_bytes += size
         self.queue.put((direction, time.time(), data))
 
     def finish(self, timeout: float) -> None:
@@ -103,7 +103,7 @@ class MessageLog:
 
     def _release(self, direction: str, size: int) -> None:
         self.pending[direction] -= size
-        self.sink.queued_bytes -= size
+        self.budget.release(size)
 
     def _write(self, direction: str, at: float, opcode: str, payload: bytes | memoryview, more: bool) -> None:
         for start in range(0, max(len(payload), 1), RECORD_MAX):

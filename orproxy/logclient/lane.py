@@ -12,27 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import gevent
-import httptools
 from gevent.queue import SimpleQueue
 
-from orproxy.transport import Connection, ConnectionPool, receive, send_all
+from orproxy.connections import Connection, ConnectionPool, Key
+from orproxy.http1 import ResponseParser, head, receive, send_all
 
 BATCH_BYTES = 1024 * 1024  # at most this much in one write
 GATHER_DELAY = 0.002       # seconds a batch waits: the logging server's work comes after ours
-
-
-class _Replies:
-    """Counts the pipelined responses as httptools parses them, and remembers failures."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.done = 0
-        self.failed = 0
-
-    def on_message_complete(self) -> None:
-        self.done += 1
-        if self.parser.get_status_code() >= 300:
-            self.failed += 1
 
 
 class Lane:
@@ -42,7 +28,7 @@ class Lane:
     not arrive, `on_success()` one that did: the sink keeps the counters and the policy.
     """
 
-    def __init__(self, pool: ConnectionPool, key: tuple[str, str, int], host: str,
+    def __init__(self, pool: ConnectionPool, key: Key, host: str,
                  timeouts: tuple[float, float], on_sent: Callable[[int], None],
                  on_failure: Callable[[Exception], None], on_success: Callable[[], None]) -> None:
         self.pool, self.key, self.host = pool, key, host
@@ -80,14 +66,15 @@ class Lane:
         sock = self.conn.sock
         sock.settimeout(self.io_timeout)
         send_all(sock, b"".join(
-            b"PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body)
+            head(f"PUT {path} HTTP/1.1", [("Host", self.host), ("Content-Type", "application/octet-stream"),
+                                          ("Content-Length", str(len(body)))]) + body
             for path, body in batch))
-        replies = _Replies()
-        while replies.done < len(batch):
+        replies = ResponseParser(pipelined=True)
+        while len(replies.completed) < len(batch):
             data = receive(sock)
             if not data:
                 raise ConnectionError("the logging server closed the connection")
-            replies.parser.feed_data(data)
-        if replies.failed:
-            raise ValueError(f"the logging server refused {replies.failed} of {len(batch)} log parts")
+            replies.feed(data)
+        failed = sum(status >= 300 for status in replies.completed)
+        if failed:
+            raise ValueError(f"the logging server refused {failed} of {len(batch)} log parts")

@@ -1,0 +1,75 @@
+"""ExchangeLog: everything logged of one exchange, owned in one place, for HTTP and WebSocket.
+
+An exchange is logged as three parts (CONTRACT.md, "Logging stream"): its request (the
+head as sent upstream, secrets masked, `X-Proxy-Path` last, then the body), its response
+(the head as received, masked, then the body or a WebSocket session's message records)
+and, once it is over, its metadata. The request stream opens at once; the response stream
+with the response head, not before: a stream complete when it starts goes to the lane
+(sink.py), and a response is complete far more often than an exchange's first wait would
+suggest. `finish()` ends both and sends the metadata, once, whichever path ends it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from orproxy.exchange import Exchange
+from orproxy.headers import Headers, masked
+from orproxy.http1 import head
+from orproxy.logclient.sink import LogSink
+from orproxy.logclient.stream import NULL_STREAM, LogStream, NullStream
+
+
+class ExchangeLog:
+    __slots__ = ("sink", "exchange", "secrets", "request", "_response", "finished")
+
+    def __init__(self, sink: LogSink | None, exchange: Exchange, secrets: frozenset[str]) -> None:
+        """`sink` None: the exchange is not logged (logging off, or its route's `logging: false`)."""
+        self.sink = sink
+        self.exchange = exchange
+        self.secrets = secrets
+        self.request: LogStream | NullStream = sink.open(exchange.id, "request") if sink else NULL_STREAM
+        self._response: LogStream | NullStream | None = None
+        self.finished = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.sink is not None
+
+    @property
+    def response(self) -> LogStream | NullStream:
+        if self._response is None:
+            self._response = self.sink.open(self.exchange.id, "response") if self.sink else NULL_STREAM
+        return self._response
+
+    def request_head(self, target: str, headers: Headers, called: str) -> None:
+        """The request line and headers as they went upstream (to `target`), secrets masked,
+        then `X-Proxy-Path: <called>`, the URL the client called."""
+        if self.sink is not None:
+            self.request.write(head(f"{self.exchange.method} {target} HTTP/1.1",
+                                    [*masked(headers, self.secrets), ("X-Proxy-Path", called)]))
+
+    def response_head(self, status_line: str, headers: Headers) -> None:
+        """The response's status line and headers as received, secrets masked."""
+        if self.sink is not None:
+            self.response.write(head(status_line, masked(headers, self.secrets)))
+
+    def end_request(self) -> None:
+        """The request went upstream whole (or never will): its log part is complete."""
+        self.request.close()
+
+    def finish(self, **extra: Any) -> None:
+        """The exchange is over: end both parts, count what they dropped, send the metadata
+        (with `extra` entries, e.g. a WebSocket session's). Only the first call counts."""
+        if self.finished:
+            return
+        self.finished = True
+        exchange = self.exchange
+        if exchange.ended_at is None:
+            exchange.ended_at = time.time()
+        self.request.close()
+        if self._response is not None:
+            self._response.close()
+        exchange.log_dropped_bytes = self.request.dropped + (self._response.dropped if self._response else 0)
+        if self.sink is not None:
+            self.sink.send_json(exchange.id, "metadata", {**exchange.metadata(), **extra})

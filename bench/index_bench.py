@@ -255,11 +255,11 @@ def pipeline(total: int, with_index: bool) -> dict[str, float]:
     the same metadata-file updates ingest makes, and (with_index) the index rows and the
     derived fields, until all are written. With and without the index: the difference is
     what indexing costs per exchange."""
-    from orproxy.logserver.blobs import LogDir
-    from orproxy.logserver.httpfile import parse_head
-    from orproxy.logserver.index import Index
-    from orproxy.logserver.indexer import Indexer
-    from orproxy.logserver.ingest import Ingest
+    from orproxy.logserver.llm.httpfile import parse_head
+    from orproxy.logserver.store.index import Index
+    from orproxy.logserver.store.indexer import Indexer
+    from orproxy.logserver.store.ingest import Ingest
+    from orproxy.logserver.store.logdir import LogDir
 
     work = tempfile.mkdtemp(prefix="orproxy-pipeline-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:

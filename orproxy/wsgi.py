@@ -62,7 +62,7 @@ def logserver_app() -> Callable:
     log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.logserver.app import LogServerApp
-    from orproxy.logserver.units import parse_duration, parse_size
+    from orproxy.logserver.web.units import parse_duration, parse_size
     from orproxy.serving import prepare_process
 
     prepare_process()

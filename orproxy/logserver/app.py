@@ -9,16 +9,16 @@ from typing import Any
 
 import gevent
 
-from orproxy.logserver.api import Api
-from orproxy.logserver.blobs import KINDS, UUID_RE, LogDir
-from orproxy.logserver.index import Index
-from orproxy.logserver.indexer import Indexer
-from orproxy.logserver.ingest import BadInput, Ingest
-from orproxy.logserver.reindex import reindex
-from orproxy.logserver.replies import error_response, json_response
-from orproxy.logserver.retention import Retention
+from orproxy.logserver.store.batching import BatchingRequestHandler
+from orproxy.logserver.store.index import Index
+from orproxy.logserver.store.indexer import Indexer
+from orproxy.logserver.store.ingest import BadInput, Ingest
+from orproxy.logserver.store.logdir import KINDS, UUID_RE, LogDir
+from orproxy.logserver.store.reindex import reindex
+from orproxy.logserver.store.retention import Retention
 from orproxy.logserver.ui import Ui
-from orproxy.serving import BatchingRequestHandler
+from orproxy.logserver.web.api import Api
+from orproxy.logserver.web.replies import error_response, json_response
 
 __all__ = ["LogServerApp", "json_response", "error_response"]
 

@@ -17,13 +17,13 @@ from typing import Any
 
 from gevent.event import Event
 
-from orproxy.logserver.blobs import UUID_RE, LogDir
-from orproxy.logserver.index import Index
-from orproxy.logserver.livefeed import LiveFeed
-from orproxy.logserver.livetransport import LiveTransport
-from orproxy.logserver.replies import error_response
-from orproxy.logserver.static import StaticFiles
-from orproxy.logserver.tail import Tail
+from orproxy.logserver.live.feed import LiveFeed
+from orproxy.logserver.live.tail import Tail
+from orproxy.logserver.live.transports import LiveTransport
+from orproxy.logserver.store.index import Index
+from orproxy.logserver.store.logdir import UUID_RE, LogDir
+from orproxy.logserver.web.replies import error_response
+from orproxy.logserver.web.static import StaticFiles
 
 Handler = Callable[[dict[str, Any], Callable], Any]
 

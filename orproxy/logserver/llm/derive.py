@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from orproxy.logserver.bodies import ParsedBody
+from orproxy.logserver.llm.bodies import ParsedBody
 
 VERSION = 1  # bump when the rules change: reindex then recomputes stored fields
 PREVIEW = 200

@@ -17,11 +17,11 @@ import json
 from typing import Any
 
 from orproxy import __version__
-from orproxy.logserver import derive
-from orproxy.logserver.fields import API_FIELDS
-from orproxy.logserver.livefeed import LIVE_PARAMS
-from orproxy.logserver.query import DEFAULT_LIMIT, FILTERS, MAX_LIMIT
-from orproxy.logserver.stats import PERCENTILES
+from orproxy.logserver.live.feed import LIVE_PARAMS
+from orproxy.logserver.llm import derive
+from orproxy.logserver.store.schema import API_FIELDS
+from orproxy.logserver.web.query import DEFAULT_LIMIT, FILTERS, MAX_LIMIT
+from orproxy.logserver.web.stats import PERCENTILES
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver import assemble
-from orproxy.logserver.httpfile import Message
-from orproxy.logserver.sse import Stream, parse_ndjson, parse_sse, strict_json
-from orproxy.logserver.sse import skim as skim_sse
+from orproxy.logserver.llm import assemble
+from orproxy.logserver.llm.httpfile import Message
+from orproxy.logserver.llm.sse import Stream, parse_ndjson, parse_sse, strict_json
+from orproxy.logserver.llm.sse import skim as skim_sse
 
 MAX_EVENTS = 50_000
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orproxy.logserver.fields import STATES, to_api
-from orproxy.logserver.index import last_seq
-from orproxy.logserver.units import parse_time
+from orproxy.logserver.store.index import last_seq
+from orproxy.logserver.store.schema import STATES, to_api
+from orproxy.logserver.web.units import parse_time
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000

@@ -21,10 +21,10 @@ from urllib.parse import parse_qs
 import simple_websocket
 from simple_websocket.errors import ConnectionClosed
 
-from orproxy.logserver import eventstream
-from orproxy.logserver.livefeed import LiveFeed, Subscriber
-from orproxy.logserver.query import ParamError
-from orproxy.logserver.replies import error_response
+from orproxy.logserver.live import eventstream
+from orproxy.logserver.live.feed import LiveFeed, Subscriber
+from orproxy.logserver.web.query import ParamError
+from orproxy.logserver.web.replies import error_response
 
 WAKE = 1.0             # seconds between checks that the client is still there
 CLOSE_WAIT = 2.0       # seconds the client gets to answer our close frame

@@ -14,9 +14,9 @@ from typing import Any
 import gevent
 from gevent.pywsgi import Input
 
-from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.httpfile import HeadSniffer
-from orproxy.logserver.sse import strict_json
+from orproxy.logserver.llm.httpfile import HeadSniffer
+from orproxy.logserver.llm.sse import strict_json
+from orproxy.logserver.store.logdir import LogDir
 
 BLOCK = 65536
 MAX_METADATA = 1024 * 1024
@@ -82,7 +82,7 @@ class Ingest:
     def _update(self, exchange_id: str, now: float, change: Callable[[dict[str, Any]], None],
                 what: str = "", batch: Any = None) -> None:
         """Change the metadata file and tell the observers: at once, or, given the
-        connection's batch (serving.Batch), when the connection next waits, in one rewrite
+        connection's batch (store/batching.py), when the connection next waits, in one rewrite
         for all the changes its pipelined requests made to the exchange. The proxy's lane
         sends an exchange's request, response and metadata in one write: one rewrite instead
         of three, and no answer reaches it before the file is written."""

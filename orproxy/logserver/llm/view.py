@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
-from orproxy.logserver import derive
-from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.bodies import ParsedBody, parse_body
-from orproxy.logserver.httpfile import Message, parse_message, read_message
+from orproxy.logserver.llm import derive
+from orproxy.logserver.llm.bodies import ParsedBody, parse_body
+from orproxy.logserver.llm.httpfile import Message, parse_message, read_message
+from orproxy.logserver.store.logdir import LogDir
 
 DERIVE_LIMIT = 16 * 1024 * 1024   # decoded bytes per body looked at for the derived fields
 VIEW_LIMIT = 8 * 1024 * 1024      # decoded bytes per body shown by the API

@@ -13,9 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from orproxy.logserver.replies import error_response
+from orproxy.logserver.web.replies import error_response
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# The UI ships beside the packages, in orproxy/logserver/static/ (setup.py's package_data).
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
 TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -25,14 +25,15 @@ import gevent
 from gevent.threadpool import ThreadPool
 
 from orproxy import __version__
-from orproxy.logserver import query, stats
-from orproxy.logserver.blobs import UUID_RE, LogDir
-from orproxy.logserver.fields import row_from_document, to_api
-from orproxy.logserver.index import Index, delete_rows
-from orproxy.logserver.openapi import document_bytes
-from orproxy.logserver.query import ParamError
-from orproxy.logserver.replies import error_response, json_response
-from orproxy.logserver.view import exchange_view, part_path
+from orproxy.logserver.llm.view import exchange_view, part_path
+from orproxy.logserver.store.index import Index, delete_rows
+from orproxy.logserver.store.logdir import UUID_RE, LogDir
+from orproxy.logserver.store.schema import row_from_document, to_api
+from orproxy.logserver.web import query
+from orproxy.logserver.web import stats
+from orproxy.logserver.web.openapi import document_bytes
+from orproxy.logserver.web.query import ParamError
+from orproxy.logserver.web.replies import error_response, json_response
 
 BLOCK = 65536
 FOLLOW_POLL = 0.1

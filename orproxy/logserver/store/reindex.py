@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver.blobs import METADATA_SUFFIX, UUID_RE, LogDir
-from orproxy.logserver.fields import row_from_document
-from orproxy.logserver.index import Index, analyze, delete_rows, upsert_rows
-from orproxy.logserver.view import derive_document, needs_derive
+from orproxy.logserver.llm.view import derive_document, needs_derive
+from orproxy.logserver.store.index import Index, analyze, delete_rows, upsert_rows
+from orproxy.logserver.store.logdir import METADATA_SUFFIX, UUID_RE, LogDir
+from orproxy.logserver.store.schema import row_from_document
 
 BATCH = 1000
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver import derive
+from orproxy.logserver.llm import derive
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from typing import Any
 import gevent
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver import derive
-from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.index import Index
-from orproxy.logserver.ingest import Ingest
-from orproxy.logserver.view import derive_document, derive_request_document, has_request_fields, needs_derive
+from orproxy.logserver.llm import derive
+from orproxy.logserver.llm.view import derive_document, derive_request_document, has_request_fields, needs_derive
+from orproxy.logserver.store.index import Index
+from orproxy.logserver.store.ingest import Ingest
+from orproxy.logserver.store.logdir import LogDir
 
 INLINE_BYTES = 64 * 1024  # bodies up to this are parsed on the loop: well under a millisecond
 RECHECK_AFTER = 2.0

@@ -28,7 +28,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.fields import COLUMNS, FIELDS, row_from_document
+from orproxy.logserver.store.schema import COLUMNS, FIELDS, row_from_document
 
 SCHEMA_VERSION = 2
 FILENAME = "index.sqlite3"

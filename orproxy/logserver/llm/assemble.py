@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orproxy.logserver.sse import Event
+from orproxy.logserver.llm.sse import Event
 
 _APPENDED = ("content", "refusal", "reasoning", "reasoning_content")
 

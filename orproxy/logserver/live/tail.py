@@ -24,13 +24,13 @@ from typing import Any
 
 from gevent.event import Event
 
-from orproxy.logserver import eventstream
-from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.deltas import delta
-from orproxy.logserver.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
-from orproxy.logserver.replies import error_response
-from orproxy.logserver.sse import parse_sse
-from orproxy.logserver.view import part_path
+from orproxy.logserver.live import eventstream
+from orproxy.logserver.llm.deltas import delta
+from orproxy.logserver.llm.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
+from orproxy.logserver.llm.sse import parse_sse
+from orproxy.logserver.llm.view import part_path
+from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.web.replies import error_response
 
 BLOCK = 65536
 POLL = 0.1                         # seconds between looks at a file that is not growing

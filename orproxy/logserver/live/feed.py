@@ -43,9 +43,9 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
-from orproxy.logserver import query
-from orproxy.logserver.fields import to_api
-from orproxy.logserver.index import TOMBSTONE_SEQS, Index, last_seq
+from orproxy.logserver.store.index import TOMBSTONE_SEQS, Index, last_seq
+from orproxy.logserver.store.schema import to_api
+from orproxy.logserver.web import query
 
 INTERVAL = 0.25          # seconds between polls of the index
 QUEUE_SIZE = 64          # messages a client may have waiting

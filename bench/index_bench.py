@@ -274,7 +274,7 @@ def pipeline(total: int, with_index: bool) -> dict[str, float]:
             rid, puts = exchange_puts(i, "pipeline")
             for kind, body in puts[:2]:
                 now = time.time()
-                path = log_dir.part_path(rid, kind, now)
+                path = log_dir.new_part_path(rid, kind, now)
                 with open(path, "wb") as f:
                     f.write(body)
                 part = {"file": os.path.basename(path), "received_at": now, "complete": True,

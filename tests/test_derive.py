@@ -308,7 +308,7 @@ def test_long_streams_are_skimmed_for_the_fields_and_give_the_same_answer(tmp_pa
 def test_an_exchange_derived_in_two_steps_parses_its_request_once(tmp_path):
     """The request's fields, derived while the answer streams, are finished with the
     response later without reading the request again, and come out the same."""
-    from orproxy.logserver.llm.view import derive_document, derive_request_document
+    from orproxy.logserver.store.deriving import derive_document, derive_request_document
     from orproxy.logserver.store.logdir import LogDir
 
     log_dir = LogDir(str(tmp_path / "logs"))

@@ -28,8 +28,8 @@ from orproxy.logserver.live import eventstream
 from orproxy.logserver.llm.deltas import delta
 from orproxy.logserver.llm.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
 from orproxy.logserver.llm.sse import parse_sse
-from orproxy.logserver.llm.view import part_path
 from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.web.replies import error_response
 
 BLOCK = 65536
@@ -158,19 +158,6 @@ class Follower:
         return out
 
 
-def _response_part(document: dict[str, Any]) -> dict[str, Any]:
-    part = (document.get("parts") or {}).get("response")
-    return part if isinstance(part, dict) else {}
-
-
-def _over_without_response(document: dict[str, Any]) -> bool:
-    """The proxy reported the end (or a part broke off) and no response part exists."""
-    parts = document.get("parts") or {}
-    if "response" in parts:
-        return False
-    return "proxy" in document or any(isinstance(p, dict) and p.get("error") for p in parts.values())
-
-
 class Tail:
     def __init__(self, log_dir: LogDir, stopping: Event, poll: float = POLL,
                  max_seconds: float = MAX_SECONDS) -> None:
@@ -201,15 +188,16 @@ class Tail:
                 if document is None:
                     yield eventstream.event({"reason": "deleted"}, "end")
                     return
+                record = ExchangeRecord(document)
                 if f is None:
-                    path = part_path(self.log_dir, document, "response")
+                    path = self.log_dir.part_file(record, "response")
                     if path is not None:
                         f = open(path, "rb")
-                    elif _over_without_response(document):
+                    elif record.over_without("response"):
                         yield eventstream.event({"reason": "no response"}, "end")
                         return
-                part = _response_part(document)
-                ended = "completed_at" in part
+                part = record.part("response")
+                ended = record.ended("response")
                 if f is not None and follower.saturated:
                     f.seek(0, 2)  # a huge download: skip what would not be shown anyway
                 while f is not None:  # everything written so far (all of it once ended)

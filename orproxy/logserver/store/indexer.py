@@ -16,7 +16,7 @@ slow upstream), the request's fields (model, stream, prompt preview, api) are de
 alone, so that an exchange in flight is listed, and filtered, by its model. The same
 rules: within the update that ends the part when the request is small, else on the
 thread. Nothing is parsed twice: the final derivation takes the request's fields from
-there (view.derive_document), so for a small exchange whose parts arrive in one batch
+there (deriving.derive_document), so for a small exchange whose parts arrive in one batch
 this only moves the request's parsing to the end of its own part.
 """
 from __future__ import annotations
@@ -28,29 +28,14 @@ import gevent
 from gevent.threadpool import ThreadPool
 
 from orproxy.logserver.llm import derive
-from orproxy.logserver.llm.view import derive_document, derive_request_document, has_request_fields, needs_derive
+from orproxy.logserver.store.deriving import derive_document, derive_request_document
 from orproxy.logserver.store.index import Index
 from orproxy.logserver.store.ingest import Ingest
 from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.record import ExchangeRecord
 
 INLINE_BYTES = 64 * 1024  # bodies up to this are parsed on the loop: well under a millisecond
 RECHECK_AFTER = 2.0
-
-
-def _request_only(document: dict[str, Any]) -> bool:
-    """The request has ended, the rest is still to come, and nothing is derived yet."""
-    request = (document.get("parts") or {}).get("request")
-    return isinstance(request, dict) and "completed_at" in request and not _ready(document) \
-        and needs_derive(document)
-
-
-def _ready(document: dict[str, Any]) -> bool:
-    parts = document.get("parts") or {}
-    if any(isinstance(p, dict) and "completed_at" not in p for p in parts.values()):
-        return False
-    if "response" in parts:
-        return True
-    return "proxy" in document and bool(parts)
 
 
 class Indexer:
@@ -69,22 +54,24 @@ class Indexer:
         """At the end of the last part of a small exchange (most), derive its fields in the
         same metadata update: one file rewrite fewer than deriving afterwards. At the end
         of a small request whose response is still to come, its request's fields."""
-        if _ready(document):
-            if needs_derive(document) and _unparsed(document) <= INLINE_BYTES:
+        record = ExchangeRecord(document)
+        if record.ready:
+            if record.needs_derive and record.unparsed_bytes() <= INLINE_BYTES:
                 document["derived"] = self._compute(str(document.get("id")), document)
-        elif _request_only(document) and _unparsed(document, request_only=True) <= INLINE_BYTES:
+        elif record.request_only and record.unparsed_bytes(request_only=True) <= INLINE_BYTES:
             document["derived"] = self._compute(str(document.get("id")), document, request_only=True)
 
     def observe(self, exchange_id: str, document: dict[str, Any]) -> None:
         exchange_id = exchange_id.lower()
         self.index.put(document)
-        if exchange_id not in self._deriving and _ready(document) and needs_derive(document):
+        record = ExchangeRecord(document)
+        if exchange_id not in self._deriving and record.ready and record.needs_derive:
             self._deriving.add(exchange_id)
             # The proxy's metadata came after every part had ended, yet nothing is derived:
             # another worker process (that wrote the end) is most likely at it. Look again later.
-            later = self.ingest.changing == "proxy" and "response" in (document.get("parts") or {})
+            later = self.ingest.changing == "proxy" and record.ended("response")
             gevent.spawn(self._derive, exchange_id, None if later else document)
-        elif exchange_id not in self._deriving_request and _request_only(document):
+        elif exchange_id not in self._deriving_request and record.request_only:
             self._deriving_request.add(exchange_id)  # a large request: its fields on the thread
             gevent.spawn(self._derive_request, exchange_id, document)
 
@@ -93,7 +80,7 @@ class Indexer:
             if document is None:
                 gevent.sleep(RECHECK_AFTER)
                 document = self.log_dir.read_metadata(exchange_id)
-                if document is None or not needs_derive(document):
+                if document is None or not ExchangeRecord(document).needs_derive:
                     return
             derived = self._compute(exchange_id, document)
         finally:
@@ -114,22 +101,11 @@ class Indexer:
     def _compute(self, exchange_id: str, document: dict[str, Any], request_only: bool = False) -> dict[str, Any]:
         how = derive_request_document if request_only else derive_document
         try:
-            if _unparsed(document, request_only) <= INLINE_BYTES:  # small: cheaper than a thread hop
+            if ExchangeRecord(document).unparsed_bytes(request_only) <= INLINE_BYTES:  # small: no thread hop
                 return how(self.log_dir, document)
             return self.pool.apply(how, (self.log_dir, document))  # the loop keeps serving
         except Exception as e:  # a bug must not loop: store the failure instead
             self.derive_errors += 1
             print(f"orlogserver: deriving fields of {exchange_id} failed: {e!r}", file=sys.stderr)
-            parts = ["request"] if request_only else sorted(document.get("parts") or {})
+            parts = ["request"] if request_only else sorted(ExchangeRecord(document).parts)
             return {"version": derive.VERSION, "parts": parts, "error": repr(e)}
-
-
-def _unparsed(document: dict[str, Any], request_only: bool = False) -> int:
-    """The bytes deriving the fields would parse: the request's alone, or every part's but
-    the request's if its fields are derived already."""
-    parts = document.get("parts") or {}
-    if request_only:
-        kinds = {"request"}
-    else:
-        kinds = set(parts) - ({"request"} if has_request_fields(document) else set())
-    return sum(parts[k].get("bytes") or 0 for k in kinds if isinstance(parts[k], dict))

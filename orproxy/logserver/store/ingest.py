@@ -121,7 +121,7 @@ class Ingest:
         (most) is recorded by one update at its end: each update rewrites the file.
         """
         now = time.time()
-        path = self.log_dir.part_path(exchange_id, kind, now)
+        path = self.log_dir.new_part_path(exchange_id, kind, now)
         name = os.path.basename(path)
         sniffer = HeadSniffer()
         state = {"announced": False, "ended": False}

@@ -25,9 +25,10 @@ import gevent
 from gevent.threadpool import ThreadPool
 
 from orproxy import __version__
-from orproxy.logserver.llm.view import exchange_view, part_path
+from orproxy.logserver.llm.view import VIEW_LIMIT, exchange_view
 from orproxy.logserver.store.index import Index, delete_rows
 from orproxy.logserver.store.logdir import UUID_RE, LogDir
+from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
 from orproxy.logserver.web import query
 from orproxy.logserver.web import stats
@@ -152,20 +153,16 @@ class Api:
         _no_params(params)
         document = self._document(exchange_id)
         row = self.index.read(query.get_row, exchange_id) or row_from_document(document)
-        files = {}
-        for kind, part in (document.get("parts") or {}).items():
-            if isinstance(part, dict) and kind in ("request", "response"):
-                files[kind] = {"name": part.get("file"), "bytes": part.get("bytes"),
-                               "complete": part.get("complete"),
-                               "url": f"/api/requests/{exchange_id}/{kind}"}
+        files = {kind: {"name": part.get("file"), "bytes": part.get("bytes"), "complete": part.get("complete"),
+                        "url": f"/api/requests/{exchange_id}/{kind}"}
+                 for kind, part in ExchangeRecord(document).parts.items() if kind in ("request", "response")}
         return json_response(start_response, "200 OK",
                              {**to_api(row), "metadata": document, "files": files},
                              [("Cache-Control", "no-store")])
 
     def delete(self, start_response: Callable, exchange_id: str, force: bool) -> list[bytes]:
         document = self._document(exchange_id)
-        row = row_from_document(document)
-        if row["state"] == "in_flight" and not force:
+        if ExchangeRecord(document).state == "in_flight" and not force:
             raise _Error("409 Conflict", "the exchange is still in flight; add ?force=true to delete it anyway")
         freed = self.pool.apply(self.log_dir.delete_exchange, (document,))
         self.index.flush(5)
@@ -187,15 +184,14 @@ class Api:
         params = _params(environ)
         _no_params(params, ("follow",))
         follow = _flag(params, "follow")
-        document = self._document(exchange_id)
-        path = part_path(self.log_dir, document, kind)
+        record = ExchangeRecord(self._document(exchange_id))
+        path = self.log_dir.part_file(record, kind)
         if path is None:
             raise _not_found(f"exchange {exchange_id.lower()} has no {kind} file")
         name = os.path.basename(path)
         headers = [("Content-Type", "application/octet-stream"), ("Cache-Control", "no-store"),
                    ("Content-Disposition", f'inline; filename="{name}"')]
-        part = (document.get("parts") or {}).get(kind) or {}
-        if follow and "completed_at" not in part:
+        if follow and not record.ended(kind):
             start_response("200 OK", headers)
             return self._tail(path, exchange_id.lower(), kind)
         f = open(path, "rb")
@@ -212,9 +208,8 @@ class Api:
                 if block:
                     yield block
                     continue
-                document = self.log_dir.read_metadata(exchange_id) or {}
-                part = (document.get("parts") or {}).get(kind) or {}
-                if "completed_at" in part or not document or time.monotonic() > deadline:
+                document = self.log_dir.read_metadata(exchange_id)
+                if document is None or ExchangeRecord(document).ended(kind) or time.monotonic() > deadline:
                     rest = f.read()
                     if rest:
                         yield rest
@@ -223,7 +218,10 @@ class Api:
 
 
 def _view_bytes(log_dir: LogDir, document: dict[str, Any]) -> bytes:
-    view = exchange_view(log_dir, document)
+    record = ExchangeRecord(document)
+    request = log_dir.read_part(record, "request", VIEW_LIMIT)
+    response = log_dir.read_part(record, "response", VIEW_LIMIT)
+    view = exchange_view(document.get("id"), request, response, record.request_path(request.head if request else None))
     return json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orproxy.logserver.store.index import last_seq
-from orproxy.logserver.store.schema import STATES, to_api
+from orproxy.logserver.store.record import STATES
+from orproxy.logserver.store.schema import to_api
 from orproxy.logserver.web.units import parse_time
 
 DEFAULT_LIMIT = 50

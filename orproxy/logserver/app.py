@@ -1,5 +1,5 @@
 """The logging server's WSGI app: routes ingest PUTs and the API, and wires the parts
-together (files, index, the indexer that keeps it current, retention)."""
+together (files, ingest and deriving, the index that follows ingest's rewrites, retention)."""
 from __future__ import annotations
 
 import atexit
@@ -10,8 +10,8 @@ from typing import Any
 import gevent
 
 from orproxy.logserver.store.batching import BatchingRequestHandler
+from orproxy.logserver.store.deriving import Deriver
 from orproxy.logserver.store.index import Index
-from orproxy.logserver.store.indexer import Indexer
 from orproxy.logserver.store.ingest import BadInput, Ingest
 from orproxy.logserver.store.logdir import KINDS, UUID_RE, LogDir
 from orproxy.logserver.store.reindex import reindex
@@ -31,9 +31,10 @@ class LogServerApp:
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
                  retention_interval: float = 60.0) -> None:
         self.log_dir = LogDir(log_dir)
-        self.ingest = Ingest(self.log_dir)
+        self.deriver = Deriver(self.log_dir)
+        self.ingest = Ingest(self.log_dir, self.deriver)
         self.index = Index(self.log_dir.path)
-        self.indexer = Indexer(self.log_dir, self.index, self.ingest)
+        self.ingest.subscribe(lambda record, events: self.index.put(record.document))
         self.retention = Retention(self.log_dir, self.index, max_age, max_bytes, retention_interval)
         self.api = Api(self.log_dir, self.index, self._health)
         self.ui = Ui(self.log_dir, self.index)
@@ -48,7 +49,7 @@ class LogServerApp:
     def _rebuild(self) -> None:
         """A new (or schema-changed) index over existing files: fill it in the background."""
         try:
-            result = reindex(self.log_dir, self.index, lambda fn, *a: self.indexer.pool.apply(fn, a))
+            result = reindex(self.log_dir, self.index, lambda fn, *a: self.deriver.pool.apply(fn, a))
             print(f"orlogserver: indexed {result.indexed} exchanges from {self.log_dir.path} "
                   f"in {result.seconds:.1f}s", flush=True)
         except Exception as e:
@@ -70,7 +71,7 @@ class LogServerApp:
         self.ui.shutdown()
 
     def _health(self) -> dict[str, Any]:
-        return {"rebuilding": self.rebuilding, "derive_errors": self.indexer.derive_errors,
+        return {"rebuilding": self.rebuilding, "derive_errors": self.deriver.errors,
                 "retention": {"max_age_s": self.retention.max_age, "max_bytes": self.retention.max_bytes}}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:

@@ -49,7 +49,7 @@ class LogDir:
 
     def keep_recent(self, name: str, data: bytes) -> None:
         """A part file's whole content, just written, for one `take_recent` to read
-        instead of the file (the indexer derives every small exchange's fields from it)."""
+        instead of the file (every small exchange's fields are derived from it)."""
         self._recent[name] = data
         if len(self._recent) > RECENT_PARTS:
             self._recent.popitem(last=False)

@@ -421,7 +421,7 @@ def test_stopping_the_logging_server_ends_feeds_and_tails_at_once(tmp_path_facto
 # -- units: the tail's follower, the deltas, the hub --------------------------------------
 
 from orproxy.logserver.live.tail import Follower  # noqa: E402
-from orproxy.logserver.llm import deltas as deltas_module  # noqa: E402
+from orproxy.logserver.llm import apis  # noqa: E402
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 
@@ -491,7 +491,7 @@ def test_the_follower_sends_a_bounded_body_and_then_only_the_end():
 
 
 def test_deltas_of_each_api():
-    d = deltas_module.delta
+    d = apis.delta
     assert d({"choices": [{"delta": {"content": "a", "reasoning": "r"}}]}) == {"text": "a", "reasoning": "r"}
     assert d({"choices": [{"delta": {"tool_calls": [{"index": 1, "id": "c", "function": {"name": "f", "arguments": "{"}}]}}]}) \
         == {"tool": {"index": 1, "id": "c", "name": "f", "arguments": "{"}}

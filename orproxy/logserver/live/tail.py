@@ -3,7 +3,7 @@
 The logging server writes a response file while the answer streams (ingest.py), so the UI
 can show the answer growing: this follows that file (waiting for it if the response has
 not started yet), decodes the body (Content-Encoding, UTF-8) as it grows and, for an SSE
-answer, parses each complete event and sends what it adds to the answer (deltas.py).
+answer, parses each complete event and sends what it adds to the answer (llm/apis).
 It ends, with an `end` event, once the response upload has ended; so an exchange that is
 already over is sent whole and ended at once. Events (data is JSON):
 
@@ -25,7 +25,7 @@ from typing import Any
 from gevent.event import Event
 
 from orproxy.logserver.live import eventstream
-from orproxy.logserver.llm.deltas import delta
+from orproxy.logserver.llm.apis import delta
 from orproxy.logserver.llm.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
 from orproxy.logserver.llm.sse import parse_sse
 from orproxy.logserver.store.logdir import LogDir

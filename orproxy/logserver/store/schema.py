@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver.llm import derive
+from orproxy.logserver.llm import apis, derive
 from orproxy.logserver.store.record import STATES, ExchangeRecord
 
 
@@ -64,8 +64,8 @@ FIELDS: tuple[Field, ...] = (
     Field("log_dropped_bytes", "int", "Bytes proxied but not logged (slow logging server)."),
     Field("stored_bytes", "int", "Bytes of this exchange's files in the log directory."),
     Field("content_type", "str", "The response's Content-Type."),
-    Field("api", "str", "Which API the exchange speaks: openai (chat completions), anthropic "
-          "(messages), openai-responses, openai-embeddings."),
+    Field("api", "str", "Which API the exchange speaks: "
+          + ", ".join(f"{api.NAME} ({api.TITLE})" for api in apis.APIS) + "."),
     Field("provider", "str", "The provider that served the request, when the upstream says "
           "(OpenRouter's `provider`)."),
     Field("model", "str", "The model that answered, else the model requested."),

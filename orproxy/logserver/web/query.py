@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orproxy.logserver.llm import apis
 from orproxy.logserver.store.index import last_seq
 from orproxy.logserver.store.record import STATES
 from orproxy.logserver.store.schema import to_api
@@ -187,7 +188,7 @@ FILTERS: tuple[Param, ...] = (
     Param("model", "Model(s), comma-separated, matched against the model answered and the "
           "model requested; a trailing `*` matches a prefix.", "anthropic/claude-*", _model),
     Param("provider", "Provider(s) as the upstream named them (OpenRouter).", "Anthropic", _provider),
-    Param("api", "openai, anthropic, openai-responses, openai-embeddings.", "anthropic", _api),
+    Param("api", ", ".join(api.NAME for api in apis.APIS) + ".", "anthropic", _api),
     Param("state", "in_flight, complete, incomplete; comma-separated.", "in_flight", _state),
     Param("streamed", "Only streamed (true) or only non-streamed (false) responses.", "true",
           _bool("streamed", "streamed")),

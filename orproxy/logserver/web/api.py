@@ -1,19 +1,15 @@
-"""The REST API under `/api/` (documented by openapi.py, served at `/api/openapi.json`).
-
-  GET    /api/requests                      list, newest first: filters, cursor pagination
-  GET    /api/requests/{id}                 one exchange: its row, metadata and files
-  GET    /api/requests/{id}/request         the raw request file (?follow=true tails it)
-  GET    /api/requests/{id}/response        the raw response file (?follow=true tails it)
-  GET    /api/requests/{id}/exchange        both messages parsed, SSE events, assembled answer
-  DELETE /api/requests/{id}                 remove its files and row (409 while in flight)
-  GET    /api/stats                         counts, tokens, cost, latency percentiles
-  GET    /api/health                        liveness and index state
+"""The REST API under `/api/`: the list of exchanges (filters, cursor pagination), one
+exchange (its row, metadata and files; DELETE removes it), its raw files (followed while
+they grow), its parsed view, statistics, health, and the OpenAPI document. The handlers
+are named in the route table (routes.py), which app.py dispatches from.
 
 Index reads and file parsing run on threads (index.py, a small pool here), never on the
-gevent loop. Mistakes get JSON errors: 400 naming the parameter, 404, 405, 409.
+gevent loop. Mistakes raise HttpError or query.ParamError: JSON errors, 400 naming the
+parameter, 404, 409 (the dispatch answers 405 itself).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -27,29 +23,23 @@ from gevent.threadpool import ThreadPool
 from orproxy import __version__
 from orproxy.logserver.llm.view import VIEW_LIMIT, exchange_view
 from orproxy.logserver.store.index import Index, delete_rows
-from orproxy.logserver.store.logdir import UUID_RE, LogDir
+from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
 from orproxy.logserver.web import query
 from orproxy.logserver.web import stats
-from orproxy.logserver.web.openapi import document_bytes
+from orproxy.logserver.web import openapi
 from orproxy.logserver.web.query import ParamError
-from orproxy.logserver.web.replies import error_response, json_response
+from orproxy.logserver.web.replies import HttpError, json_response
+from orproxy.logserver.web.routes import openapi_paths
 
 BLOCK = 65536
 FOLLOW_POLL = 0.1
 FOLLOW_MAX = 900.0  # seconds a tail follows a growing file at most
 
 
-class _Error(Exception):
-    def __init__(self, status: str, message: str, parameter: str | None = None,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.parameter, self.headers = status, parameter, headers
-
-
-def _not_found(message: str) -> _Error:
-    return _Error("404 Not Found", message)
+def _not_found(message: str) -> HttpError:
+    return HttpError("404 Not Found", message)
 
 
 def _params(environ: dict[str, Any]) -> dict[str, list[str]]:
@@ -78,61 +68,35 @@ class Api:
         self.health_extra = health or (lambda: {})
         self.pool = ThreadPool(2)
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
-        method = environ["REQUEST_METHOD"]
-        parts = environ.get("PATH_INFO", "/").strip("/").split("/")[1:]
-        try:
-            handler, allowed = self._route(parts)
-            if method not in allowed:
-                raise _Error("405 Method Not Allowed", f"use {' or '.join(allowed)}",
-                             headers=[("Allow", ", ".join(allowed))])
-            return handler(environ, start_response, method, *parts[1:2])
-        except ParamError as e:
-            return error_response(start_response, "400 Bad Request", str(e), parameter=e.parameter)
-        except _Error as e:
-            return error_response(start_response, e.status, str(e), e.headers, e.parameter)
-
-    def _route(self, parts: list[str]) -> tuple[Callable, tuple[str, ...]]:
-        if parts == ["health"]:
-            return self.health, ("GET",)
-        if parts == ["openapi.json"]:
-            return self.openapi, ("GET",)
-        if parts == ["stats"]:
-            return self.stats, ("GET",)
-        if parts == ["requests"]:
-            return self.list, ("GET",)
-        if len(parts) in (2, 3) and parts[0] == "requests":
-            if not UUID_RE.match(parts[1]):
-                raise _Error("400 Bad Request", "the id must be a UUID (the X-Request-Id)", "id")
-            if len(parts) == 2:
-                return self.one, ("GET", "DELETE")
-            if parts[2] in ("request", "response"):
-                return (lambda env, sr, m, i: self.raw(env, sr, i, parts[2])), ("GET",)
-            if parts[2] == "exchange":
-                return self.exchange, ("GET",)
-        raise _not_found("no such API endpoint: /api/" + "/".join(parts))
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """The route table's handler names (routes.py) this serves."""
+        return {"list_requests": self.list, "get_request": self.one, "delete_request": self.delete,
+                "get_request_file": lambda env, sr, exchange_id: self.raw(env, sr, exchange_id, "request"),
+                "get_response_file": lambda env, sr, exchange_id: self.raw(env, sr, exchange_id, "response"),
+                "get_exchange": self.exchange, "get_stats": self.stats, "get_health": self.health,
+                "get_openapi": self.openapi}
 
     # -- endpoints ------------------------------------------------------------------------
 
-    def openapi(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+    def openapi(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
         _no_params(_params(environ))
-        body = document_bytes()
+        body = _openapi_bytes()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
-    def health(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+    def health(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
         _no_params(_params(environ))
         count = self.index.read(lambda c: c.execute("SELECT count(*) FROM exchanges").fetchone()[0])
         return json_response(start_response, "200 OK", {
             "status": "ok", "version": __version__, "time": time.time(), "log_dir": self.log_dir.path,
             "exchanges": count, "index_errors": self.index.errors, **self.health_extra()})
 
-    def list(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+    def list(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
         q = query.parse_list_query(_params(environ))
         return json_response(start_response, "200 OK", self.index.read(query.list_rows, q),
                              [("Cache-Control", "no-store")])
 
-    def stats(self, environ: dict[str, Any], start_response: Callable, method: str) -> list[bytes]:
+    def stats(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
         where = query.parse_filters(_params(environ), set())
         return json_response(start_response, "200 OK", self.index.read(stats.compute, where),
                              [("Cache-Control", "no-store")])
@@ -143,14 +107,9 @@ class Api:
             raise _not_found(f"no exchange {exchange_id.lower()}")
         return document
 
-    def one(self, environ: dict[str, Any], start_response: Callable, method: str,
-            exchange_id: str) -> list[bytes]:
-        params = _params(environ)
+    def one(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> list[bytes]:
+        _no_params(_params(environ))
         exchange_id = exchange_id.lower()
-        if method == "DELETE":
-            _no_params(params, ("force",))
-            return self.delete(start_response, exchange_id, _flag(params, "force"))
-        _no_params(params)
         document = self._document(exchange_id)
         row = self.index.read(query.get_row, exchange_id) or row_from_document(document)
         files = {kind: {"name": part.get("file"), "bytes": part.get("bytes"), "complete": part.get("complete"),
@@ -160,18 +119,21 @@ class Api:
                              {**to_api(row), "metadata": document, "files": files},
                              [("Cache-Control", "no-store")])
 
-    def delete(self, start_response: Callable, exchange_id: str, force: bool) -> list[bytes]:
+    def delete(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> list[bytes]:
+        params = _params(environ)
+        _no_params(params, ("force",))
+        force = _flag(params, "force")
+        exchange_id = exchange_id.lower()
         document = self._document(exchange_id)
         if ExchangeRecord(document).state == "in_flight" and not force:
-            raise _Error("409 Conflict", "the exchange is still in flight; add ?force=true to delete it anyway")
+            raise HttpError("409 Conflict", "the exchange is still in flight; add ?force=true to delete it anyway")
         freed = self.pool.apply(self.log_dir.delete_exchange, (document,))
         self.index.flush(5)
         self.index.write(delete_rows, [exchange_id])  # its tombstone tells the live feeds
         return json_response(start_response, "200 OK", {"id": exchange_id, "deleted": True,
                                                         "freed_bytes": freed})
 
-    def exchange(self, environ: dict[str, Any], start_response: Callable, method: str,
-                 exchange_id: str) -> list[bytes]:
+    def exchange(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> list[bytes]:
         _no_params(_params(environ))
         document = self._document(exchange_id)
         body = self.pool.apply(_view_bytes, (self.log_dir, document))  # megabytes of JSON: off the loop
@@ -215,6 +177,11 @@ class Api:
                         yield rest
                     return
                 gevent.sleep(FOLLOW_POLL)
+
+
+@functools.cache
+def _openapi_bytes() -> bytes:
+    return json.dumps(openapi.document(openapi_paths()), indent=1).encode()
 
 
 def _view_bytes(log_dir: LogDir, document: dict[str, Any]) -> bytes:

@@ -27,6 +27,7 @@ from orproxy.logserver.web.units import parse_time
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+LIVE_PARAMS = {"since"}  # accepted by the live feed besides the filters (a seq there, live/feed.py)
 _STATUS_RE = re.compile(r"^([1-5])(?:xx|\d\d)$", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"^[^\x00-\x1f,]{1,200}$")
 _LIKE_ESCAPE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})

@@ -420,7 +420,7 @@ def test_stopping_the_logging_server_ends_feeds_and_tails_at_once(tmp_path_facto
 
 # -- units: the tail's follower, the deltas, the hub --------------------------------------
 
-from orproxy.logserver.live.tail import Follower  # noqa: E402
+from orproxy.logserver.live.tail import TailEvents  # noqa: E402
 from orproxy.logserver.llm import apis  # noqa: E402
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
@@ -438,7 +438,7 @@ def _events(chunks):
 
 
 def _follow(data, sizes):
-    follower = Follower()
+    follower = TailEvents()
     out, i = [], 0
     for size in sizes:
         out += follower.feed(data[i:i + size])
@@ -479,7 +479,7 @@ def test_the_follower_reports_an_undecodable_body_and_keeps_going():
 
 def test_the_follower_sends_a_bounded_body_and_then_only_the_end():
     from orproxy.logserver.live import tail
-    follower = Follower()
+    follower = TailEvents()
     out = follower.feed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
     block = b"x" * 65536
     while not follower.saturated:

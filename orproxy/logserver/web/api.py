@@ -17,25 +17,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-import gevent
 from gevent.threadpool import ThreadPool
 
 from orproxy import __version__
 from orproxy.logserver.llm.view import VIEW_LIMIT, exchange_view
+from orproxy.logserver.store.follow import PartFollower
 from orproxy.logserver.store.index import Index, delete_rows
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
-from orproxy.logserver.web import query
-from orproxy.logserver.web import stats
-from orproxy.logserver.web import openapi
+from orproxy.logserver.web import openapi, query, stats
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, json_response
 from orproxy.logserver.web.routes import openapi_paths
 
 BLOCK = 65536
-FOLLOW_POLL = 0.1
-FOLLOW_MAX = 900.0  # seconds a tail follows a growing file at most
 
 
 def _not_found(message: str) -> HttpError:
@@ -155,28 +151,11 @@ class Api:
                    ("Content-Disposition", f'inline; filename="{name}"')]
         if follow and not record.ended(kind):
             start_response("200 OK", headers)
-            return self._tail(path, exchange_id.lower(), kind)
+            return PartFollower(self.log_dir, exchange_id.lower(), kind).blocks()
         f = open(path, "rb")
         size = os.fstat(f.fileno()).st_size
         start_response("200 OK", [*headers, ("Content-Length", str(size))])
         return _read_file(f, size)
-
-    def _tail(self, path: str, exchange_id: str, kind: str) -> Iterator[bytes]:
-        """The file as it grows, until its upload ends (or FOLLOW_MAX passes)."""
-        deadline = time.monotonic() + FOLLOW_MAX
-        with open(path, "rb") as f:
-            while True:
-                block = f.read(BLOCK)
-                if block:
-                    yield block
-                    continue
-                document = self.log_dir.read_metadata(exchange_id)
-                if document is None or ExchangeRecord(document).ended(kind) or time.monotonic() > deadline:
-                    rest = f.read()
-                    if rest:
-                        yield rest
-                    return
-                gevent.sleep(FOLLOW_POLL)
 
 
 @functools.cache

@@ -1,7 +1,7 @@
 """The live feed's two transports: `GET /api/live` (WebSocket) and `GET /api/events` (SSE).
 
 The UI prefers the WebSocket and falls back to SSE where something in between refuses
-the upgrade. Both carry the same JSON messages from livefeed.py and take the same query
+the upgrade. Both carry the same JSON messages from feed.py and take the same query
 parameters: the list's filters (query.py) and `since`, the last `seq` the client saw
 (for SSE also the `Last-Event-ID` header, which EventSource sends when it reconnects by
 itself). A bad parameter is a 400 before anything is upgraded or streamed.

@@ -11,7 +11,7 @@ connection. Several worker processes share the file: WAL lets them read while on
 `busy_timeout` makes writers wait their turn, and a row is only ever replaced by a newer
 revision of its metadata document (logdir.py), whichever process writes it.
 
-`seq` orders every change for the live feed (livefeed.py): each write of a row takes the
+`seq` orders every change for the live feed (live/feed.py): each write of a row takes the
 next one, and so does each removal (`delete_rows`), which leaves a tombstone (id, seq) in
 `removed` so that every worker's feed can tell its clients. Tombstones are kept for the
 last TOMBSTONE_SEQS seqs; a client further behind than that reloads instead.

@@ -21,12 +21,15 @@ STATES = ("in_flight", "complete", "incomplete")
 
 class ExchangeRecord:
     """A view of one metadata document (the dict itself, never copied: it may be the one
-    an update is changing)."""
+    an update is changing; its `parts` dict is changed in place, never replaced)."""
 
-    __slots__ = ("document",)
+    __slots__ = ("document", "_parts")
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
+        parts = document.get("parts")
+        # Looked up once: the questions below are asked several times per rewrite.
+        self._parts: dict[str, Any] = parts if isinstance(parts, dict) else {}
 
     # -- what the document holds ---------------------------------------------------------
 
@@ -38,11 +41,6 @@ class ExchangeRecord:
     def prefix(self) -> str:
         """`<timestamp>_<uuid8>`, the start of the exchange's file names."""
         return f"{self.document.get('timestamp')}_{str(self.document.get('id'))[:8]}"
-
-    @property
-    def _parts(self) -> dict[str, Any]:
-        parts = self.document.get("parts")
-        return parts if isinstance(parts, dict) else {}
 
     @property
     def parts(self) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from typing import Any  # noqa: E402
 from urllib.parse import urlencode  # noqa: E402
 
 import gevent  # noqa: E402
@@ -243,49 +242,43 @@ def ingest(port: int, total: int, rate: float | None, concurrency: int, seconds_
             "catch_up_s": lag if not pending else float("inf")}
 
 
-def _end_part(ingest: Any, document: dict, kind: str, part: dict) -> None:
-    """What Ingest.store_part's last update does (ingest.py)."""
-    document["parts"][kind] = part
-    if ingest.on_part_end is not None:
-        ingest.on_part_end(document)
-
-
 def pipeline(total: int, with_index: bool) -> dict[str, float]:
     """The logging server's work per exchange minus HTTP, in this process: the part files,
     the same metadata-file updates ingest makes, and (with_index) the index rows and the
     derived fields, until all are written. With and without the index: the difference is
     what indexing costs per exchange."""
-    from orproxy.logserver.blobs import LogDir
-    from orproxy.logserver.httpfile import parse_head
-    from orproxy.logserver.index import Index
-    from orproxy.logserver.indexer import Indexer
-    from orproxy.logserver.ingest import Ingest
+    from orproxy.logserver.llm.httpfile import parse_head
+    from orproxy.logserver.store.deriving import Deriver
+    from orproxy.logserver.store.index import Index
+    from orproxy.logserver.store.ingest import Ingest, PartEnded, ProxyMetadataStored
+    from orproxy.logserver.store.logdir import LogDir
 
     work = tempfile.mkdtemp(prefix="orproxy-pipeline-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
         log_dir = LogDir(work)
-        ingest = Ingest(log_dir)
-        index = indexer = None
+        index = None
+        ingest = Ingest(log_dir, Deriver(log_dir) if with_index else None)
         if with_index:
             index = Index(log_dir.path)
-            indexer = Indexer(log_dir, index, ingest)
+            ingest.subscribe(lambda record, events: index.put(record.document))
         started, cpu_started = time.monotonic(), time.process_time()
         for i in range(total):
             rid, puts = exchange_puts(i, "pipeline")
             for kind, body in puts[:2]:
                 now = time.time()
-                path = log_dir.part_path(rid, kind, now)
+                path = log_dir.new_part_path(rid, kind, now)
                 with open(path, "wb") as f:
                     f.write(body)
                 part = {"file": os.path.basename(path), "received_at": now, "complete": True,
                         "bytes": len(body), "completed_at": time.time(), "head": parse_head(body).summary()}
-                ingest._update(rid, now, lambda d, k=kind, p=part: _end_part(ingest, d, k, p), "part_end")
+                # What Ingest.store_part's last update does (ingest.py)
+                ingest._update(rid, now, lambda d, k=kind, p=part: d["parts"].__setitem__(k, p), PartEnded(kind))
             metadata = json.loads(puts[2][1])
-            ingest._update(rid, time.time(), lambda d, m=metadata: d.update(proxy=m), "proxy")
+            ingest._update(rid, time.time(), lambda d, m=metadata: d.update(proxy=m), ProxyMetadataStored())
             if i % 20 == 0:
                 gevent.sleep(0)  # let the derive greenlets and the index writer run
-        if indexer is not None:
-            while indexer._deriving:
+        if index is not None:
+            while ingest.deriving:
                 gevent.sleep(0.001)
             index.flush()
         seconds, cpu = time.monotonic() - started, time.process_time() - cpu_started

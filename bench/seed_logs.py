@@ -19,8 +19,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from orproxy.logserver import derive  # noqa: E402
-from orproxy.logserver.blobs import timestamp  # noqa: E402
+from orproxy.logserver.llm import derive  # noqa: E402
+from orproxy.logserver.store.logdir import timestamp  # noqa: E402
 
 BASE_TIME = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC
 ROUTES = {

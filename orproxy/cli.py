@@ -16,8 +16,8 @@ from typing import NoReturn, TypeVar  # noqa: E402
 
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
-from orproxy.logserver.units import parse_duration, parse_size  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
+from orproxy.logserver.web.units import parse_duration, parse_size  # noqa: E402
 
 T = TypeVar("T", int, float)
 
@@ -135,9 +135,9 @@ def logserver_main(argv: list[str] | None = None) -> None:
 
 
 def _reindex(log_dir: str) -> None:
-    from orproxy.logserver.blobs import LogDir
-    from orproxy.logserver.index import Index
-    from orproxy.logserver.reindex import reindex
+    from orproxy.logserver.store.index import Index
+    from orproxy.logserver.store.logdir import LogDir
+    from orproxy.logserver.store.reindex import reindex
 
     if not os.path.isdir(log_dir):
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")

@@ -37,7 +37,7 @@ def logserver_app() -> Callable:
     from orproxy.hosting.gunicorn import for_gunicorn
     from orproxy.hosting.server import prepare_process
     from orproxy.logserver.app import LogServerApp
-    from orproxy.logserver.units import parse_duration, parse_size
+    from orproxy.logserver.web.units import parse_duration, parse_size
 
     prepare_process()
 

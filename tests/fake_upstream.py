@@ -54,7 +54,7 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from orproxy.serving import parse_headers
+from orproxy.hosting.handler import parse_headers
 
 __all__ = ["serve", "make_server", "pattern_bytes", "pattern_sha256", "stream_piece",
            "stream_text", "STATS"]

@@ -273,7 +273,7 @@ def test_an_exchange_still_streaming_is_listed_and_filtered_by_its_model(proxy, 
 @pytest.mark.parametrize("size", [100, 300_000], ids=["small", "large"])
 def test_a_request_whose_answer_has_not_begun_is_listed_with_its_fields(logserver, api, size):
     """Small requests are derived in the update that ends the part, large ones (over
-    indexer.INLINE_BYTES) on a thread; the answer, when it comes, completes the fields."""
+    deriving.INLINE_BYTES) on a thread; the answer, when it comes, completes the fields."""
     rid, model = str(uuid.uuid4()), "waiting/model-" + uuid.uuid4().hex[:8]
     body = json.dumps({"model": model, "max_tokens": 5, "system": "Be brief.",
                        "messages": [{"role": "user", "content": "x" * size}]}).encode()
@@ -409,7 +409,7 @@ def test_two_gunicorn_workers_index_every_exchange(make_proxy, gunicorn_logserve
 
 
 def test_a_long_stream_is_derived_off_the_loop(logserver, api):
-    """A response over the inline limit (indexer.INLINE_BYTES) is derived on a thread,
+    """A response over the inline limit (deriving.INLINE_BYTES) is derived on a thread,
     from a skimmed parse; the fields are the same as for a short one."""
     rid = str(uuid.uuid4())
     chunk = ('data: {"id":"c","object":"chat.completion.chunk","model":"big-model","choices":[{"index":0,'

@@ -10,10 +10,10 @@ from pathlib import Path
 import brotli
 import pytest
 
-from orproxy.logserver.bodies import parse_body
-from orproxy.logserver.derive import FIELDS, derive, usage_fields
-from orproxy.logserver.httpfile import HeadSniffer, decode_body, parse_head, read_message
-from orproxy.logserver.sse import parse_sse
+from orproxy.logserver.llm.bodies import parse_body
+from orproxy.logserver.llm.derive import FIELDS, derive, usage_fields
+from orproxy.logserver.llm.httpfile import HeadSniffer, decode_body, parse_head, read_message
+from orproxy.logserver.llm.sse import parse_sse
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm"
 ENCODERS = {
@@ -308,8 +308,8 @@ def test_long_streams_are_skimmed_for_the_fields_and_give_the_same_answer(tmp_pa
 def test_an_exchange_derived_in_two_steps_parses_its_request_once(tmp_path):
     """The request's fields, derived while the answer streams, are finished with the
     response later without reading the request again, and come out the same."""
-    from orproxy.logserver.blobs import LogDir
-    from orproxy.logserver.view import derive_document, derive_request_document
+    from orproxy.logserver.store.deriving import derive_document, derive_request_document
+    from orproxy.logserver.store.logdir import LogDir
 
     log_dir = LogDir(str(tmp_path / "logs"))
     (tmp_path / "logs" / "req.bin").write_bytes(
@@ -330,8 +330,8 @@ def test_an_exchange_derived_in_two_steps_parses_its_request_once(tmp_path):
     assert set(in_two_steps) == {"version", "parts", "at", *FIELDS}
 
 
-def test_the_indexer_derives_the_request_fields_when_the_request_ends(tmp_path, monkeypatch):
-    """In process: Ingest, Indexer and Index as the logging server wires them, the response
+def test_the_request_fields_are_derived_when_the_request_ends(tmp_path, monkeypatch):
+    """In process: Ingest, Deriver and Index as the logging server wires them, the response
     still arriving when the request ends. The request's fields come with the update that
     ends the request (an exchange in flight is listed by its model); if deriving them
     fails, the end of the response still derives everything."""
@@ -340,17 +340,17 @@ def test_the_indexer_derives_the_request_fields_when_the_request_ends(tmp_path, 
 
     import gevent
 
-    from orproxy.logserver import indexer as indexer_module
-    from orproxy.logserver import query
-    from orproxy.logserver.blobs import LogDir
-    from orproxy.logserver.index import Index
-    from orproxy.logserver.indexer import Indexer
-    from orproxy.logserver.ingest import Ingest
+    from orproxy.logserver.store import deriving as deriving_module
+    from orproxy.logserver.store.deriving import Deriver
+    from orproxy.logserver.store.index import Index
+    from orproxy.logserver.store.ingest import Ingest
+    from orproxy.logserver.store.logdir import LogDir
+    from orproxy.logserver.web import query
 
     log_dir = LogDir(str(tmp_path))
     index = Index(log_dir.path)
-    ingest = Ingest(log_dir)
-    Indexer(log_dir, index, ingest)
+    ingest = Ingest(log_dir, Deriver(log_dir))
+    ingest.subscribe(lambda record, events: index.put(record.document))
     request = b"POST /v1/chat/completions HTTP/1.1\r\n\r\n" + fixture("openai_chat_request.json")
     response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + fixture("openai_chat.json")
 
@@ -386,7 +386,7 @@ def test_the_indexer_derives_the_request_fields_when_the_request_ends(tmp_path, 
 
         def broken(*args):
             raise RuntimeError("a bug")
-        monkeypatch.setattr(indexer_module, "derive_request_document", broken)
+        monkeypatch.setattr(deriving_module, "derive_request_document", broken)
         (document, row), (final, final_row) = exchange(str(uuid.uuid4()))
         assert document["derived"]["parts"] == ["request"] and "a bug" in document["derived"]["error"]
         assert row["model"] is None

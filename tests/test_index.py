@@ -17,7 +17,7 @@ from helpers import TESTS_DIR, ServerProcess, script, wait_until
 sys.path.insert(0, str(TESTS_DIR.parent))
 
 from bench.seed_logs import seed  # noqa: E402
-from orproxy.logserver.fields import row_from_document  # noqa: E402
+from orproxy.logserver.store.schema import row_from_document  # noqa: E402
 
 COUNT = 1000
 

@@ -420,8 +420,8 @@ def test_stopping_the_logging_server_ends_feeds_and_tails_at_once(tmp_path_facto
 
 # -- units: the tail's follower, the deltas, the hub --------------------------------------
 
-from orproxy.logserver import deltas as deltas_module  # noqa: E402
-from orproxy.logserver.tail import Follower  # noqa: E402
+from orproxy.logserver.live.tail import TailEvents  # noqa: E402
+from orproxy.logserver.llm import apis  # noqa: E402
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 
@@ -438,7 +438,7 @@ def _events(chunks):
 
 
 def _follow(data, sizes):
-    follower = Follower()
+    follower = TailEvents()
     out, i = [], 0
     for size in sizes:
         out += follower.feed(data[i:i + size])
@@ -478,8 +478,8 @@ def test_the_follower_reports_an_undecodable_body_and_keeps_going():
 
 
 def test_the_follower_sends_a_bounded_body_and_then_only_the_end():
-    from orproxy.logserver import tail
-    follower = Follower()
+    from orproxy.logserver.live import tail
+    follower = TailEvents()
     out = follower.feed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
     block = b"x" * 65536
     while not follower.saturated:
@@ -491,7 +491,7 @@ def test_the_follower_sends_a_bounded_body_and_then_only_the_end():
 
 
 def test_deltas_of_each_api():
-    d = deltas_module.delta
+    d = apis.delta
     assert d({"choices": [{"delta": {"content": "a", "reasoning": "r"}}]}) == {"text": "a", "reasoning": "r"}
     assert d({"choices": [{"delta": {"tool_calls": [{"index": 1, "id": "c", "function": {"name": "f", "arguments": "{"}}]}}]}) \
         == {"tool": {"index": 1, "id": "c", "name": "f", "arguments": "{"}}
@@ -508,8 +508,8 @@ def test_deltas_of_each_api():
 
 def test_the_hub_broadcasts_without_waiting_and_resets_a_slow_client(tmp_path):
     import gevent
-    from orproxy.logserver import livefeed
-    from orproxy.logserver.index import Index
+    from orproxy.logserver.live import feed as livefeed
+    from orproxy.logserver.store.index import Index
 
     index = Index(str(tmp_path))
     feed = livefeed.LiveFeed(index, interval=0.01)
@@ -537,10 +537,10 @@ def test_the_hub_broadcasts_without_waiting_and_resets_a_slow_client(tmp_path):
 
 
 def test_the_hub_tells_every_client_of_deletions_and_a_row_written_again_wins(tmp_path):
-    from orproxy.logserver import livefeed
-    from orproxy.logserver.blobs import LogDir
-    from orproxy.logserver.index import Index, delete_rows, last_seq
-    from orproxy.logserver.retention import Retention
+    from orproxy.logserver.live import feed as livefeed
+    from orproxy.logserver.store.index import Index, delete_rows, last_seq
+    from orproxy.logserver.store.logdir import LogDir
+    from orproxy.logserver.store.retention import Retention
 
     index = Index(str(tmp_path))
     feed = livefeed.LiveFeed(index, interval=0.01)

@@ -254,7 +254,7 @@ def test_pipelined_uploads_are_answered_in_order_once_their_metadata_is_written(
 
 
 def test_a_long_pipeline_is_answered_in_order_and_every_exchange_written(server):
-    """More exchanges in one write than a batch gathers (serving.BATCH_KEYS): the batch
+    """More exchanges in one write than a batch gathers (store/batching.py, BATCH_KEYS): the batch
     runs midway and again at the end, and no answer is lost or reordered."""
     ids = [new_id() for _ in range(300)]
     requests = [_put(i, "metadata", json.dumps({"n": n}).encode()) for n, i in enumerate(ids)]

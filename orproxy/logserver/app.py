@@ -1,5 +1,6 @@
-"""The logging server's WSGI app: routes ingest PUTs and the API, and wires the parts
-together (files, index, the indexer that keeps it current, retention)."""
+"""The logging server's WSGI app: builds the parts (the log dir, ingest and deriving, the
+index that follows ingest's rewrites, retention, the REST API, the live feed and tail,
+the UI's files) and dispatches every request from the one route table (web/routes.py)."""
 from __future__ import annotations
 
 import atexit
@@ -9,20 +10,24 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+from gevent.event import Event
 
-from orproxy.logserver.api import Api
-from orproxy.logserver.blobs import KINDS, UUID_RE, LogDir
-from orproxy.logserver.index import Index
-from orproxy.logserver.indexer import Indexer
-from orproxy.logserver.ingest import BadInput, Ingest
-from orproxy.logserver.reindex import reindex
-from orproxy.logserver.replies import error_response, json_response
-from orproxy.logserver.retention import Retention
-from orproxy.logserver.ui import Ui
 from orproxy.http1 import head
-from orproxy.serving import BatchingRequestHandler
-
-__all__ = ["LogServerApp", "json_response", "error_response"]
+from orproxy.logserver.live.feed import LiveFeed
+from orproxy.logserver.live.tail import Tail
+from orproxy.logserver.live.transports import LiveTransport
+from orproxy.logserver.store.batching import BatchingRequestHandler
+from orproxy.logserver.store.deriving import Deriver
+from orproxy.logserver.store.index import Index
+from orproxy.logserver.store.ingest import BadInput, Ingest
+from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.reindex import reindex
+from orproxy.logserver.store.retention import Retention
+from orproxy.logserver.web.api import Api
+from orproxy.logserver.web.query import ParamError
+from orproxy.logserver.web.replies import HttpError, error_response, json_response
+from orproxy.logserver.web.routes import ROUTES, match, not_found
+from orproxy.logserver.web.static import StaticFiles
 
 
 class LogServerApp:
@@ -33,12 +38,26 @@ class LogServerApp:
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
                  retention_interval: float = 60.0) -> None:
         self.log_dir = LogDir(log_dir)
-        self.ingest = Ingest(self.log_dir)
+        self.deriver = Deriver(self.log_dir)
+        self.ingest = Ingest(self.log_dir, self.deriver)
         self.index = Index(self.log_dir.path)
-        self.indexer = Indexer(self.log_dir, self.index, self.ingest)
+        self.ingest.subscribe(lambda record, events: self.index.put(record.document))
         self.retention = Retention(self.log_dir, self.index, max_age, max_bytes, retention_interval)
-        self.api = Api(self.log_dir, self.index, self._health)
-        self.ui = Ui(self.log_dir, self.index)
+        self.stopping = Event()  # set when the server stops: the endless streams end
+        self.feed = LiveFeed(self.index, self.stopping)
+        live = LiveTransport(self.feed)
+        static = StaticFiles()
+        self.handlers: dict[str, Callable[..., Any]] = {
+            "index": lambda environ, start_response: static(environ, start_response, "index.html"),
+            "static": static,
+            "ingest": self._ingest,
+            **Api(self.log_dir, self.index, self._health).handlers(),
+            "live_websocket": live.websocket,
+            "live_events": live.events,
+            "tail_response": Tail(self.log_dir, self.stopping),
+        }
+        unbound = {name for route in ROUTES for name in route.methods.values()} - set(self.handlers)
+        assert not unbound, f"routes without a handler: {unbound}"
         self.rebuilding = False
         atexit.register(self.close)  # under gunicorn too: what is queued reaches the index
         if self.index.recreated and self.log_dir.metadata_files():
@@ -50,7 +69,7 @@ class LogServerApp:
     def _rebuild(self) -> None:
         """A new (or schema-changed) index over existing files: fill it in the background."""
         try:
-            result = reindex(self.log_dir, self.index, lambda fn, *a: self.indexer.pool.apply(fn, a))
+            result = reindex(self.log_dir, self.index, lambda fn, *a: self.deriver.pool.apply(fn, a))
             print(f"orlogserver: indexed {result.indexed} exchanges from {self.log_dir.path} "
                   f"in {result.seconds:.1f}s", flush=True)
         except Exception as e:
@@ -77,38 +96,37 @@ class LogServerApp:
         """Nothing to finish once the last request is served: close() writes the index at exit."""
 
     def begin_shutdown(self) -> None:
-        """The server is stopping: end the UI's endless streams so it need not wait for them."""
-        self.ui.shutdown()
+        """The server is stopping: end the UI's endless streams (live feeds and tails) now,
+        so that it need not wait for browsers that would stay connected for ever (they
+        reconnect to the next server)."""
+        self.stopping.set()
+        self.feed.close()
 
     def _health(self) -> dict[str, Any]:
-        return {"rebuilding": self.rebuilding, "derive_errors": self.indexer.derive_errors,
+        return {"rebuilding": self.rebuilding, "derive_errors": self.deriver.errors,
                 "retention": {"max_age_s": self.retention.max_age, "max_bytes": self.retention.max_bytes}}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         path = environ.get("PATH_INFO", "/")
-        parts = path.strip("/").split("/")
-        ui = self.ui.route(path)
-        if ui is None and parts[0] != "api" and len(parts) == 2:
-            return self._ingest(environ, start_response, *parts)
-        batch = environ.get("orproxy.batch")
-        if batch is not None and batch.work:
-            batch.run()  # a read pipelined behind uploads sees what they wrote
-        if ui is not None:
-            return ui(environ, start_response)
-        if parts[0] == "api":
-            return self.api(environ, start_response)
-        return error_response(start_response, "404 Not Found", f"nothing at {path}")
+        found = match(path)
+        if found is None or not found[0].batched:
+            batch = environ.get("orproxy.batch")
+            if batch is not None and batch.work:
+                batch.run()  # a read pipelined behind uploads sees what they wrote
+        if found is None:
+            return error_response(start_response, "404 Not Found", not_found(path))
+        route, values = found
+        try:
+            route.check(values)
+            handler = self.handlers[route.handler(environ["REQUEST_METHOD"])]
+            return handler(environ, start_response, *values)
+        except ParamError as e:
+            return error_response(start_response, "400 Bad Request", str(e), parameter=e.parameter)
+        except HttpError as e:
+            return error_response(start_response, e.status, str(e), e.headers, e.parameter)
 
     def _ingest(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,
                 kind: str) -> list[bytes]:
-        if not UUID_RE.match(exchange_id):
-            return error_response(start_response, "400 Bad Request", "the id must be a UUID")
-        if kind not in KINDS:
-            return error_response(start_response, "400 Bad Request",
-                                  f"the kind must be one of {', '.join(KINDS)}")
-        if environ["REQUEST_METHOD"] != "PUT":
-            return error_response(start_response, "405 Method Not Allowed", "use PUT",
-                                  [("Allow", "PUT")])
         try:
             if kind == "metadata":
                 self.ingest.store_metadata(exchange_id, environ)

@@ -1,6 +1,6 @@
 // The live feed client: a WebSocket to /api/live, or SSE from /api/events where the
 // WebSocket cannot connect, reconnecting by itself (with `since`, so nothing is missed)
-// when the logging server restarts. Messages are described in livefeed.py.
+// when the logging server restarts. Messages are described in live/feed.py.
 
 const BACKOFF_MS = [250, 500, 1000, 2000, 3000];
 const SILENCE_MS = 40000; // the server pings every 15 s: this long without a word is a dead link

@@ -23,6 +23,9 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from orproxy.logserver.llm.httpfile import Message, parse_message, read_message
+from orproxy.logserver.store.record import ExchangeRecord
+
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 KINDS = ("request", "response", "metadata")
 METADATA_SUFFIX = "_metadata.json"
@@ -46,7 +49,7 @@ class LogDir:
 
     def keep_recent(self, name: str, data: bytes) -> None:
         """A part file's whole content, just written, for one `take_recent` to read
-        instead of the file (the indexer derives every small exchange's fields from it)."""
+        instead of the file (every small exchange's fields are derived from it)."""
         self._recent[name] = data
         if len(self._recent) > RECENT_PARTS:
             self._recent.popitem(last=False)
@@ -94,7 +97,7 @@ class LogDir:
         except OSError:
             return None
 
-    def part_path(self, exchange_id: str, kind: str, now: float) -> str:
+    def new_part_path(self, exchange_id: str, kind: str, now: float) -> str:
         """A new .bin file for one part, named by the part's own arrival time (as the seed)."""
         return os.path.join(self.path, f"{timestamp(now)}_{exchange_id[:8].lower()}_{kind}.bin")
 
@@ -124,15 +127,30 @@ class LogDir:
 
     def exchange_files(self, document: dict[str, Any]) -> list[str]:
         """The paths of an exchange's files: its parts and its metadata file."""
-        paths = []
-        for part in (document.get("parts") or {}).values():
-            path = self.file_path(part.get("file", "")) if isinstance(part, dict) else None
-            if path:
-                paths.append(path)
+        paths = [path for path in map(self.file_path, ExchangeRecord(document).file_names) if path]
         exchange_id = str(document.get("id", ""))
         if UUID_RE.match(exchange_id) and document.get("timestamp"):
             paths.append(self.metadata_path(f"{document['timestamp']}_{exchange_id[:8].lower()}"))
         return paths
+
+    def part_file(self, record: ExchangeRecord, kind: str) -> str | None:
+        """The path of a part's file, if it exists."""
+        path = self.file_path(str(record.part(kind).get("file", "")))
+        return path if path and os.path.exists(path) else None
+
+    def read_part(self, record: ExchangeRecord, kind: str, limit: int) -> Message | None:
+        """A part read back (its body decoded up to `limit` bytes): from memory if it was
+        just written (`keep_recent`), else from its file; None if there is none."""
+        path = self.file_path(str(record.part(kind).get("file", "")))
+        if path is None:
+            return None
+        data = self.take_recent(os.path.basename(path))
+        if data is not None:
+            return parse_message(data, limit)
+        try:
+            return read_message(path, limit)
+        except OSError:
+            return None
 
     def delete_exchange(self, document: dict[str, Any]) -> int:
         """Remove an exchange's files and its id link; returns the bytes freed."""

@@ -1,9 +1,10 @@
 """`GET /api/requests/{id}/tail`: the response of an exchange as it arrives, as SSE.
 
 The logging server writes a response file while the answer streams (ingest.py), so the UI
-can show the answer growing: this follows that file (waiting for it if the response has
-not started yet), decodes the body (Content-Encoding, UTF-8) as it grows and, for an SSE
-answer, parses each complete event and sends what it adds to the answer (deltas.py).
+can show the answer growing: this follows that file (store/follow.py, waiting for it if
+the response has not started yet), decodes the body (Content-Encoding, UTF-8) as it grows
+and, for an SSE answer, parses each complete event and sends what it adds to the answer
+(llm/apis).
 It ends, with an `end` event, once the response upload has ended; so an exchange that is
 already over is sent whole and ended at once. Events (data is JSON):
 
@@ -24,24 +25,21 @@ from typing import Any
 
 from gevent.event import Event
 
-from orproxy.logserver import eventstream
-from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.deltas import delta
-from orproxy.logserver.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
-from orproxy.logserver.replies import error_response
-from orproxy.logserver.sse import parse_sse
-from orproxy.logserver.view import part_path
+from orproxy.logserver.live import eventstream
+from orproxy.logserver.llm.apis import delta
+from orproxy.logserver.llm.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
+from orproxy.logserver.llm.sse import parse_sse
+from orproxy.logserver.store.follow import PartFollower
+from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.web.replies import error_response
 
-BLOCK = 65536
-POLL = 0.1                         # seconds between looks at a file that is not growing
-MAX_SECONDS = 900.0                # a tail follows one exchange at most this long
 MAX_BODY_TEXT = 1024 * 1024        # body text sent; the rest is in the raw download
 MAX_DELTA_TEXT = 4 * 1024 * 1024   # answer text sent as deltas
 MAX_PENDING_EVENT = 1024 * 1024    # an SSE event that never ends stops the parsing
 TOO_LARGE = "the body is too large to follow here; download it raw"
 
 
-class Follower:
+class TailEvents:
     """Turns the bytes of a growing response file into tail events (pure: no I/O)."""
 
     def __init__(self) -> None:
@@ -158,26 +156,10 @@ class Follower:
         return out
 
 
-def _response_part(document: dict[str, Any]) -> dict[str, Any]:
-    part = (document.get("parts") or {}).get("response")
-    return part if isinstance(part, dict) else {}
-
-
-def _over_without_response(document: dict[str, Any]) -> bool:
-    """The proxy reported the end (or a part broke off) and no response part exists."""
-    parts = document.get("parts") or {}
-    if "response" in parts:
-        return False
-    return "proxy" in document or any(isinstance(p, dict) and p.get("error") for p in parts.values())
-
-
 class Tail:
-    def __init__(self, log_dir: LogDir, stopping: Event, poll: float = POLL,
-                 max_seconds: float = MAX_SECONDS) -> None:
+    def __init__(self, log_dir: LogDir, stopping: Event) -> None:
         self.log_dir = log_dir
         self.stopping = stopping
-        self.poll = poll
-        self.max_seconds = max_seconds
 
     def __call__(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> Any:
         if environ.get("QUERY_STRING"):
@@ -191,52 +173,24 @@ class Tail:
 
     def _stream(self, exchange_id: str) -> Iterator[bytes]:
         yield eventstream.opening()
-        follower = Follower()
-        deadline = time.monotonic() + self.max_seconds
+        events = TailEvents()
+        follower = PartFollower(self.log_dir, exchange_id, "response", self.stopping)
         quiet_since = time.monotonic()
-        f = None
-        try:
-            while True:
-                document = self.log_dir.read_metadata(exchange_id)
-                if document is None:
-                    yield eventstream.event({"reason": "deleted"}, "end")
-                    return
-                if f is None:
-                    path = part_path(self.log_dir, document, "response")
-                    if path is not None:
-                        f = open(path, "rb")
-                    elif _over_without_response(document):
-                        yield eventstream.event({"reason": "no response"}, "end")
-                        return
-                part = _response_part(document)
-                ended = "completed_at" in part
-                if f is not None and follower.saturated:
-                    f.seek(0, 2)  # a huge download: skip what would not be shown anyway
-                while f is not None:  # everything written so far (all of it once ended)
-                    block = f.read(BLOCK)
-                    if not block:
-                        break
-                    events = follower.feed(block)
-                    if events:
-                        yield b"".join(events)
-                        quiet_since = time.monotonic()
-                    if follower.saturated:
-                        break
-                if ended:
-                    rest = follower.finish()
-                    if rest:
-                        yield b"".join(rest)
-                    reason = "complete" if part.get("complete") else "incomplete"
-                    yield eventstream.event({"reason": reason, "bytes": part.get("bytes")}, "end")
-                    return
-                if self.stopping.is_set() or time.monotonic() > deadline:
-                    reason = "server stopping" if self.stopping.is_set() else "timeout"
-                    yield eventstream.event({"reason": reason}, "end")
-                    return
-                if time.monotonic() - quiet_since >= eventstream.HEARTBEAT:
-                    yield eventstream.comment("ping")
+        for block in follower:
+            if block:
+                out = events.feed(block)
+                if out:
+                    yield b"".join(out)
                     quiet_since = time.monotonic()
-                self.stopping.wait(self.poll)
-        finally:
-            if f is not None:
-                f.close()
+                if events.saturated:
+                    follower.skip_rest()  # a huge download: skip what would not be shown anyway
+            elif time.monotonic() - quiet_since >= eventstream.HEARTBEAT:
+                yield eventstream.comment("ping")
+                quiet_since = time.monotonic()
+        if follower.end in ("complete", "incomplete"):
+            rest = events.finish()
+            if rest:
+                yield b"".join(rest)
+            yield eventstream.event({"reason": follower.end, "bytes": follower.part.get("bytes")}, "end")
+        else:
+            yield eventstream.event({"reason": follower.end}, "end")

@@ -1,7 +1,7 @@
 """The live feed's two transports: `GET /api/live` (WebSocket) and `GET /api/events` (SSE).
 
 The UI prefers the WebSocket and falls back to SSE where something in between refuses
-the upgrade. Both carry the same JSON messages from livefeed.py and take the same query
+the upgrade. Both carry the same JSON messages from feed.py and take the same query
 parameters: the list's filters (query.py) and `since`, the last `seq` the client saw
 (for SSE also the `Last-Event-ID` header, which EventSource sends when it reconnects by
 itself). A bad parameter is a 400 before anything is upgraded or streamed.
@@ -21,10 +21,10 @@ from urllib.parse import parse_qs
 import simple_websocket
 from simple_websocket.errors import ConnectionClosed
 
-from orproxy.logserver import eventstream
-from orproxy.logserver.livefeed import LiveFeed, Subscriber
-from orproxy.logserver.query import ParamError
-from orproxy.logserver.replies import error_response
+from orproxy.logserver.live import eventstream
+from orproxy.logserver.live.feed import LiveFeed, Subscriber
+from orproxy.logserver.web.query import ParamError
+from orproxy.logserver.web.replies import error_response
 
 WAKE = 1.0             # seconds between checks that the client is still there
 CLOSE_WAIT = 2.0       # seconds the client gets to answer our close frame

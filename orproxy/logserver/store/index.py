@@ -9,9 +9,9 @@ and commits them in batches (one transaction per batch, WAL,
 synchronous=NORMAL); reads run on a small pool of reader threads, each with its own
 connection. Several worker processes share the file: WAL lets them read while one writes,
 `busy_timeout` makes writers wait their turn, and a row is only ever replaced by a newer
-revision of its metadata document (blobs.py), whichever process writes it.
+revision of its metadata document (logdir.py), whichever process writes it.
 
-`seq` orders every change for the live feed (livefeed.py): each write of a row takes the
+`seq` orders every change for the live feed (live/feed.py): each write of a row takes the
 next one, and so does each removal (`delete_rows`), which leaves a tombstone (id, seq) in
 `removed` so that every worker's feed can tell its clients. Tombstones are kept for the
 last TOMBSTONE_SEQS seqs; a client further behind than that reloads instead.
@@ -28,7 +28,7 @@ from gevent.event import Event
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.fields import COLUMNS, FIELDS, row_from_document
+from orproxy.logserver.store.schema import COLUMNS, FIELDS, row_from_document
 
 SCHEMA_VERSION = 2
 FILENAME = "index.sqlite3"

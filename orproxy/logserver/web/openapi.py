@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 document of the REST API, served at `/api/openapi.json`.
 
-Built from the same declarations the code runs on (fields.FIELDS for list items,
-query.FILTERS for filter parameters), so the document cannot drift from the API. The
-tests validate it and check every endpoint's responses against it.
+Built from the same declarations the code runs on (the route table, routes.py, for its
+paths and operations; schema.FIELDS for list items; query.FILTERS for filter parameters),
+so the document cannot drift from the API. This module holds the schemas and the pieces
+the route table's operations are written with. The tests validate the document and check
+every endpoint's responses against it.
 
 The streaming endpoints are in it too: the live feed (`/api/live`, a WebSocket, and
 `/api/events`, SSE) and the live tail (`/api/requests/{id}/tail`, SSE). OpenAPI 3.1 has
@@ -12,19 +14,16 @@ WebSocket's 101 gives the schema of every message.
 """
 from __future__ import annotations
 
-import functools
-import json
 from typing import Any
 
 from orproxy import __version__
-from orproxy.logserver import derive
-from orproxy.logserver.fields import API_FIELDS
-from orproxy.logserver.livefeed import LIVE_PARAMS
-from orproxy.logserver.query import DEFAULT_LIMIT, FILTERS, MAX_LIMIT
-from orproxy.logserver.stats import PERCENTILES
+from orproxy.logserver.llm import derive
+from orproxy.logserver.store.schema import API_FIELDS
+from orproxy.logserver.web.query import DEFAULT_LIMIT, FILTERS, LIVE_PARAMS, MAX_LIMIT
+from orproxy.logserver.web.stats import PERCENTILES
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
@@ -45,31 +44,31 @@ def _object(properties: dict[str, Any], required: list[str] | None = None, doc: 
     return out
 
 
-def _json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERRORS = {
-    "400": _json_content(_ref("Error"), "A bad parameter; `error.parameter` names it."),
-    "404": _json_content(_ref("Error"), "No such exchange."),
-    "405": _json_content(_ref("Error"), "Method not allowed on this path."),
+ERRORS = {
+    "400": json_content(ref("Error"), "A bad parameter; `error.parameter` names it."),
+    "404": json_content(ref("Error"), "No such exchange."),
+    "405": json_content(ref("Error"), "Method not allowed on this path."),
 }
 
-_ID = {"name": "id", "in": "path", "required": True, "description": "The exchange's UUID (X-Request-Id).",
+ID = {"name": "id", "in": "path", "required": True, "description": "The exchange's UUID (X-Request-Id).",
        "schema": {"type": "string", "format": "uuid"}}
 
 
-def _filter_params() -> list[dict[str, Any]]:
+def filter_params() -> list[dict[str, Any]]:
     return [{"name": p.name, "in": "query", "required": False, "description": p.doc,
              "schema": {"type": "string"}, "example": p.example} for p in FILTERS]
 
 
-def _live_params() -> list[dict[str, Any]]:
+def live_params() -> list[dict[str, Any]]:
     """The live feed's parameters: the list's filters, but `since` is a seq there."""
     since = {"name": "since", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
              "description": "The last `seq` seen (a list page's `max_seq`): what changed after it comes "
                             "first. Here not the time filter of the same name."}
-    return [p for p in _filter_params() if p["name"] not in LIVE_PARAMS] + [since]
+    return [p for p in filter_params() if p["name"] not in LIVE_PARAMS] + [since]
 
 
 def _live_schemas() -> dict[str, Any]:
@@ -80,7 +79,7 @@ def _live_schemas() -> dict[str, Any]:
                                      doc="A piece of a tool call: append name and arguments by index."),
                      "error": {"type": "string"}, "finish": {"type": "string"}}, required=[])
     return {
-        "LiveMessage": {"oneOf": [_ref("LiveHello"), _ref("LiveRows"), _ref("LiveReset"), _ref("LivePing")],
+        "LiveMessage": {"oneOf": [ref("LiveHello"), ref("LiveRows"), ref("LiveReset"), ref("LivePing")],
                         "description": "One message of the live feed (JSON)."},
         "LiveHello": _object({"type": {"const": "hello"},
                               "seq": {"type": "integer", "description": "The feed starts after this seq."},
@@ -90,7 +89,7 @@ def _live_schemas() -> dict[str, Any]:
         "LiveRows": _object({
             "type": {"const": "rows"},
             "seq": {"type": "integer", "description": "The last seq covered: resume with it as `since`."},
-            "items": {"type": "array", "items": _ref("RequestItem"),
+            "items": {"type": "array", "items": ref("RequestItem"),
                       "description": "Rows that changed and match the filter: insert or update them."},
             "removed": {**ids, "description": "Ids to drop from the list: changed rows that no longer "
                                               "match the filter, and deleted exchanges."},
@@ -115,46 +114,9 @@ def _live_schemas() -> dict[str, Any]:
     }
 
 
-def _event_stream(description: str, events: dict[str, str]) -> dict[str, Any]:
+def event_stream(description: str, events: dict[str, str]) -> dict[str, Any]:
     return {"description": description, "content": {"text/event-stream": {
-        "schema": {"type": "string"}, "x-events": {name: _ref(schema) for name, schema in events.items()}}}}
-
-
-def _live_paths() -> dict[str, Any]:
-    get_only = {"405": _ERRORS["405"]}
-    return {
-        "/api/live": {"get": {
-            "summary": "Live feed of changed rows (WebSocket)", "operationId": "live_websocket",
-            "description": "A WebSocket (RFC 6455): send the upgrade headers. Messages are JSON text, "
-                           "`hello` first, then `rows` as exchanges change, `ping` when quiet, `reset` "
-                           "when the client fell behind. Several workers: each serves every change.",
-            "parameters": _live_params(),
-            "responses": {
-                "101": {"description": "Switching Protocols: every message is a LiveMessage.",
-                        "x-messages": _ref("LiveMessage")},
-                "400": _json_content(_ref("Error"), "A bad parameter, or a malformed handshake."),
-                "426": _json_content(_ref("Error"), "No WebSocket upgrade asked for: use /api/events."),
-                **get_only}}},
-        "/api/events": {"get": {
-            "summary": "Live feed of changed rows (server-sent events)", "operationId": "live_events",
-            "description": "The same messages as /api/live, one SSE event each (`rows` events carry "
-                           "`id: <seq>`); a comment every 15 s when quiet.",
-            "parameters": [*_live_params(), {
-                "name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
-                "description": "Sent by a reconnecting EventSource: as `since` (the query parameter wins)."}],
-            "responses": {"200": _event_stream("The feed, until the client leaves, a `reset`, or the "
-                                               "server stops.", {"message": "LiveMessage"}),
-                          "400": _ERRORS["400"], **get_only}}},
-        "/api/requests/{id}/tail": {"get": {
-            "summary": "The response as it arrives (server-sent events)", "operationId": "tail_response",
-            "description": "Follows the response file while it is written: `head`, then `body` (text), "
-                           "`deltas` (SSE answers) and `notice` as they come, `end` last. An exchange "
-                           "already over is sent whole and ended at once. Takes no query parameters.",
-            "parameters": [_ID],
-            "responses": {"200": _event_stream("The tail, ended by an `end` event.", {
-                "head": "TailHead", "body": "TailBody", "deltas": "TailDeltas", "notice": "TailNotice",
-                "end": "TailEnd"}), **_ERRORS}}},
-    }
+        "schema": {"type": "string"}, "x-events": {name: ref(schema) for name, schema in events.items()}}}}
 
 
 def _schemas() -> dict[str, Any]:
@@ -188,7 +150,7 @@ def _schemas() -> dict[str, Any]:
         "decode_error": {"type": "string"},
         "json": {"description": "The parsed JSON body."},
         "text": {"type": "string", "description": "The decoded body; JSON re-indented."},
-        "events": {"type": "array", "items": _ref("Event")},
+        "events": {"type": "array", "items": ref("Event")},
         "events_truncated": {"type": "boolean"},
         "comments": {"type": "integer", "description": "SSE comment lines (keep-alives)."},
         "assembled": {"type": ["object", "null"], "description": "A streamed LLM answer put together "
@@ -199,7 +161,7 @@ def _schemas() -> dict[str, Any]:
         "headers": {"type": "array", "items": {"type": "array", "items": {"type": "string"},
                                                "minItems": 2, "maxItems": 2},
                     "description": "[name, value] pairs in logged order (secrets masked)."},
-        "body": _ref("Body"),
+        "body": ref("Body"),
         "method": {"type": "string"}, "target": {"type": "string"},
         "version": _nullable("string"), "status": _nullable("integer"), "reason": {"type": "string"},
     }, required=["start_line", "headers", "body"])
@@ -210,7 +172,7 @@ def _schemas() -> dict[str, Any]:
                                            required=["message"])}),
         "RequestItem": item,
         "RequestList": _object({
-            "items": {"type": "array", "items": _ref("RequestItem")},
+            "items": {"type": "array", "items": ref("RequestItem")},
             "next_cursor": _nullable("string", "Pass as `cursor` for the next (older) page."),
             "has_more": {"type": "boolean"},
             "max_seq": {"type": "integer", "description": "Pass as `updated_after` to poll for changes."},
@@ -223,8 +185,8 @@ def _schemas() -> dict[str, Any]:
                       "description": "The request and response files, by kind."}},
             doc="The list row of the exchange, plus its metadata document and files."),
         "Exchange": _object({"id": {"type": "string"},
-                             "request": {"oneOf": [_ref("Message"), {"type": "null"}]},
-                             "response": {"oneOf": [_ref("Message"), {"type": "null"}]},
+                             "request": {"oneOf": [ref("Message"), {"type": "null"}]},
+                             "response": {"oneOf": [ref("Message"), {"type": "null"}]},
                              "llm": llm}),
         "Message": message,
         "Body": body,
@@ -244,21 +206,8 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def _raw_path(kind: str) -> dict[str, Any]:
-    return {"get": {
-        "summary": f"The raw {kind} file",
-        "description": f"The {kind} as logged: start line, headers, blank line, body (de-chunked, "
-                       "still content-encoded). With follow=true an upload in progress is streamed "
-                       "as it grows, until it ends.",
-        "operationId": f"get_{kind}_file",
-        "parameters": [_ID, {"name": "follow", "in": "query", "schema": {"type": "boolean"}}],
-        "responses": {"200": {"description": "The file.",
-                              "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                 "format": "binary"}}}},
-                      **_ERRORS}}}
-
-
-def document() -> dict[str, Any]:
+def list_params() -> list[dict[str, Any]]:
+    """`GET /api/requests`'s parameters: the filters, and the page's."""
     limit = {"name": "limit", "in": "query", "description": f"Rows per page (1-{MAX_LIMIT}).",
              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}
     cursor = {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page.",
@@ -267,51 +216,17 @@ def document() -> dict[str, Any]:
                      "Instead of the newest rows: rows changed after this `seq` (a previous "
                      "`max_seq`), oldest change first. Not with cursor.",
                      "schema": {"type": "integer", "minimum": 0}}
+    return [*filter_params(), limit, cursor, updated_after]
+
+
+def document(paths: dict[str, Any]) -> dict[str, Any]:
+    """The whole document, around the `paths` of the route table (routes.openapi_paths)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "orlogserver API", "version": __version__, "description":
                  "The logging server of orproxy: exchanges proxied to LLM APIs, indexed. Times "
                  "are epoch seconds (UTC); durations are milliseconds. Unknown query parameters "
                  "are refused (400)."},
-        "paths": {
-            "/api/requests": {"get": {
-                "summary": "List exchanges, newest first", "operationId": "list_requests",
-                "parameters": [*_filter_params(), limit, cursor, updated_after],
-                "responses": {"200": _json_content(_ref("RequestList"), "One page."), **_ERRORS}}},
-            "/api/requests/{id}": {
-                "get": {"summary": "One exchange: its row, metadata and files", "operationId": "get_request",
-                        "parameters": [_ID],
-                        "responses": {"200": _json_content(_ref("RequestDetail"), "The exchange."), **_ERRORS}},
-                "delete": {"summary": "Delete an exchange's files and row", "operationId": "delete_request",
-                           "parameters": [_ID, {"name": "force", "in": "query", "schema": {"type": "boolean"},
-                                                "description": "Delete even while in flight."}],
-                           "responses": {"200": _json_content(_ref("Deleted"), "Deleted."), **_ERRORS,
-                                         "409": _json_content(_ref("Error"), "Still in flight.")}}},
-            "/api/requests/{id}/request": _raw_path("request"),
-            "/api/requests/{id}/response": _raw_path("response"),
-            "/api/requests/{id}/exchange": {"get": {
-                "summary": "The exchange parsed", "operationId": "get_exchange", "parameters": [_ID],
-                "description": "Headers as lists, bodies decoded (gzip, br, deflate), JSON re-indented, "
-                               "SSE events listed and the streamed answer assembled, tool calls included.",
-                "responses": {"200": _json_content(_ref("Exchange"), "The parsed exchange."), **_ERRORS}}},
-            "/api/stats": {"get": {
-                "summary": "Totals, by model and route, latency and TTFT percentiles",
-                "operationId": "get_stats", "parameters": _filter_params(),
-                "responses": {"200": _json_content(_ref("Stats"), "The statistics."), **_ERRORS}}},
-            "/api/health": {"get": {"summary": "Liveness", "operationId": "get_health",
-                                    "responses": {"200": _json_content(_ref("Health"), "Up."),
-                                                  "400": _ERRORS["400"], "405": _ERRORS["405"]}}},
-            "/api/openapi.json": {"get": {"summary": "This document", "operationId": "get_openapi",
-                                          "responses": {"200": {"description": "OpenAPI 3.1",
-                                                                "content": {"application/json": {}}},
-                                                        "400": _ERRORS["400"], "405": _ERRORS["405"]}}},
-            **_live_paths(),
-        },
+        "paths": paths,
         "components": {"schemas": _schemas()},
     }
-
-
-@functools.lru_cache(maxsize=1)
-def document_bytes() -> bytes:
-    return json.dumps(document(), indent=1).encode()
-

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import gevent
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.blobs import LogDir
-from orproxy.logserver.index import Index, delete_rows
+from orproxy.logserver.store.index import Index, delete_rows
+from orproxy.logserver.store.logdir import LogDir
 
 STALE_IN_FLIGHT = 3600.0
 BATCH = 500

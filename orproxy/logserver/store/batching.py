@@ -1,6 +1,11 @@
-"""The logging server's connection handler: pipelined PUTs share one metadata rewrite.
+"""Pipelined uploads batched: work that requests on one connection put off until the
+connection next waits, and the logging server's request handler that runs it.
 
-(Moves into orproxy/logserver/store/ with the logging server's redesign.)
+The proxy's log lane pipelines an exchange's request, response and metadata PUTs in one
+write (orproxy/logclient/). Each PUT changes the exchange's metadata document (ingest.py);
+deferred to the connection's `Batch`, the changes are applied in one rewrite of the file
+instead of three, and the answers are held back until it is written, so that no client
+sees an answer before the work it stands for.
 """
 from __future__ import annotations
 
@@ -114,4 +119,3 @@ class BatchingRequestHandler(RawRequestHandler):
             return False
         finally:
             sock.settimeout(timeout)
-from orproxy.hosting.handler import parse_headers  # noqa: F401 - tests/fake_upstream.py, until it has its own

@@ -1,18 +1,18 @@
 """What a decoded body is: JSON, a stream of events (SSE, NDJSON), text or binary.
 
 Decided from the Content-Type first and the bytes second (a proxy sees servers that
-mislabel). A stream of LLM events is also assembled into the answer it stands for
-(assemble.py), so everything downstream reads one shape per API.
+mislabel). A stream of LLM events is also assembled into the answer it stands for (by
+its API's module, apis/), so everything downstream reads one shape per API.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver import assemble
-from orproxy.logserver.httpfile import Message
-from orproxy.logserver.sse import Stream, parse_ndjson, parse_sse, strict_json
-from orproxy.logserver.sse import skim as skim_sse
+from orproxy.logserver.llm import apis
+from orproxy.logserver.llm.httpfile import Message
+from orproxy.logserver.llm.sse import Stream, parse_ndjson, parse_sse, strict_json
+from orproxy.logserver.llm.sse import skim as skim_sse
 
 MAX_EVENTS = 50_000
 
@@ -55,16 +55,6 @@ SKIM_OVER = 8 * 1024   # a longer stream is skimmed for the derived fields (sse.
 SKIM_HEAD, SKIM_TAIL = 64, 16
 
 
-def _skim_markers(head: str) -> tuple[str, ...]:
-    """Which events in the middle of a long stream the derived fields need, by API."""
-    if '"choices"' in head:
-        return ('"tool_calls"', '"error"')              # OpenAI-style chunks
-    if "message_start" in head:
-        return ("content_block_start", '"error"')      # Anthropic: tool_use blocks
-    return ('"error"', '"function_call"', "response.completed", "response.incomplete",
-            "response.failed", "content_block_start", '"tool_calls"')
-
-
 def parse_body(message: Message | None, max_events: int = MAX_EVENTS, skim: bool = False) -> ParsedBody:
     """Classify and parse a message's decoded body; never raises on bad data.
 
@@ -86,36 +76,10 @@ def parse_body(message: Message | None, max_events: int = MAX_EVENTS, skim: bool
             return ParsedBody("text", text)  # cut short, or not JSON after all
     if kind == "sse":
         if skim and len(text) > SKIM_OVER:
-            text = skim_sse(text, SKIM_HEAD, SKIM_TAIL, _skim_markers)
+            text = skim_sse(text, SKIM_HEAD, SKIM_TAIL, apis.skim_markers)
         stream = parse_sse(text, max_events)
-        return ParsedBody("sse", text, stream=stream, assembled=_assemble(stream))
+        return ParsedBody("sse", text, stream=stream, assembled=apis.assemble(stream.events))
     if kind == "ndjson":
         stream = parse_ndjson(text, max_events)
-        return ParsedBody("ndjson", text, stream=stream, assembled=_assemble(stream))
+        return ParsedBody("ndjson", text, stream=stream, assembled=apis.assemble(stream.events))
     return ParsedBody("text", text)
-
-
-def _assemble(stream: Stream) -> dict[str, Any] | None:
-    """The answer a stream stands for, by the first event shape that says which API."""
-    for event in stream.events:
-        data = event.json
-        if not isinstance(data, dict):
-            continue
-        if "choices" in data or data.get("object") == "chat.completion.chunk":
-            return assemble.openai_chunks(stream.events)
-        kind = data.get("type") or event.event or ""
-        if kind == "message_start":
-            return assemble.anthropic_events(stream.events)
-        if kind.startswith("response."):
-            return _last_response(stream)
-    return None
-
-
-def _last_response(stream: Stream) -> dict[str, Any] | None:
-    """OpenAI Responses API streams end with the whole response in `response.completed`."""
-    found = None
-    for event in stream.events:
-        data = event.json
-        if isinstance(data, dict) and isinstance(data.get("response"), dict):
-            found = data["response"]
-    return found

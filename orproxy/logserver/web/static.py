@@ -13,9 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from orproxy.logserver.replies import error_response
+from orproxy.logserver.web.replies import error_response
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# The UI ships beside the packages, in orproxy/logserver/static/ (setup.py's package_data).
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
 TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -53,10 +54,7 @@ class StaticFiles:
                     self.files[name] = (body, kind, etag)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable, name: str) -> list[bytes]:
-        method = environ["REQUEST_METHOD"]
-        if method not in ("GET", "HEAD"):
-            return error_response(start_response, "405 Method Not Allowed", "use GET",
-                                  [("Allow", "GET, HEAD")])
+        """GET or HEAD (routes.py) of one file."""
         entry = self.files.get(name)
         if entry is None:
             return error_response(start_response, "404 Not Found", f"no file {name[:200]}")
@@ -68,4 +66,4 @@ class StaticFiles:
             start_response("304 Not Modified", headers)
             return []
         start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
-        return [] if method == "HEAD" else [body]
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver.blobs import METADATA_SUFFIX, UUID_RE, LogDir
-from orproxy.logserver.fields import row_from_document
-from orproxy.logserver.index import Index, analyze, delete_rows, upsert_rows
-from orproxy.logserver.view import derive_document, needs_derive
+from orproxy.logserver.store.deriving import derive_document
+from orproxy.logserver.store.index import Index, analyze, delete_rows, upsert_rows
+from orproxy.logserver.store.logdir import METADATA_SUFFIX, UUID_RE, LogDir
+from orproxy.logserver.store.record import ExchangeRecord
+from orproxy.logserver.store.schema import row_from_document
 
 BATCH = 1000
 
@@ -63,7 +64,7 @@ def reindex(log_dir: LogDir, index: Index,
             continue
         prefix = os.path.basename(path)[:-len(METADATA_SUFFIX)]
         linked = log_dir.ensure_link(document["id"], prefix)
-        if needs_derive(document):
+        if ExchangeRecord(document).needs_derive:
             derived = run(derive_document, log_dir, document)
             if linked:  # store them: the next rebuild need not parse the bodies again
                 with log_dir.metadata(document["id"], time.time()) as current:

@@ -1,7 +1,8 @@
 """WSGI replies of the logging server: JSON documents and JSON errors, one shape for all.
 
 Errors are `{"error": {"message": "...", "parameter": "status"}}`; `parameter` names the
-query parameter (or path part) at fault, for a 400.
+query parameter (or path part) at fault, for a 400. A handler raises `HttpError` (or
+query.ParamError, a 400) and the dispatch answers it.
 """
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 Headers = list[tuple[str, str]]
+
+
+class HttpError(Exception):
+    """An error answer, raised where it is found and answered by app.py's dispatch."""
+
+    def __init__(self, status: str, message: str, parameter: str | None = None,
+                 headers: Headers | None = None) -> None:
+        super().__init__(message)
+        self.status, self.parameter, self.headers = status, parameter, headers
 
 
 def json_response(start_response: Callable, status: str, document: Any,

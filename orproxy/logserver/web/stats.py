@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from orproxy.logserver.query import Where
+from orproxy.logserver.web.query import Where
 
 PERCENTILES = (50, 90, 95, 99)
 

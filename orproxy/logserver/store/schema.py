@@ -1,6 +1,6 @@
 """The fields of an indexed exchange, declared once: the SQLite columns, the items of
 `GET /api/requests` and their OpenAPI schema all come from `FIELDS` (as gunicorn declares
-each setting once). `row_from_document()` turns an exchange's metadata document (blobs.py)
+each setting once). `row_from_document()` turns an exchange's metadata document (record.py)
 into one row.
 
 Times are epoch seconds (UTC, as `time.time()`), durations milliseconds.
@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver import derive
+from orproxy.logserver.llm import apis, derive
+from orproxy.logserver.store.record import STATES, ExchangeRecord
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,6 @@ class Field:
             schema["enum"] = [*self.enum, None]
         return schema
 
-
-STATES = ("in_flight", "complete", "incomplete")
 
 FIELDS: tuple[Field, ...] = (
     Field("id", "str", "The exchange's UUID (the X-Request-Id the client saw)."),
@@ -65,8 +64,8 @@ FIELDS: tuple[Field, ...] = (
     Field("log_dropped_bytes", "int", "Bytes proxied but not logged (slow logging server)."),
     Field("stored_bytes", "int", "Bytes of this exchange's files in the log directory."),
     Field("content_type", "str", "The response's Content-Type."),
-    Field("api", "str", "Which API the exchange speaks: openai (chat completions), anthropic "
-          "(messages), openai-responses, openai-embeddings."),
+    Field("api", "str", "Which API the exchange speaks: "
+          + ", ".join(f"{api.NAME} ({api.TITLE})" for api in apis.APIS) + "."),
     Field("provider", "str", "The provider that served the request, when the upstream says "
           "(OpenRouter's `provider`)."),
     Field("model", "str", "The model that answered, else the model requested."),
@@ -122,33 +121,21 @@ def _ms(start: Any, end: Any) -> float | None:
 def row_from_document(document: dict[str, Any], stored_bytes: int | None = None) -> dict[str, Any]:
     """One index row from a metadata document: proxy metadata first, then what the logging
     server saw itself (part heads), then the derived LLM fields."""
-    proxy = document.get("proxy") if isinstance(document.get("proxy"), dict) else {}
-    parts = document.get("parts") if isinstance(document.get("parts"), dict) else {}
-    request = parts.get("request") or {}
-    response = parts.get("response") or {}
-    req_head, resp_head = request.get("head") or {}, response.get("head") or {}
-    derived = document.get("derived") if isinstance(document.get("derived"), dict) else {}
-    received = [p.get("received_at") for p in parts.values() if isinstance(p, dict)
-                and isinstance(p.get("received_at"), (int, float))]
-    started_at = proxy.get("started_at") or (min(received) if received else None) \
-        or _file_time(document.get("timestamp"))
-    if proxy:
-        state = "complete"
-    elif any(isinstance(p, dict) and p.get("error") for p in parts.values()):
-        state = "incomplete"
-    else:
-        state = "in_flight"
+    record = ExchangeRecord(document)
+    proxy, derived = record.proxy, record.derived
+    req_head, resp_head = record.head("request"), record.head("response")
+    started_at = proxy.get("started_at") or record.received_at or _file_time(document.get("timestamp"))
     row: dict[str, Any] = {
         "id": document.get("id"),
         "rev": int(document.get("rev") or 0),
-        "prefix": f"{document.get('timestamp')}_{str(document.get('id'))[:8]}",
+        "prefix": record.prefix,
         "started_at": started_at,
         "ended_at": proxy.get("ended_at"),
         "duration_ms": _ms(started_at, proxy.get("ended_at")),
         "ttft_ms": _ms(started_at, proxy.get("first_byte_at")),
-        "state": state,
+        "state": record.state,
         "method": proxy.get("method") or req_head.get("method"),
-        "path": proxy.get("path") or req_head.get("path"),
+        "path": record.request_path(),
         "route": proxy.get("route"),
         "upstream_url": proxy.get("upstream_url"),
         "client_addr": proxy.get("client_addr"),
@@ -158,8 +145,7 @@ def row_from_document(document: dict[str, Any], stored_bytes: int | None = None)
         "request_bytes": proxy.get("request_bytes"),
         "response_bytes": proxy.get("response_bytes"),
         "log_dropped_bytes": proxy.get("log_dropped_bytes"),
-        "stored_bytes": stored_bytes if stored_bytes is not None else sum(
-            p.get("bytes") or 0 for p in parts.values() if isinstance(p, dict)),
+        "stored_bytes": record.stored_bytes if stored_bytes is None else stored_bytes,
         "content_type": resp_head.get("content_type"),
     }
     for name in derive.FIELDS:
@@ -196,7 +182,7 @@ _CONVERTERS = tuple((f.name, {"str": _as_str, "int": _as_int, "float": _as_float
 
 
 def _file_time(stamp: Any) -> float | None:
-    """Epoch seconds of a file-name timestamp (local time, as blobs.timestamp writes it)."""
+    """Epoch seconds of a file-name timestamp (local time, as logdir.timestamp writes it)."""
     try:
         return time.mktime(time.strptime(str(stamp)[:19], "%Y-%m-%d_%H-%M-%S")) + int(str(stamp)[20:23]) / 1000
     except (ValueError, OverflowError):

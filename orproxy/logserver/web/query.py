@@ -19,12 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orproxy.logserver.fields import STATES, to_api
-from orproxy.logserver.index import last_seq
-from orproxy.logserver.units import parse_time
+from orproxy.logserver.llm import apis
+from orproxy.logserver.store.index import last_seq
+from orproxy.logserver.store.record import STATES
+from orproxy.logserver.store.schema import to_api
+from orproxy.logserver.web.units import parse_time
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+LIVE_PARAMS = {"since"}  # accepted by the live feed besides the filters (a seq there, live/feed.py)
 _STATUS_RE = re.compile(r"^([1-5])(?:xx|\d\d)$", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"^[^\x00-\x1f,]{1,200}$")
 _LIKE_ESCAPE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
@@ -186,7 +189,7 @@ FILTERS: tuple[Param, ...] = (
     Param("model", "Model(s), comma-separated, matched against the model answered and the "
           "model requested; a trailing `*` matches a prefix.", "anthropic/claude-*", _model),
     Param("provider", "Provider(s) as the upstream named them (OpenRouter).", "Anthropic", _provider),
-    Param("api", "openai, anthropic, openai-responses, openai-embeddings.", "anthropic", _api),
+    Param("api", ", ".join(api.NAME for api in apis.APIS) + ".", "anthropic", _api),
     Param("state", "in_flight, complete, incomplete; comma-separated.", "in_flight", _state),
     Param("streamed", "Only streamed (true) or only non-streamed (false) responses.", "true",
           _bool("streamed", "streamed")),

@@ -43,15 +43,14 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
-from orproxy.logserver import query
-from orproxy.logserver.fields import to_api
-from orproxy.logserver.index import TOMBSTONE_SEQS, Index, last_seq
+from orproxy.logserver.store.index import TOMBSTONE_SEQS, Index, last_seq
+from orproxy.logserver.store.schema import to_api
+from orproxy.logserver.web import query
 
 INTERVAL = 0.25          # seconds between polls of the index
 QUEUE_SIZE = 64          # messages a client may have waiting
 BATCH = 200              # rows per message
 CATCH_UP_MAX = 2000      # more changed rows than this since a client's `since`: reset
-LIVE_PARAMS = {"since"}  # accepted besides the list's filter parameters
 
 Filters = dict[str, list[str]]
 
@@ -62,7 +61,7 @@ def _dumps(message: dict[str, Any]) -> str:
 
 def filter_key(params: Filters) -> str:
     """A canonical form of a filter, so that clients with the same filter share one query."""
-    return json.dumps(sorted((k, sorted(v)) for k, v in params.items() if k not in LIVE_PARAMS))
+    return json.dumps(sorted((k, sorted(v)) for k, v in params.items() if k not in query.LIVE_PARAMS))
 
 
 def changes(conn: sqlite3.Connection, after: int, limit: int, wheres: dict[str, query.Where],
@@ -107,7 +106,7 @@ class Subscriber:
 
     def __init__(self, params: Filters) -> None:
         self.key = filter_key(params)
-        where = query.parse_filters({k: v for k, v in params.items() if k not in LIVE_PARAMS}, set())
+        where = query.parse_filters({k: v for k, v in params.items() if k not in query.LIVE_PARAMS}, set())
         # flat(): every condition as a plain clause (query.py may keep some apart for list_rows)
         self.where = where.flat() if hasattr(where, "flat") else where
         self.queue: Queue = Queue(QUEUE_SIZE)

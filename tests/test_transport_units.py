@@ -213,6 +213,16 @@ def test_header_pairs_answer_as_a_case_insensitive_mapping_and_keep_repeats():
     assert list(headers.items()) == pairs and len(headers) == 3
 
 
+def test_header_pairs_copy_and_update_as_urllib3_merges_its_proxy_headers():
+    headers = HeaderPairs([("Host", "h"), ("X-Repeat", "1"), ("x-repeat", "2")])
+    merged = headers.copy()
+    merged.update({})  # urllib3's usual proxy headers: none
+    assert merged.items() == headers.items() and merged.items() is not headers.items()
+    merged.update({"X-REPEAT": "3", "Proxy-Authorization": "Basic x"})
+    assert merged.items() == [("Host", "h"), ("X-REPEAT", "3"), ("Proxy-Authorization", "Basic x")]
+    assert headers.items() == [("Host", "h"), ("X-Repeat", "1"), ("x-repeat", "2")]  # the original kept
+
+
 def test_masked_masks_configured_names_and_cookies_and_keeps_the_rest():
     headers = [("Authorization", "Bearer sk-or-v1-0123456789abcdef"), ("X-Team-Token", "tok-0123456789wxyz"),
                ("Cookie", "session=0123456789abcdef"), ("Set-Cookie", "a=b"), ("Accept", "*/*")]

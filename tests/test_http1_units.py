@@ -251,6 +251,7 @@ def test_partial_writes_are_completed():
 
 @pytest.mark.parametrize("url, key, netloc, target", [
     ("http://h", ("http", "h", 80), "h", "/"),
+    ("http://h/p?q=%2f", ("http", "h", 80), "h", "/p?q=%2f"),
     ("https://h", ("https", "h", 443), "h", "/"),
     ("http://h:8080", ("http", "h", 8080), "h:8080", "/"),
     ("https://h:443/a/b%2Fc?x=%41&y", ("https", "h", 443), "h:443", "/a/b%2Fc?x=%41&y"),

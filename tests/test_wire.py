@@ -20,13 +20,15 @@ CHUNKED = [("Transfer-Encoding", "chunked")]
 SSE = [("Content-Type", "text/event-stream"), *CHUNKED]
 
 
+# By type(): isinstance() on a weakref proxy whose object is gone raises ReferenceError.
+
 def live_greenlets():
     """Greenlets spawned (by the servers, the proxy, the scripts) that have not ended."""
-    return [o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead]
+    return [o for o in gc.get_objects() if issubclass(type(o), gevent.Greenlet) and not o.dead]
 
 
 def open_sockets():
-    return [o for o in gc.get_objects() if isinstance(o, socket.socket) and o.fileno() != -1]
+    return [o for o in gc.get_objects() if issubclass(type(o), socket.socket) and o.fileno() != -1]
 
 
 class Wire(object):

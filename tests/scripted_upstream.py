@@ -162,7 +162,7 @@ class ScriptedUpstream:
             peer.close()
 
     def stop(self) -> None:
-        self.server.stop(timeout=1)  # kills scripts still running
+        self.server.stop(timeout=0)  # kills the scripts still running: the test is over
         for peer in self.peers:
             peer.close()
 

@@ -3,70 +3,30 @@ against scripted upstreams (scripted_upstream.py) that hold bytes back, dribble 
 the chunking or close mid-body, and a raw client whose answers h11 reads (wire_harness.py).
 Each test asserts what reached the client, what reached the upstream, and what was logged.
 """
-import gc
 import json
 import time
 
 import gevent
 import pytest
-from gevent import socket
 from gevent.event import Event
 
-from scripted_upstream import ScriptedUpstream, chunk, closed_port, response_head
-from wire_harness import InProcessProxy, LogApp, RawClient
+from scripted_upstream import chunk, closed_port, response_head
+from wire_harness import Wire, live_greenlets, open_sockets
 
 SECRET = "sk-or-v1-0123456789abcdef0123"
 CHUNKED = [("Transfer-Encoding", "chunked")]
 SSE = [("Content-Type", "text/event-stream"), *CHUNKED]
 
 
-# By type(): isinstance() on a weakref proxy whose object is gone raises ReferenceError.
-
-def live_greenlets():
-    """Greenlets spawned (by the servers, the proxy, the scripts) that have not ended."""
-    return [o for o in gc.get_objects() if issubclass(type(o), gevent.Greenlet) and not o.dead]
-
-
-def open_sockets():
-    return [o for o in gc.get_objects() if issubclass(type(o), socket.socket) and o.fileno() != -1]
-
-
-class Wire(object):
-    """One test's servers and clients, all stopped and closed at teardown."""
-
-    def __init__(self, log_dir):
-        self.log = LogApp(log_dir)
-        self.opened = []
-
-    def _keep(self, thing, close):
-        self.opened.append(close)
-        return thing
-
-    def upstream(self, *scripts):
-        upstream = ScriptedUpstream(*scripts)
-        return self._keep(upstream, upstream.stop)
-
-    def proxy(self, upstream_url, **route):
-        proxy = InProcessProxy([{"source": "/up/", "destination": upstream_url + "/", "name": "up", **route}],
-                               self.log.url)
-        return self._keep(proxy, proxy.close)
-
-    def client(self, proxy):
-        client = RawClient(proxy.port)
-        return self._keep(client, client.close)
-
-    def close(self):
-        for close in reversed(self.opened):  # clients first, the upstreams last
-            close()
-        self.log.close()
-
-
 @pytest.fixture
 def wire(tmp_path):
+    """The test's harness; the test fails if a server logged an error, or if it leaves a
+    greenlet running or a socket open."""
     before, sockets_before = live_greenlets(), open_sockets()
     harness = Wire(tmp_path / "logs")
     yield harness
-    harness.close()
+    errors = harness.close()
+    assert not errors, errors
     with gevent.Timeout(5, False):
         while len(live_greenlets()) > len(before):
             gevent.sleep(0.01)

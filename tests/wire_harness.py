@@ -8,6 +8,7 @@ answer with h11, so that no check relies on the proxy's own parser.
 """
 from __future__ import annotations
 
+import gc
 import io
 from dataclasses import dataclass, field
 
@@ -19,13 +20,25 @@ from orproxy.config import parse_config
 from orproxy.hosting.server import GracefulWSGIServer
 from orproxy.logserver.app import LogServerApp
 from orproxy.proxy import ProxyApp
+from scripted_upstream import ScriptedUpstream
 
 TIMEOUT = 10.0  # a generous bound on any one wait: the tests assert properties, not speed
 
 
+# By type(): isinstance() on a weakref proxy whose object is gone raises ReferenceError.
+
+def live_greenlets():
+    """Greenlets spawned (by the servers, the proxy, the scripts) that have not ended."""
+    return [o for o in gc.get_objects() if issubclass(type(o), gevent.Greenlet) and not o.dead]
+
+
+def open_sockets():
+    return [o for o in gc.get_objects() if issubclass(type(o), socket.socket) and o.fileno() != -1]
+
+
 class Served:
     """An app (a HostedApp) under GracefulWSGIServer on 127.0.0.1:0; what the server logs
-    as errors is kept in `errors` for the failure report."""
+    as errors (an app's tracebacks) is kept in `errors`."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -197,3 +210,39 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Wire:
+    """One test's servers and clients, all stopped and closed at teardown."""
+
+    def __init__(self, log_dir):
+        self.log = LogApp(log_dir)
+        self.opened = []
+        self.served = [self.log.served]
+
+    def _keep(self, thing, close):
+        self.opened.append(close)
+        return thing
+
+    def upstream(self, *scripts):
+        upstream = ScriptedUpstream(*scripts)
+        return self._keep(upstream, upstream.stop)
+
+    def proxy(self, upstream_url, **route):
+        """A proxy with one route, /up/ -> the upstream (path kept), and `route`'s options."""
+        proxy = InProcessProxy([{"source": "/up/", "destination": upstream_url + "/", "name": "up", **route}],
+                               self.log.url)
+        self.served.append(proxy.served)
+        return self._keep(proxy, proxy.close)
+
+    def client(self, proxy):
+        client = RawClient(proxy.port)
+        return self._keep(client, client.close)
+
+    def close(self) -> str:
+        """Stop and close everything; what the servers logged as errors (tracebacks of
+        the apps, which no test expects)."""
+        for close in reversed(self.opened):  # clients first, the upstreams last
+            close()
+        self.log.close()
+        return "".join(served.errors.getvalue() for served in self.served)

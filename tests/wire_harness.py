@@ -219,6 +219,7 @@ class Wire:
         self.log = LogApp(log_dir)
         self.opened = []
         self.served = [self.log.served]
+        self.upstreams = []
 
     def _keep(self, thing, close):
         self.opened.append(close)
@@ -226,6 +227,7 @@ class Wire:
 
     def upstream(self, *scripts):
         upstream = ScriptedUpstream(*scripts)
+        self.upstreams.append(upstream)
         return self._keep(upstream, upstream.stop)
 
     def proxy(self, upstream_url, **route):
@@ -240,9 +242,10 @@ class Wire:
         return self._keep(client, client.close)
 
     def close(self) -> str:
-        """Stop and close everything; what the servers logged as errors (tracebacks of
-        the apps, which no test expects)."""
+        """Stop and close everything; what went wrong unseen, which no test expects: the
+        servers' logged errors (the apps' tracebacks) and the scripts' exceptions."""
         for close in reversed(self.opened):  # clients first, the upstreams last
             close()
         self.log.close()
-        return "".join(served.errors.getvalue() for served in self.served)
+        return "".join([*(served.errors.getvalue() for served in self.served),
+                        *(f"upstream script: {e!r}\n" for u in self.upstreams for e in u.errors)])

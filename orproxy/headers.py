@@ -5,6 +5,8 @@ Headers travel as lists of (name, value) pairs so that order, case and repeats
 """
 from __future__ import annotations
 
+from typing import Any
+
 Headers = list[tuple[str, str]]
 
 # RFC 9110 section 7.6.1: these describe one connection, not the message. `Expect` is
@@ -71,7 +73,8 @@ class HeaderPairs:
     of a header mapping: `name in h` and `h.get(name)` (case-insensitive), iteration over
     the names, `items()` over the pairs (repeats included). So one object is the request
     headers for orproxy's adapter, which sends the pairs exactly, and for requests' own
-    HTTPAdapter; and the response headers either adapter's `raw` offers."""
+    HTTPAdapter; and the response headers either adapter's `raw` offers. urllib3 also
+    copies request headers and merges its proxy headers into the copy (`copy`, `update`)."""
 
     __slots__ = ("pairs",)
 
@@ -93,3 +96,13 @@ class HeaderPairs:
     def get(self, name: str, default: str | None = None) -> str | None:
         value = header_value(self.pairs, name)
         return default if value is None else value
+
+    def copy(self) -> HeaderPairs:
+        return HeaderPairs(list(self.pairs))
+
+    def update(self, other: Any) -> None:
+        """Set each header of the mapping `other`, replacing those of the same name."""
+        for name, value in other.items():
+            lower = name.lower()
+            self.pairs = [(n, v) for n, v in self.pairs if n.lower() != lower]
+            self.pairs.append((name, value))

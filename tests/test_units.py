@@ -1,9 +1,9 @@
-"""Pure functions: routing rewrites, header rules, secret masking, the transport's URL split."""
+"""Pure functions: routing rewrites, header rules, secret masking (http1's head writer and
+URL split: test_http1_units.py)."""
 import pytest
 
 from orproxy.headers import mask_secret, masked, strip_hop_by_hop
 from orproxy.routes import Route, RouteTable
-from orproxy.http1 import head, split_url
 
 
 def table(*routes):
@@ -61,16 +61,3 @@ def test_masking_is_case_insensitive_and_configurable():
                                                              ("X-Custom-Token", "0123456789abcdef")]
     assert masked(headers, frozenset({"x-custom-token"}))[1] == ("X-Custom-Token", "****cdef")
 
-
-def test_serialized_head_uses_crlf_and_ends_with_a_blank_line():
-    assert head("GET / HTTP/1.1", [("A", "1")]) == b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"
-
-
-@pytest.mark.parametrize("url, key, netloc, target", [
-    ("http://h/p?q=%2f", ("http", "h", 80), "h", "/p?q=%2f"),
-    ("https://h:8443/a", ("https", "h", 8443), "h:8443", "/a"),
-    ("http://[::1]:9/x", ("http", "::1", 9), "[::1]:9", "/x"),
-    ("https://h", ("https", "h", 443), "h", "/"),
-])
-def test_split_url_keeps_the_target_byte_for_byte(url, key, netloc, target):
-    assert split_url(url) == (key, netloc, target)

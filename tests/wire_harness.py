@@ -83,8 +83,6 @@ class LogApp:
     def close(self) -> None:
         self.served.stop()
         self.app.close()
-        for pool in (self.app.api.pool, self.app.indexer.pool):
-            pool.kill()
 
 
 class InProcessProxy:

@@ -47,11 +47,12 @@ class LogServerApp:
         self.feed = LiveFeed(self.index, self.stopping)
         live = LiveTransport(self.feed)
         static = StaticFiles()
+        self.api = Api(self.log_dir, self.index, self._health)
         self.handlers: dict[str, Callable[..., Any]] = {
             "index": lambda environ, start_response: static(environ, start_response, "index.html"),
             "static": static,
             "ingest": self._ingest,
-            **Api(self.log_dir, self.index, self._health).handlers(),
+            **self.api.handlers(),
             "live_websocket": live.websocket,
             "live_events": live.events,
             "tail_response": Tail(self.log_dir, self.stopping),
@@ -79,10 +80,13 @@ class LogServerApp:
             self.retention.start()
 
     def close(self) -> None:
-        """Write what the index queue still holds (up to 5 s) and stop the background work."""
+        """Write what the index queue still holds (up to 5 s) and stop the background work
+        and its threads (at exit; and tests that serve the app in their own process)."""
         try:
             self.retention.close()
             self.index.close()
+            for pool in (self.api.pool, self.deriver.pool):
+                pool.kill()
         except Exception as e:  # at exit: say it, do not raise
             print(f"orlogserver: closing the index: {e!r}", file=sys.stderr, flush=True)
 

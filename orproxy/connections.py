@@ -69,9 +69,10 @@ class ConnectionPool:
         self.idle: dict[Key, deque[Connection]] = {}
         self.tls = tls_context()
 
-    def get(self, key: Key, connect_timeout: float) -> tuple[Connection, bool]:
-        """A connection to `key` and whether it was reused from the pool."""
-        idle = self.idle.get(key)
+    def get(self, key: Key, connect_timeout: float, fresh: bool = False) -> tuple[Connection, bool]:
+        """A connection to `key` and whether it was reused from the pool (`fresh`: a new one:
+        after a stale pooled connection, the next pooled one may be stale too)."""
+        idle = self.idle.get(key) if not fresh else None
         while idle:
             conn = idle.pop()
             if conn.is_reusable():

@@ -31,6 +31,10 @@ class MalformedResponse(Exception):
     """The peer's answer is not HTTP/1.1 we can read (or it broke off inside its head)."""
 
 
+class _AfterTheEnd(Exception):
+    """Raised inside httptools to stop it at bytes that follow a complete response."""
+
+
 class NoResponse(Exception):
     """The peer closed the connection without sending a byte (a stale pooled connection)."""
 
@@ -164,11 +168,19 @@ class ResponseParser:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.complete = True  # a 101: the head is complete, the rest belongs to the tunnel
+        except httptools.HttpParserCallbackError:
+            if not self.extra:
+                raise
         except httptools.HttpParserError as e:
             raise MalformedResponse(f"malformed response: {e}") from e
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.complete and not self.pipelined:
+            # Bytes after the end, in the same buffer: not a next response to relay, a reason
+            # not to reuse the connection. Raising stops llhttp here.
+            self.extra = True
+            raise _AfterTheEnd()
         self.headers, self._reason_parts, self.head_done = [], [], False
 
     def on_status(self, status: bytes) -> None:
@@ -208,7 +220,12 @@ def read_head(sock: socket.socket, parser: ResponseParser, raw: bytearray | None
     when it closes inside the head, or the head exceeds MAX_HEAD."""
     received = 0
     while not parser.head_done:
-        data = receive(sock)
+        try:
+            data = receive(sock)
+        except ConnectionResetError:
+            if received:
+                raise
+            raise NoResponse() from None  # reset before any byte: the same, for a pooled connection
         if not data:
             if not received:
                 raise NoResponse()

@@ -131,7 +131,8 @@ class ProxyApp:
         pairs = list(raw.headers.items())
         content_type = (header_value(pairs, "content-type") or "").lower()
         exchange.streamed = content_type.startswith(STREAMING_TYPES) or (
-            header_value(pairs, "content-length") is None)
+            header_value(pairs, "content-length") is None and exchange.method != "HEAD"
+            and response.status_code not in (204, 304))
         version = f"{raw.version // 10}.{raw.version % 10}"
         log.response_head(f"HTTP/{version} {response.status_code} {response.reason}", pairs)
         headers = strip_hop_by_hop(pairs)

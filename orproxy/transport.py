@@ -18,7 +18,7 @@ bodies: none of which a proxy may do.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import requests
@@ -29,6 +29,9 @@ from orproxy.connections import Connection, ConnectionPool
 from orproxy.headers import HeaderPairs, Headers, header_value
 from orproxy.http1 import (BLOCK, MalformedResponse, NoResponse, ResponseParser, head, read_head, receive,
                            send_message, split_url)
+
+
+REPLAY_LIMIT = 1024 * 1024  # bytes of a request body kept, to send it again on a stale connection
 
 
 class UpstreamBroken(requests.exceptions.ChunkedEncodingError):
@@ -115,6 +118,34 @@ class ResponseBody:
             self.conn.close()
 
 
+class _Replay:
+    """A request body sent so that it can be sent again: the blocks that went out are kept,
+    up to REPLAY_LIMIT bytes (past that, `possible` is False), and `blocks()` on a second
+    try sends them again, then goes on with the rest of the body."""
+
+    __slots__ = ("source", "sent", "size")
+
+    def __init__(self, blocks: Iterable[bytes]) -> None:
+        self.source = iter(blocks)
+        self.sent: list[bytes] | None = []
+        self.size = 0
+
+    @property
+    def possible(self) -> bool:
+        return self.sent is not None
+
+    def blocks(self) -> Iterator[bytes]:
+        yield from self.sent or ()
+        for block in self.source:
+            if self.sent is not None:
+                self.size += len(block)
+                if self.size <= REPLAY_LIMIT:
+                    self.sent.append(block)
+                else:
+                    self.sent = None
+            yield block
+
+
 class LeanResponse(requests.Response):
     """A requests.Response whose header dict and cookie jar are built only if asked for:
     the proxy reads the raw header pairs, and building both cost more than parsing the head."""
@@ -185,21 +216,24 @@ class StreamingAdapter(BaseAdapter):
                 headers.append(("Transfer-Encoding", "chunked"))
         chunked = blocks is body and not has_length
         message_head = head(f"{request.method} {target} HTTP/1.1", headers)
-        replayable = blocks is not body  # a streamed body cannot be sent twice
+        replay = _Replay(blocks)
 
         for attempt in (1, 2):
-            conn, reused = self.pool.get(key, connect_timeout or 10.0)
+            conn, reused = self.pool.get(key, connect_timeout or 10.0, fresh=attempt == 2)
             conn.sock.settimeout(read_timeout)
             parser = ResponseParser(no_body=request.method == "HEAD")
             try:
-                send_message(conn.sock, message_head, blocks, chunked)
+                send_message(conn.sock, message_head, replay.blocks(), chunked)
                 read_head(conn.sock, parser)
                 break
-            except NoResponse:
+            except (NoResponse, BrokenPipeError, ConnectionResetError) as e:
+                # A pooled connection the upstream closed while it was idle: nothing was
+                # answered, so the request goes again, once, on a new connection, if what
+                # was sent of its body can be sent again.
                 conn.close()
-                if attempt == 2 or not (reused and replayable):
+                if attempt == 2 or not (reused and replay.possible):
                     raise requests.exceptions.ConnectionError(
-                        "upstream closed the connection without answering") from None
+                        f"upstream closed the connection without answering{f' ({e})' if str(e) else ''}") from None
             except TimeoutError as e:
                 conn.close()
                 raise requests.exceptions.ReadTimeout(f"no response within {read_timeout} s") from e

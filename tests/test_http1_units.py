@@ -171,8 +171,6 @@ def test_bytes_after_the_end_are_extra():
     assert parser.extra and parser.status == 200 and body(parser) == b"ok"
 
 
-@pytest.mark.xfail(strict=True, reason="http1.ResponseParser parses bytes that follow a complete "
-                   "response in the same buffer as a next response (see the proxytests report)")
 def test_bytes_after_the_end_in_the_same_buffer_are_extra():
     parser = parsed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                     b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nbad")

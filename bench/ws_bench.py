@@ -4,7 +4,7 @@
     .venv/bin/python bench/ws_bench.py --quick    # fewer round trips and transfers
     .venv/bin/python bench/ws_bench.py --pin --rounds 30   # pinned, steadier medians
 
-Targets: the WebSocket upstream of the tests (tests/ws_upstream.py) directly; orproxy with
+Targets: the WebSocket upstream of the tests (orproxy.testing.ws_upstream) directly; orproxy with
 logging on (its orlogserver writing to tmpfs), the default; orproxy with logging off; nginx
 (when installed) as a plain WebSocket reverse proxy, one worker: what any proxy's extra hop
 costs on this machine.
@@ -35,7 +35,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.procs import Proc, cpu_ticks, free_port, minor_faults, wait_idle  # noqa: E402
 from bench.targets import nginx_binary  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 SMALL = b"x" * 32
 BIG = 16 * 1024 * 1024
@@ -198,7 +197,7 @@ def main():
     outdir = tempfile.mkdtemp(prefix="orproxy-wsbench-", dir=tmpfs)
     procs = []
     try:
-        upstream = start("ws_upstream", [sys.executable, os.path.join(ROOT, "tests", "ws_upstream.py"),
+        upstream = start("ws_upstream", [sys.executable, "-m", "orproxy.testing.ws_upstream",
                                          "--port", "0"], outdir, cpus("1"))
         procs.append(upstream)
         logserver = start("orlogserver", [os.path.join(BIN, "orlogserver"), "--port", "0", "--log-dir",

@@ -1,7 +1,7 @@
 """Fixtures that run the real programs as processes on 127.0.0.1.
 
 Session-wide processes, restarted on the same port if a test stopped or broke them:
-  fake_upstream   tests/fake_upstream.py (.url, .stats(), .reset_stats(), .wait_stats())
+  fake_upstream   orproxy.testing.fake_upstream (.url, .stats(), .reset_stats(), .wait_stats())
   logserver       orlogserver (.url, .log_dir, .stop(), .kill(), .start(), .files(uuid),
                   .wait_for_file(uuid, kind), .wait_for_metadata(uuid))
   proxy           orproxy with the default configuration; .stdout_text() shows only the
@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import (TESTS_DIR, ServerProcess, StartupError, child_env, free_port,
+from helpers import (ServerProcess, StartupError, child_env, free_port,
                      http_json, port_open, run_command, script, wait_until)
 
 STARTUP_TIMEOUT = 10.0
@@ -41,7 +41,7 @@ STARTUP_TIMEOUT = 10.0
 # Fake upstream
 
 class FakeUpstream(object):
-    """The fake upstream process; see tests/fake_upstream.py for its endpoints."""
+    """The fake upstream process; see orproxy/testing/fake_upstream.py for its endpoints."""
 
     def __init__(self, workdir):
         self.workdir = Path(workdir)
@@ -50,7 +50,7 @@ class FakeUpstream(object):
         self.url = None
 
     def start(self):
-        argv = [sys.executable, str(TESTS_DIR / "fake_upstream.py"),
+        argv = [sys.executable, "-m", "orproxy.testing.fake_upstream",
                 "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = ServerProcess("fake_upstream", argv, self.workdir)
         self.url = _start_on_port(self.process, self.port)

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fake_upstream import pattern_bytes, pattern_sha256, stream_piece, stream_text
+from orproxy.testing.llm_api import stream_piece, stream_text
+from orproxy.testing.pattern import pattern_bytes, pattern_sha256
 
-__all__ = ["VENV_BIN", "TESTS_DIR", "script", "child_env", "free_port", "port_open", "wait_until",
+__all__ = ["VENV_BIN", "script", "child_env", "free_port", "port_open", "wait_until",
            "ServerProcess", "StartupError", "run_command", "http_request", "http_json",
            "pattern_bytes", "pattern_sha256", "stream_piece", "stream_text"]
 
-TESTS_DIR = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 LISTENING_RE = re.compile(r"listening on (https?://[^\s]+)")
 

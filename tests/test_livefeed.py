@@ -14,8 +14,7 @@ import requests
 import websocket
 
 from api_helpers import ApiClient
-from fake_upstream import stream_text
-from helpers import ServerProcess, child_env, free_port, http_request, script, wait_until
+from helpers import ServerProcess, child_env, free_port, http_request, script, stream_text, wait_until
 from live_helpers import Stack, StreamingChat, send_chat, sse_events, wait_row
 
 

@@ -1,6 +1,6 @@
 """WebSocket upgrades through a real orproxy (issue 5), under its own server and gunicorn.
 
-The upstream is tests/ws_upstream.py (the `websockets` library, a process of its own). The
+The upstream is orproxy/testing/ws_upstream.py (the `websockets` library, a process of its own). The
 clients are two independent libraries, `websocket-client` and `websockets`, plus raw
 sockets where the exact bytes matter. Every test checks payloads both ways exactly, and
 the logged message stream against what was sent. Unit tests of the pieces are in
@@ -28,7 +28,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from conftest import SERVERS, build_config, start_proxy
-from helpers import TESTS_DIR, ServerProcess, http_json, join_messages, wait_until
+from helpers import ServerProcess, http_json, join_messages, wait_until
 
 
 
@@ -36,7 +36,7 @@ from helpers import TESTS_DIR, ServerProcess, http_json, join_messages, wait_unt
 
 class WsUpstream(object):
     def __init__(self, workdir, tls=None):
-        argv = [sys.executable, str(TESTS_DIR / "ws_upstream.py"), "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "orproxy.testing.ws_upstream", "--host", "127.0.0.1",
                 "--port", "0"]
         if tls:
             argv += ["--certfile", tls[0], "--keyfile", tls[1]]

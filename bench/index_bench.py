@@ -1,6 +1,6 @@
 """The logging server's index under load (issue 3's targets), printed as a table.
 
-  1. Seeds N exchanges (default 100,000) as files (bench/seed_logs.py), then times
+  1. Seeds N exchanges (default 100,000) as files (orproxy/testing/seed_logs.py), then times
      `orlogserver --reindex` on them.
   2. Starts `orlogserver` on that log dir and measures API latency, one request at a time
      over a keep-alive connection: the newest 50, a filter on model and time range (the
@@ -44,7 +44,7 @@ from gevent.pool import Pool  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.seed_logs import BASE_TIME, seed  # noqa: E402
+from orproxy.testing.seed_logs import BASE_TIME, seed  # noqa: E402
 
 VENV_BIN = os.path.dirname(sys.executable)
 TARGET_MS = 50.0

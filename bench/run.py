@@ -4,7 +4,7 @@
 
 Starts the fake upstream, orproxy with its logging server, and nginx (when installed),
 pins the proxies to CPU 0 and the upstream and load generator to CPU 1, runs the
-scenarios of bench/scenarios.py, prints a table and saves JSON. See bench/README.md.
+scenarios of bench/scenarios/, prints a table and saves JSON. See bench/README.md.
 """
 from gevent import monkey
 

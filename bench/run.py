@@ -285,6 +285,11 @@ def parse_args(argv=None):
                     "lowered to what the open-files limit lets every process hold; given, it is not)")
     ap.add_argument("--held-ramp", type=float, metavar="S",
                     help="seconds over which scenario streams10k starts its streams (default 10, quick 1)")
+    ap.add_argument("--ws-rounds", type=int, metavar="N",
+                    help="rounds of transfers of scenario websocket (default 10, quick 3): more give steadier medians")
+    ap.add_argument("--ws-pin", action="store_true",
+                    help="scenario websocket: orproxy and orlogserver on CPU 0, the upstream and client on CPU 1 "
+                    "(direct then has one core for both ends: flatters the proxy); by default not pinned")
     ap.add_argument("--install", action="store_true", help="apt-get install nginx and wrk when missing (needs root)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even when wrk is installed")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

@@ -30,6 +30,7 @@ from bench import load, report  # noqa: E402
 from bench.procs import StartError, cpu_ticks, raise_nofile, wait_idle  # noqa: E402
 from bench.report import Row  # noqa: E402
 from bench.scenarios import CHAT, FULL, QUICK, SCENARIOS, log_dir_size, run_all  # noqa: E402
+from bench.scenarios.index import OPTIONS as INDEX_OPTIONS  # noqa: E402
 from bench.targets import Direct, Nginx, Orproxy, Upstream  # noqa: E402
 
 DEFAULT_JSON = os.path.join(REPO, "bench", "results", "latest.json")
@@ -290,6 +291,8 @@ def parse_args(argv=None):
     ap.add_argument("--ws-pin", action="store_true",
                     help="scenario websocket: orproxy and orlogserver on CPU 0, the upstream and client on CPU 1 "
                     "(direct then has one core for both ends: flatters the proxy); by default not pinned")
+    for key, kind, what in INDEX_OPTIONS:
+        ap.add_argument("--index-" + key, type=kind, metavar="N", help="scenario index: " + what)
     ap.add_argument("--install", action="store_true", help="apt-get install nginx and wrk when missing (needs root)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even when wrk is installed")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

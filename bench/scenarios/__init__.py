@@ -9,6 +9,6 @@ from bench.scenarios.registry import FULL, QUICK, SCENARIOS, run_all, scenario
 # Imported for their @scenario registration, in the order of a plain run.
 from bench.scenarios import latency, rps, sse, tokens, bulk, logdown, streams10k, gunicorn  # noqa: E402,F401,I001
 # Not in a plain run (default=False): --only websocket, --only index.
-from bench.scenarios import websocket  # noqa: E402,F401
+from bench.scenarios import websocket, index  # noqa: E402,F401,I001
 
 __all__ = ["CHAT", "FULL", "QUICK", "SCENARIOS", "log_dir_size", "run_all", "scenario"]

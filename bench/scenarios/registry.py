@@ -32,11 +32,13 @@ FULL = {
     "held_streams": 10000, "held_events": 40, "held_interval_ms": 500, "held_ramp_s": 10.0,
     "gu_conc": 64, "gu_workers": 2, "gu_rounds": 2,
     "ws_rounds": 10, "ws_echoes": 1000,
+    "idx_count": 100_000, "idx_queries": 300, "idx_rate": 500, "idx_seconds": 10.0,
+    "idx_burst": 5000, "idx_concurrency": 32,
 }
 QUICK = dict(FULL, lat_warmup=20, lat_requests=200, lat_rounds=2, rps_duration=1,
              rps_warmup=0.3, sse_events=25, tok_events=25, fb_count=10, down_bytes=64 << 20, up_bytes=16 << 20,
              logdown_duration=1, held_streams=500, held_events=10, held_ramp_s=1.0, gu_rounds=1,
-             ws_rounds=3, ws_echoes=300)
+             ws_rounds=3, ws_echoes=300, idx_count=20_000, idx_queries=100, idx_seconds=5.0)
 
 
 def run_all(ctx, names):

@@ -1,7 +1,7 @@
 """A log directory full of made-up exchanges, written as the logging server writes them.
 
 Used by the index tests (1,000 exchanges, then checked filter by filter) and by the
-index benchmark (100,000). Deterministic for a given seed. Each exchange gets its
+benchmark's index scenario (100,000). Deterministic for a given seed. Each exchange gets its
 metadata file (with the proxy's metadata and the derived LLM fields already in it, as
 after a live run), its `.ids` link, and, unless `bins=False`, small `.bin` parts.
 

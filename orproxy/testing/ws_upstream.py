@@ -1,4 +1,4 @@
-"""A WebSocket upstream for orproxy's tests and WebSocket benchmark (issue 5).
+"""A WebSocket upstream for orproxy's tests and the benchmark's websocket scenario.
 
 A real process speaking RFC 6455 through the `websockets` library (asyncio), so that the
 proxy is tested against an implementation that is not its own. Endpoints match on the path

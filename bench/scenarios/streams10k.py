@@ -4,7 +4,7 @@ many as the open-files limit lets every process hold), one event per 500 ms for 
 import os
 import time
 
-from bench import load
+from bench.held import held_streams
 from bench.procs import RssWatch, cpu_ticks, nofile_limit, tcp_counters, tree, wait_idle
 from bench.report import Row
 from bench.scenarios.common import added, figures, log_completeness, metadata_files
@@ -53,8 +53,8 @@ def streams10k(ctx):
                          % (name, state["connected"], state["open"], state["peak_open"],
                             state["events"], state["intact"]))
         try:
-            res = load.held_streams(t.host, t.port, API + "/sse", n, events, iv, ramp,
-                                    progress=progress)
+            res = held_streams(t.host, t.port, API + "/sse", n, events, iv, ramp,
+                               progress=progress)
         finally:
             for w in watches.values():
                 w.stop()

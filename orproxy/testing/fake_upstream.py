@@ -138,23 +138,11 @@ class FakeHandler(WSGIHandler):
         # pywsgi sends the head and the first block in two send() calls; one is cheaper.
         self.headers_sent = True
         self.finalize_headers()
-        towrite = bytearray(b"HTTP/1.1 ")
-        towrite += self.status
-        towrite += b"\r\n"
-        for header, value in self.response_headers:
-            towrite += header
-            towrite += b": "
-            towrite += value
-            towrite += b"\r\n"
-        towrite += b"\r\n"
-        if data:
-            if self.response_use_chunked:
-                towrite += b"%x\r\n" % len(data)
-                towrite += data
-                towrite += b"\r\n"
-            else:
-                towrite += data
-        self._sendall(towrite)
+        head = b"".join([b"HTTP/1.1 %s\r\n" % self.status,
+                         *(b"%s: %s\r\n" % pair for pair in self.response_headers), b"\r\n"])
+        if data and self.response_use_chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self._sendall(head + data)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 Starts the fake upstream, orproxy with its logging server, and nginx (when installed),
 pins the proxies to CPU 0 and the upstream and load generator to CPU 1, runs the
-scenarios of bench/scenarios.py, prints a table and saves JSON. See bench/README.md.
+scenarios of bench/scenarios/, prints a table and saves JSON. See bench/README.md.
 """
 from gevent import monkey
 
@@ -21,177 +21,25 @@ import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
 
-import gevent  # noqa: E402
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import load, report  # noqa: E402
-from bench.procs import StartError, cpu_ticks, raise_nofile, wait_idle  # noqa: E402
-from bench.report import Row  # noqa: E402
-from bench.scenarios import CHAT, FULL, QUICK, SCENARIOS, log_dir_size, run_all  # noqa: E402
+from bench.context import Bench  # noqa: E402
+from bench.procs import StartError, raise_nofile  # noqa: E402
+from bench.scenarios import SCENARIOS, run_all  # noqa: E402
+from bench.scenarios.index import OPTIONS as INDEX_OPTIONS  # noqa: E402
 from bench.targets import Direct, Nginx, Orproxy, Upstream  # noqa: E402
 
 DEFAULT_JSON = os.path.join(REPO, "bench", "results", "latest.json")
 TARGETS = ("direct", "orproxy", "nginx")
 NOISY_CORES = 0.3  # other work above this during a measurement is named in the notes
+# The fake upstream's listen queue (the kernel caps it at net.core.somaxconn). With gevent's
+# default of 128, a proxy that opens upstream connections faster than the upstream accepts
+# them (scenario streams10k: hundreds per second) overflows it, and each dropped connection
+# waits for the SYN retry (1, 3, 7, 15 s): that would be charged to the proxy.
+UPSTREAM_BACKLOG = 4096
 
-
-class Bench:
-    """The run's shared state, handed to every scenario."""
-
-    def __init__(self, args):
-        self.args = args
-        self.p = dict(QUICK if args.quick else FULL)
-        self.repo = REPO
-        self.t0 = time.monotonic()
-        self.results, self.rows, self.notes, self.timings = {}, [], [], {}
-        self.all_targets = []
-        self.overlaps = 0  # measurements started before the proxies were idle
-        self.upstream = None
-        self.extra_procs = []  # processes a scenario starts itself (gunicorn and its logserver)
-        self.work = OtherWork(lambda: self.server_pids() + (
-            [self.upstream.proc.pid] if self.upstream and self.upstream.proc.alive() else []) + [
-            p.pid for p in self.extra_procs if p.alive()])
-        self.disturbed = []  # [label, target, cores of other work during it, seconds]
-        ncpu = len(os.sched_getaffinity(0))
-        # every CPU this run may use (children inherit the harness's pinning to CPU 1,
-        # so a process meant to use all of them is started with taskset -c <these>)
-        self.cpus_all = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-        self.nofile = None  # (soft, hard, (soft, hard) before raising): see main()
-        self.pinned = ncpu >= 2 and not args.no_pin
-        self.cpus_proxy = "0" if self.pinned else None
-        self.cpus_client = "1" if self.pinned else None
-        self.run_dir = tempfile.mkdtemp(prefix="orproxy-bench-", dir=args.log_dir)
-        self.workdir = self.run_dir
-        self.log_root = self.run_dir
-        self.use_wrk = bool(load.wrk_path()) and not args.no_wrk
-        self.loadgen_name = "wrk" if self.use_wrk else "python-gevent"
-
-    @property
-    def targets(self):
-        return [t for t in self.all_targets if t.available]
-
-    # -- output ------------------------------------------------------------------------
-    def progress(self, msg):
-        print("[%6.1fs] %s" % (time.monotonic() - self.t0, msg), file=sys.stderr, flush=True)
-
-    def note(self, msg):
-        self.notes.append(msg)
-        self.progress("note: " + msg)
-
-    @staticmethod
-    def size(n):
-        if not isinstance(n, int):
-            return str(n)
-        for unit, k in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-            if n >= k and n % k == 0:
-                return "%d %s" % (n // k, unit)
-        return "%d B" % n
-
-    # -- targets -----------------------------------------------------------------------
-    def each_target(self, label, only=None):
-        """The available targets, skipping (and noting) any whose process has died."""
-        for t in list(self.targets):
-            if only is not None and not only(t):
-                continue
-            dead = [(role, proc) for role, proc in t.roles().items()
-                    if proc is not None and not proc.alive()]
-            if dead:
-                role, proc = dead[0]
-                t.available = False
-                t.note = "%s died (exit %s) before %s" % (role, proc.popen.returncode, label)
-                self.note("%s: %s\n%s" % (t.name, t.note, proc.tail()))
-                continue
-            if not wait_idle(self.server_pids()):
-                self.overlaps += 1
-            self.progress("%s: %s" % (label, t.name))
-            before = self.work.snapshot()
-            yield t
-            share = self.work.between(before, self.work.snapshot())
-            self.disturbed.append([label, t.name, share["other_cores"], share["wall_s"]])
-
-    def probe(self):
-        """Before each scenario: one chat completion per target, 5 s at most. A target
-        that does not answer is dropped for the rest of the run (else every request of
-        every scenario would wait for its timeout)."""
-        for t in self.targets:
-            conn = load.Connection(t.host, t.port, timeout=5)
-            try:
-                with gevent.Timeout(6):
-                    r = conn.request(load.chat_request(t.host, t.port, CHAT))
-                if r.status == 200:
-                    continue
-                why = "answered %d" % r.status
-            except (OSError, ValueError, gevent.Timeout) as e:
-                why = "%s: %s" % (type(e).__name__, e)
-            finally:
-                conn.close()
-            t.available = False
-            t.note = "dropped: a 1 KB chat completion failed (%s)" % why
-            self.note("%s %s" % (t.name, t.note))
-
-    def server_pids(self):
-        return [proc.pid for t in self.targets for proc in t.roles().values()
-                if proc is not None and proc.alive()]
-
-    def load_loop(self, t, concurrency, duration, after_warmup=lambda: None):
-        """requests/s of 1 KB JSON chat completions at `concurrency`, after a warm-up."""
-        path = CHAT
-        req = load.chat_request(t.host, t.port, path)
-        load.closed_loop(t.host, t.port, req, concurrency, self.p["rps_warmup"], 0)
-        after_warmup()
-        if not self.use_wrk:
-            return load.closed_loop(t.host, t.port, req, concurrency, duration, 0)
-        try:
-            return load.wrk_loop(t.host, t.port, path, concurrency, duration, self.cpus_client)
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            self.note("wrk against %s failed (%s); Python load generator instead" % (t.name, e))
-            return load.closed_loop(t.host, t.port, req, concurrency, duration, 0)
-
-    # -- the logging server's files ------------------------------------------------------
-    def log_count(self, t):
-        return sum(len(files) for _, _, files in os.walk(t.log_dir)) if t.has_logserver else None
-
-    def log_bytes(self, t):
-        return log_dir_size(t.log_dir) if t.has_logserver else None
-
-    def settle_logs(self, t, timeout=60.0):
-        """Wait (bounded) until the logging server stops writing; return the dir's size."""
-        deadline = time.monotonic() + timeout
-        last, stable_since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            size = log_dir_size(t.log_dir)
-            if size != last:
-                last, stable_since = size, time.monotonic()
-            elif time.monotonic() - stable_since >= 0.5:
-                break
-            gevent.sleep(0.1)
-        return last
-
-    def clear_logs(self, t):
-        """Bulk scenarios log gigabytes to tmpfs: free them before the next one."""
-        for root, _, files in os.walk(t.log_dir):
-            for f in files:
-                if f.endswith(".bin"):
-                    try:
-                        os.unlink(os.path.join(root, f))
-                    except OSError:
-                        pass
-
-    # -- common rows ---------------------------------------------------------------------
-    def error_row(self, group, per):
-        errors = {k: v.get("errors", 0) for k, v in per.items()}
-        if any(errors.values()):
-            self.rows.append(Row(group, "failed requests", "", errors, kind="info"))
-
-    def log_files_row(self, group):
-        counts = {t.name: self.log_count(t) for t in self.targets if t.has_logserver}
-        if counts:
-            self.rows.append(Row(group, "files in log dir so far", "", counts, kind="info"))
-
-
-# -- set-up ------------------------------------------------------------------------------
 
 def install_tools(need):
     """apt-get install nginx/wrk from Debian, without letting the package start nginx."""
@@ -232,34 +80,6 @@ def fs_type(path):
     return kind
 
 
-class OtherWork:
-    """How much CPU other processes on the machine used over an interval: the busy time of
-    all CPUs (/proc/stat) minus this process's, its reaped children's and its live
-    children's. The machine is shared; this says which figures other work disturbed."""
-
-    def __init__(self, live_pids):
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.live_pids = live_pids
-
-    def snapshot(self):
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        t = os.times()
-        ours = t.user + t.system + t.children_user + t.children_system
-        ours += cpu_ticks(self.live_pids()) / self.hz
-        # user nice system idle iowait irq softirq steal
-        return (time.monotonic(), (v[0] + v[1] + v[2] + v[5] + v[6]) / self.hz,
-                v[7] / self.hz, ours)
-
-    @staticmethod
-    def between(a, b):
-        wall = b[0] - a[0]
-        other = max(0.0, (b[1] - a[1]) - (b[3] - a[3]))
-        return {"wall_s": round(wall, 2), "other_cpu_s": round(other, 2),
-                "other_cores": round(other / wall, 2) if wall > 0 else None,
-                "steal_cores": round((b[2] - a[2]) / wall, 2) if wall > 0 else None}
-
-
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -280,15 +100,23 @@ def parse_args(argv=None):
                     "lowered to what the open-files limit lets every process hold; given, it is not)")
     ap.add_argument("--held-ramp", type=float, metavar="S",
                     help="seconds over which scenario streams10k starts its streams (default 10, quick 1)")
+    ap.add_argument("--ws-rounds", type=int, metavar="N",
+                    help="rounds of transfers of scenario websocket (default 10, quick 3): more give steadier medians")
+    ap.add_argument("--ws-pin", action="store_true",
+                    help="scenario websocket: orproxy and orlogserver on CPU 0, the upstream and client on CPU 1 "
+                    "(direct then has one core for both ends: flatters the proxy); by default not pinned")
+    for key, kind, what in INDEX_OPTIONS:
+        ap.add_argument("--index-" + key, type=kind, metavar="N", help="scenario index: " + what)
     ap.add_argument("--install", action="store_true", help="apt-get install nginx and wrk when missing (needs root)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even when wrk is installed")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--log-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
                     metavar="DIR", help="parent of the run's temporary dir (logs, configs, process output); default /dev/shm (tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the run's temporary dir (logs, process output)")
-    ap.add_argument("--upstream-cmd", default="%s %s" % (shlex.quote(sys.executable), os.path.join(REPO, "bench", "upstream.py")),
-                    help="command of the fake upstream (gets --port 0); default: tests/fake_upstream.py "
-                    "run by bench/upstream.py with a listen backlog of 4096")
+    ap.add_argument("--upstream-cmd", default="%s -m orproxy.testing.fake_upstream --backlog %d" % (
+                        shlex.quote(sys.executable), UPSTREAM_BACKLOG),
+                    help="command of the fake upstream (gets --port 0); default: orproxy.testing.fake_upstream "
+                    "with a listen backlog of %d" % UPSTREAM_BACKLOG)
     bindir = os.path.dirname(sys.executable)
     ap.add_argument("--gunicorn-cmd", default=os.path.join(bindir, "gunicorn"),
                     help="gunicorn, for scenario gunicorn (gets -k gevent -w 2 -b ... 'orproxy.wsgi:proxy_app()')")

@@ -1,7 +1,7 @@
 """Fixtures that run the real programs as processes on 127.0.0.1.
 
 Session-wide processes, restarted on the same port if a test stopped or broke them:
-  fake_upstream   tests/fake_upstream.py (.url, .stats(), .reset_stats(), .wait_stats())
+  fake_upstream   orproxy.testing.fake_upstream (.url, .stats(), .reset_stats(), .wait_stats())
   logserver       orlogserver (.url, .log_dir, .stop(), .kill(), .start(), .files(uuid),
                   .wait_for_file(uuid, kind), .wait_for_metadata(uuid))
   proxy           orproxy with the default configuration; .stdout_text() shows only the
@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import (TESTS_DIR, ServerProcess, StartupError, child_env, free_port,
+from helpers import (ServerProcess, StartupError, child_env, free_port,
                      http_json, port_open, run_command, script, wait_until)
 
 STARTUP_TIMEOUT = 10.0
@@ -40,8 +40,11 @@ STARTUP_TIMEOUT = 10.0
 # --------------------------------------------------------------------------------------
 # Fake upstream
 
-class FakeUpstream(object):
-    """The fake upstream process; see tests/fake_upstream.py for its endpoints."""
+class SessionServer(object):
+    """A server process for the whole session, started again on the same port after a
+    test stopped it (the proxies keep its URL)."""
+
+    name = "server"
 
     def __init__(self, workdir):
         self.workdir = Path(workdir)
@@ -49,11 +52,15 @@ class FakeUpstream(object):
         self.process = None
         self.url = None
 
-    def start(self):
-        argv = [sys.executable, str(TESTS_DIR / "fake_upstream.py"),
-                "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = ServerProcess("fake_upstream", argv, self.workdir)
-        self.url = _start_on_port(self.process, self.port)
+    def argv(self):
+        raise NotImplementedError
+
+    def start(self, timeout=STARTUP_TIMEOUT):
+        """Start, or restart on the same port; a running one is left as it is."""
+        if self.alive:
+            return self
+        self.process = ServerProcess(self.name, self.argv(), self.workdir)
+        self.url = _start_on_port(self.process, self.port, timeout)
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
@@ -62,7 +69,24 @@ class FakeUpstream(object):
         return self.process is not None and self.process.alive
 
     def stop(self, timeout=5.0):
+        """SIGTERM, wait up to ``timeout``, then SIGKILL."""
         return self.process.stop(timeout) if self.process else None
+
+    def stdout_text(self):
+        return self.process.stdout_text() if self.process else ""
+
+    def stderr_text(self):
+        return self.process.stderr_text() if self.process else ""
+
+
+class FakeUpstream(SessionServer):
+    """The fake upstream process; see orproxy/testing/fake_upstream.py for its endpoints."""
+
+    name = "fake_upstream"
+
+    def argv(self):
+        return [sys.executable, "-m", "orproxy.testing.fake_upstream",
+                "--host", "127.0.0.1", "--port", str(self.port)]
 
     def stats(self):
         status, data = http_json("GET", self.url + "/__control/stats")
@@ -78,12 +102,6 @@ class FakeUpstream(object):
             stats = self.stats()
             return stats if predicate(stats) else None
         return wait_until(check, timeout, 0.01, "fake upstream stats condition")
-
-    def stdout_text(self):
-        return self.process.stdout_text() if self.process else ""
-
-    def stderr_text(self):
-        return self.process.stderr_text() if self.process else ""
 
 
 def _start_on_port(process, port, timeout=STARTUP_TIMEOUT):
@@ -116,44 +134,26 @@ def fake_upstream(_fake_upstream_session):
 # --------------------------------------------------------------------------------------
 # Logging server
 
-class LogServer(object):
+class LogServer(SessionServer):
     """The orlogserver process and helpers to find what it wrote."""
 
+    name = "orlogserver"
+
     def __init__(self, log_dir, workdir):
+        super().__init__(workdir)
         self.log_dir = Path(log_dir)
-        self.workdir = Path(workdir)
-        self.port = 0
-        self.process = None
-        self.url = None
 
-    def start(self, timeout=STARTUP_TIMEOUT):
-        """Start, or restart on the same port (proxies keep their server_url)."""
-        if self.alive:
-            return self
-        argv = [script("orlogserver"), "--host", "127.0.0.1", "--port", str(self.port),
+    def argv(self):
+        return [script("orlogserver"), "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-dir", str(self.log_dir)]
-        self.process = ServerProcess("orlogserver", argv, self.workdir)
-        self.url = _start_on_port(self.process, self.port, timeout)
-        self.port = int(self.url.rsplit(":", 1)[1])
-        return self
-
-    @property
-    def alive(self):
-        return self.process is not None and self.process.alive
 
     def stop(self, timeout=15.0):
         """SIGTERM, wait up to ``timeout`` (it lets open streams finish), then SIGKILL."""
-        return self.process.stop(timeout) if self.process else None
+        return super().stop(timeout)
 
     def kill(self):
         """SIGKILL at once: the logging server vanishes mid-stream."""
         return self.process.kill() if self.process else None
-
-    def stdout_text(self):
-        return self.process.stdout_text() if self.process else ""
-
-    def stderr_text(self):
-        return self.process.stderr_text() if self.process else ""
 
     # -- files ----------------------------------------------------------------------------
 

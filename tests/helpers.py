@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fake_upstream import pattern_bytes, pattern_sha256, stream_piece, stream_text
+from orproxy.testing.llm_api import stream_piece, stream_text
+from orproxy.testing.pattern import pattern_bytes, pattern_sha256
 
-__all__ = ["VENV_BIN", "TESTS_DIR", "script", "child_env", "free_port", "port_open", "wait_until",
-           "ServerProcess", "StartupError", "run_command", "http_request", "http_json",
+__all__ = ["VENV_BIN", "script", "child_env", "free_port", "port_open", "wait_until",
+           "ServerProcess", "StartupError", "run_command", "http_request", "send_exactly", "http_json",
            "pattern_bytes", "pattern_sha256", "stream_piece", "stream_text"]
 
-TESTS_DIR = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 LISTENING_RE = re.compile(r"listening on (https?://[^\s]+)")
 
@@ -271,20 +271,27 @@ def run_command(argv, cwd=None, env=None, timeout=15.0, input=None):
 # -- plain HTTP without requests: adds only Host (and what you pass) --------------------
 
 def http_request(method, url, body=None, headers=None, timeout=10.0):
-    """One request over a fresh connection; return (status, [(name, value)], body)."""
+    """One request over a fresh connection; return (status, [(name, value)], body).
+    A body gets a Content-Length unless ``headers`` (a dict) frame it already."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    headers = dict(headers or {})
+    if body is not None and not any(k.lower() in ("content-length", "transfer-encoding")
+                                    for k in headers):
+        headers["Content-Length"] = str(len(body))
+    return send_exactly(parts.hostname, parts.port, method, target, headers.items(), body, timeout)
+
+
+def send_exactly(host, port, method, target, headers=(), body=None, timeout=10.0):
+    """One request with exactly these header lines (pairs, repeats allowed) and this raw
+    target; http.client adds only Host (first). Returns (status, headers list, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
         conn.putrequest(method, target, skip_accept_encoding=True)
-        headers = dict(headers or {})
-        if body is not None and not any(k.lower() in ("content-length", "transfer-encoding")
-                                        for k in headers):
-            headers["Content-Length"] = str(len(body))
-        for key, value in headers.items():
-            conn.putheader(key, value)
+        for name, value in headers:
+            conn.putheader(name, value)
         conn.endheaders(body)
         resp = conn.getresponse()
         return resp.status, resp.getheaders(), resp.read()

@@ -9,25 +9,25 @@ import pytest
 
 from orproxy.config import ConfigError, load_config, parse_config
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
+SEED_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "seed_configs"
 BIN = Path(sys.executable).parent
 
 
 def seed_configs():
-    """Every ```yaml block of the seed document that has routes."""
-    text = next(SEED.glob("*.md")).read_text()
-    blocks = text.split("```yaml")[1:]
-    return [b.split("```")[0] for b in blocks if "routes:" in b]
+    """The seed document's example configurations (its ```yaml blocks, shipped in
+    tests/fixtures/seed_configs/), those that have routes."""
+    texts = [p.read_text() for p in sorted(SEED_CONFIGS.glob("*.yaml"))]
+    return [t for t in texts if "routes:" in t]
 
 
 def test_the_seed_has_example_configs():
     assert len(seed_configs()) >= 3
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_every_seed_example_loads(tmp_path, index):
+@pytest.mark.parametrize("name", sorted(p.name for p in SEED_CONFIGS.glob("*.yaml")))
+def test_every_seed_example_loads(tmp_path, name):
     path = tmp_path / "config.yaml"
-    path.write_text(seed_configs()[index])
+    path.write_text((SEED_CONFIGS / name).read_text())
     config = load_config(str(path))
     assert len(config.routes) >= 1
     assert all(r.destination.startswith("https://") for r in config.routes.routes)

@@ -1,23 +1,19 @@
-"""The index on a seeded set of 1,000 exchanges (bench/seed_logs.py) written as files,
+"""The index on a seeded set of 1,000 exchanges (orproxy/testing/seed_logs.py) written as files,
 `orlogserver --reindex`ed, then served: every filter and the cursor pagination return
 exactly the right rows in the right order; stats add up; a rebuild from the files
 reproduces the index; retention (--max-age, --max-bytes) deletes the right files; the
 command-line options refuse bad values."""
 import json
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 
 import pytest
 
 from api_helpers import ApiClient
-from helpers import TESTS_DIR, ServerProcess, script, wait_until
-
-sys.path.insert(0, str(TESTS_DIR.parent))
-
-from bench.seed_logs import seed  # noqa: E402
-from orproxy.logserver.store.schema import row_from_document  # noqa: E402
+from helpers import ServerProcess, script, wait_until
+from orproxy.logserver.store.schema import row_from_document
+from orproxy.testing.seed_logs import seed
 
 COUNT = 1000
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from helpers import free_port, http_request
+from helpers import free_port, http_request, send_exactly
 
 # -- local helpers -----------------------------------------------------------------------
 
@@ -26,17 +26,7 @@ def _split(url):
 def send(url, method, target, headers=(), body=None, timeout=10.0):
     """One request with exactly these header lines (a list of pairs, repeats allowed);
     http.client adds only Host (first). Returns (status, headers list, body)."""
-    host, port = _split(url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return resp.status, resp.getheaders(), resp.read()
-    finally:
-        conn.close()
+    return send_exactly(*_split(url), method, target, headers, body, timeout)
 
 
 def echo(url, target, method="GET", headers=(), body=None):

@@ -1,6 +1,6 @@
 """WebSocket upgrades through a real orproxy (issue 5), under its own server and gunicorn.
 
-The upstream is tests/ws_upstream.py (the `websockets` library, a process of its own). The
+The upstream is orproxy/testing/ws_upstream.py (the `websockets` library, a process of its own). The
 clients are two independent libraries, `websocket-client` and `websockets`, plus raw
 sockets where the exact bytes matter. Every test checks payloads both ways exactly, and
 the logged message stream against what was sent. Unit tests of the pieces are in
@@ -28,7 +28,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from conftest import SERVERS, build_config, start_proxy
-from helpers import TESTS_DIR, ServerProcess, http_json, join_messages, wait_until
+from helpers import ServerProcess, http_json, join_messages, wait_until
 
 
 
@@ -36,7 +36,7 @@ from helpers import TESTS_DIR, ServerProcess, http_json, join_messages, wait_unt
 
 class WsUpstream(object):
     def __init__(self, workdir, tls=None):
-        argv = [sys.executable, str(TESTS_DIR / "ws_upstream.py"), "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "orproxy.testing.ws_upstream", "--host", "127.0.0.1",
                 "--port", "0"]
         if tls:
             argv += ["--certfile", tls[0], "--keyfile", tls[1]]
@@ -317,12 +317,12 @@ def test_ping_and_pong_both_ways(ws_proxy, logserver):
 
 
 def test_close_code_from_the_client_reaches_the_upstream(ws_proxy, logserver, ws_upstream):
-    ws = connect(ws_url(ws_proxy, "/ws/echo"), compression=None)
-    request_id = ws.response.headers["X-Request-Id"]
-    ws.send("x")
-    assert ws.recv() == "x"
-    ws.close(4001, "client bye")
-    assert (ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason) == (4001, "client bye")
+    with connect(ws_url(ws_proxy, "/ws/echo"), compression=None) as ws:
+        request_id = ws.response.headers["X-Request-Id"]
+        ws.send("x")
+        assert ws.recv() == "x"
+        ws.close(4001, "client bye")
+        assert (ws.protocol.close_rcvd.code, ws.protocol.close_rcvd.reason) == (4001, "client bye")
     _, response, _ = logged(logserver, request_id)
     _, records = parse_log(response)
     assert ("client", "close", b"4001 client bye") in [(d, o, p) for d, _, o, p, _ in records]
@@ -336,7 +336,9 @@ def test_close_code_from_the_upstream_reaches_the_client(ws_proxy, logserver):
     opcode, payload = ws.recv_data(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert payload == struct.pack("!H", 4002) + b"done"
-    ws.close()
+    # websocket-client has answered that close frame itself, so close() would do nothing
+    # and leave the socket open
+    ws.shutdown()
     _, response, _ = logged(logserver, request_id)
     _, records = parse_log(response)
     assert ("upstream", "close", b"4002 done") in [(d, o, p) for d, _, o, p, _ in records]

@@ -1,26 +1,27 @@
-"""WebSocket benchmark (issue 5): what the tunnel adds, against the upstream directly.
+"""Scenario websocket (issue 5): what the WebSocket tunnel adds, against the upstream directly.
 
-    .venv/bin/python bench/ws_bench.py            # about a minute
-    .venv/bin/python bench/ws_bench.py --quick    # fewer round trips and transfers
-    .venv/bin/python bench/ws_bench.py --pin --rounds 30   # pinned, steadier medians
-
-Targets: the WebSocket upstream of the tests (tests/ws_upstream.py) directly; orproxy with
-logging on (its orlogserver writing to tmpfs), the default; orproxy with logging off; nginx
-(when installed) as a plain WebSocket reverse proxy, one worker: what any proxy's extra hop
-costs on this machine.
+Targets: the WebSocket upstream of the tests (orproxy.testing.ws_upstream) directly; orproxy
+with logging on (its orlogserver writing to tmpfs); orproxy with logging off (rows "logging
+off", in the orproxy column); nginx (when installed and a target of the run) as a plain
+WebSocket reverse proxy, one worker: what any proxy's extra hop costs on this machine.
 Measured: the round-trip time of a small echo (websocket-client, one connection, so the
 client adds as little as possible) and the throughput of one 16 MiB binary message each
 way (`websockets`, whose masking is in C): upload to `/sink` until its ack, download from
 `/source`. Then, per message each way, the CPU time of each proxy and of the logging
 server, and the proxy's page faults, read from /proc (the log's work included: it follows
 the tunnel). The targets take turns, round by round, so a change in the machine's load
-touches every column alike. Not pinned by default: pinned as in bench/run.py (`--pin`),
-the direct column would squeeze client and upstream onto one core while the proxied ones
-get a second, which flatters the proxy. Prints a table. Figures move ±30% between runs on a
-shared machine, so compare columns of one run: a ratio to direct is the median of each
-round's ratio, whose transfers ran moments apart.
+touches every column alike. A ratio to direct is the median of each round's ratio, whose
+transfers ran moments apart.
+
+The scenario starts these processes itself, and its client runs in a child process
+(main() below): not monkey-patched as the harness is, so that websockets' sync client keeps
+its threads, and not pinned by default (--ws-pin pins as the rest of the run:
+the direct column would then squeeze client and upstream onto one core while the proxied
+ones get a second, which flatters the proxy).
 """
 import argparse
+import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -28,19 +29,94 @@ import sys
 import tempfile
 import time
 
+import gevent
 import websocket  # websocket-client
 from websockets.sync.client import connect
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.procs import Proc, cpu_ticks, free_port, minor_faults, wait_idle  # noqa: E402
-from bench.targets import nginx_binary  # noqa: E402
+from bench.procs import Proc, cpu_ticks, free_port, minor_faults, wait_idle
+from bench.report import Row
+from bench.scenarios.registry import scenario
+from bench.targets import nginx_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 SMALL = b"x" * 32
 BIG = 16 * 1024 * 1024
 COST_MESSAGES = 10  # messages each way whose CPU time is measured, per proxy
+LOG_OFF = "orproxy (log off)"
 
+
+# -- the scenario, in the harness: the client process, then the rows ---------------------
+
+@scenario("websocket", default=False,
+          help="WebSocket tunnel: added echo round trip, 16 MiB message each way, CPU per message")
+def websocket_scenario(ctx):
+    names = ctx.args.target_names
+    if "orproxy" not in names and "nginx" not in names:
+        ctx.note("scenario websocket needs the orproxy or the nginx target")
+        return
+    rounds = ctx.args.ws_rounds or ctx.p["ws_rounds"]
+    out = os.path.join(ctx.run_dir, "websocket.json")
+    argv = [sys.executable, "-c", "import sys; from bench.scenarios.websocket import main; sys.exit(main())",
+            "--out", out, "--rounds", str(rounds), "--echoes", str(ctx.p["ws_echoes"])]
+    argv += ["--pin"] if ctx.args.ws_pin else []
+    argv += ["--no-" + name for name in ("orproxy", "nginx") if name not in names]
+    if not wait_idle(ctx.server_pids()):
+        ctx.overlaps += 1
+    # on every CPU of the run, as when it was a program of its own (the harness is on CPU 1)
+    proc = Proc("websocket-client", argv, ctx.workdir, cpus=ctx.cpus_all, cwd=ctx.repo).start()
+    ctx.extra_procs.append(proc)
+    deadline = time.monotonic() + 300 + 30 * rounds
+    try:
+        while proc.alive() and time.monotonic() < deadline:
+            gevent.sleep(0.2)
+    finally:
+        proc.stop()
+        ctx.extra_procs.remove(proc)
+    if proc.popen.returncode != 0 or not os.path.exists(out):
+        ctx.note("scenario websocket: its client exited with %s:\n%s" % (proc.popen.returncode, proc.tail()))
+        return
+    with open(out) as f:
+        doc = json.load(f)
+    ctx.results["websocket"] = doc
+    ctx.rows += _rows(doc)
+
+
+def _rows(doc):
+    """The table rows: each orproxy row followed by the same with logging off."""
+    res, costs = doc["results"], doc["costs"]
+    g = "WebSocket (%s, %d rounds)" % (
+        "pinned" if doc["pinned"] else "not pinned", doc["rounds"])
+
+    def pair(metric, unit, value, kind="abs", goal=None, names=("direct", "orproxy", "nginx")):
+        rows = [Row(g, metric, unit, {n: value(n) for n in names if n in res}, kind=kind, goal=goal)]
+        if LOG_OFF in res:
+            rows.append(Row(g, "  logging off", unit, {"orproxy": value(LOG_OFF)}, kind=kind))
+        return rows
+
+    def share(way):
+        """orproxy's (or nginx's) rate over direct's, the median of the rounds' ratios, %"""
+        return lambda n: 100 * statistics.median(
+            r / d for r, d in zip(res[n]["rates"][way], res["direct"]["rates"][way]))
+    proxies = ("orproxy", "nginx")
+    rows = [Row(g, "echo round trip p50", "ms", {n: res[n]["p50"] for n in res if n != LOG_OFF}),
+            Row(g, "echo round trip p99", "ms", {n: res[n]["p99"] for n in res if n != LOG_OFF})]
+    rows += pair("added echo p50", "ms", lambda n: res[n]["p50"] - res["direct"]["p50"], "added",
+                 [("<=", 1, "#5")], proxies)
+    rows += pair("added echo p99", "ms", lambda n: res[n]["p99"] - res["direct"]["p99"], "added",
+                 names=proxies)
+    for way in ("up", "down"):
+        rows.append(Row(g, "16 MiB message %s" % way, "MB/s", {n: res[n][way] for n in res if n != LOG_OFF}))
+        rows += pair("  %s / direct, median of the rounds" % way, "%", share(way), "info",
+                     [(">=", 80, "#5")], proxies)
+    for way in ("up", "down"):
+        rows += pair("%s: CPU ms per message, proxy + logserver" % way, "",
+                     lambda n: "%.0f + %.0f" % tuple(costs[n][way][:2]), "info", names=proxies)
+        rows += pair("%s: page faults of the proxy per message" % way, "",
+                     lambda n: "%.0f" % costs[n][way][2], "info", names=proxies)
+    return rows
+
+
+# -- the client process ------------------------------------------------------------------
 
 def start(name, argv, outdir, cpus):
     proc = Proc(name, argv, outdir, cpus=cpus).start()
@@ -111,8 +187,10 @@ class Client:
     def __init__(self, url):
         self.echo = websocket.create_connection(url + "/echo")
         options = {"compression": None, "max_size": None, "ping_interval": None}
-        self.up = connect(url + "/sink", **options)
-        self.down = connect(url + "/source?n=%d" % BIG, **options)
+        # entered, as websockets (17.1 on) wants its sync connections; closed in result()
+        self.connections = contextlib.ExitStack()
+        self.up = self.connections.enter_context(connect(url + "/sink", **options))
+        self.down = self.connections.enter_context(connect(url + "/source?n=%d" % BIG, **options))
         self.rtt, self.rates = [], {"up": [], "down": []}
 
     def echo_block(self, count, warmup=50):
@@ -142,8 +220,7 @@ class Client:
 
     def result(self):
         self.echo.close()
-        self.up.close()
-        self.down.close()
+        self.connections.close()
         rtt = sorted(self.rtt)
         return {"p50": statistics.median(rtt), "p99": rtt[int(len(rtt) * 0.99) - 1],
                 "up": statistics.median(self.rates["up"]), "down": statistics.median(self.rates["down"]),
@@ -184,21 +261,22 @@ def message_costs(clients, procs, logserver, data):
     return costs
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, about 20 s")
-    parser.add_argument("--rounds", type=int, help="rounds of transfers (default 10, quick 3): "
-                        "more give steadier medians")
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The websocket scenario's client (bench/run.py --only websocket runs it)")
+    parser.add_argument("--out", required=True, help="where to write the figures (JSON)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of transfers")
+    parser.add_argument("--echoes", type=int, default=1000, help="echo round trips per round")
     parser.add_argument("--pin", action="store_true",
-                        help="orproxy and orlogserver on CPU 0, the upstream and client on CPU 1 "
-                             "(direct then has one core for both ends: flatters the proxy)")
-    args = parser.parse_args()
+                        help="orproxy and orlogserver on CPU 0, the upstream and client on CPU 1")
+    parser.add_argument("--no-orproxy", action="store_true")
+    parser.add_argument("--no-nginx", action="store_true")
+    args = parser.parse_args(argv)
     cpus = (lambda c: c) if args.pin and shutil.which("taskset") else (lambda c: None)
     tmpfs = "/dev/shm" if os.path.isdir("/dev/shm") else None
     outdir = tempfile.mkdtemp(prefix="orproxy-wsbench-", dir=tmpfs)
     procs = []
     try:
-        upstream = start("ws_upstream", [sys.executable, os.path.join(ROOT, "tests", "ws_upstream.py"),
+        upstream = start("ws_upstream", [sys.executable, "-m", "orproxy.testing.ws_upstream",
                                          "--port", "0"], outdir, cpus("1"))
         procs.append(upstream)
         logserver = start("orlogserver", [os.path.join(BIN, "orlogserver"), "--port", "0", "--log-dir",
@@ -206,10 +284,10 @@ def main():
         procs.append(logserver)
         targets = [("direct", "ws://127.0.0.1:%d" % upstream.port)]
         proxies = {}
-        for name, logging in (("orproxy", True), ("orproxy (log off)", False)):
+        for name, logging in (("orproxy", True), (LOG_OFF, False)) if not args.no_orproxy else ():
             proxies[name] = orproxy(name.replace(" ", "_").replace("(", "").replace(")", ""), outdir,
                                     upstream.port, logserver.port, logging, cpus("0"))
-        proc = nginx(outdir, upstream.port, cpus("0"))
+        proc = nginx(outdir, upstream.port, cpus("0")) if not args.no_nginx else None
         if proc is not None:
             proxies["nginx"] = proc
         for name, proc in proxies.items():
@@ -219,51 +297,14 @@ def main():
             os.sched_setaffinity(0, {1})
         clients = {name: Client(url) for name, url in targets}
         data = os.urandom(BIG)
-        measure(clients, data, args.rounds or (3 if args.quick else 10), 300 if args.quick else 1000)
+        measure(clients, data, args.rounds, args.echoes)
         costs = message_costs(clients, proxies, logserver, data)
-        report({name: client.result() for name, client in clients.items()}, costs, args.quick,
-               bool(cpus("1")))
+        doc = {"pinned": bool(cpus("1")), "rounds": args.rounds, "echoes": args.echoes,
+               "cost_messages": COST_MESSAGES,
+               "results": {name: client.result() for name, client in clients.items()}, "costs": costs}
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
     finally:
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(outdir, ignore_errors=True)
-
-
-def report(results, costs, quick, pinned):
-    names = list(results)
-    direct = results["direct"]
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
-    print("orproxy WebSocket benchmark, %s, %s run; %d cores, load avg %s; %s" % (
-        time.strftime("%Y-%m-%d %H:%M:%S"), "quick" if quick else "full", os.cpu_count(), load,
-        "orproxy + orlogserver on CPU 0, upstream + client on CPU 1" if pinned else "not pinned"))
-    rows = [("small echo round trip p50 (ms)", "p50", "%.3f"),
-            ("small echo round trip p99 (ms)", "p99", "%.3f"),
-            ("16 MiB message up (MB/s)", "up", "%.0f"),
-            ("16 MiB message down (MB/s)", "down", "%.0f")]
-    width = max(len(r[0]) for r in rows) + 2
-    print("".join(["".ljust(width)] + [n.rjust(20) for n in names] + ["target".rjust(22)]))
-    for label, key, fmt in rows:
-        cells = []
-        for name in names:
-            value = results[name][key]
-            if name == "direct":
-                cells.append((fmt % value).rjust(20))
-            elif key in ("p50", "p99"):
-                cells.append(("%s (+%.3f)" % (fmt % value, value - direct[key])).rjust(20))
-            else:  # the median of each round's ratio: a round's transfers ran moments apart
-                ratio = statistics.median(r / d for r, d in zip(results[name]["rates"][key],
-                                                                 direct["rates"][key]))
-                cells.append(("%s (%.0f%%)" % (fmt % value, 100 * ratio)).rjust(20))
-        target = {"p50": "added < 1 ms", "up": ">= 80% of direct", "down": ">= 80% of direct"}
-        print("".join([label.ljust(width)] + cells + [target.get(key, "").rjust(22)]))
-    print("per 16 MiB message, from /proc over %d messages each way:" % COST_MESSAGES)
-    for way in ("up", "down"):
-        for label, cell in (("  %s: CPU ms, proxy + logserver" % way, lambda c: "%.0f + %.0f" % c[:2]),
-                            ("  %s: page faults of the proxy" % way, lambda c: "%.0f" % c[2])):
-            print("".join([label.ljust(width)] + [(cell(costs[n][way]) if n in costs else "").rjust(20)
-                                                  for n in names]))
-
-
-if __name__ == "__main__":
-    main()

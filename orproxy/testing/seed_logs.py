@@ -1,11 +1,12 @@
 """A log directory full of made-up exchanges, written as the logging server writes them.
 
-Used by the index tests (1,000 exchanges, then checked filter by filter) and by
-bench/index_bench.py (100,000). Deterministic for a given seed. Each exchange gets its
+Used by the index tests (1,000 exchanges, then checked filter by filter) and by the
+benchmark's index scenario (100,000). Deterministic for a given seed. Each exchange gets its
 metadata file (with the proxy's metadata and the derived LLM fields already in it, as
 after a live run), its `.ids` link, and, unless `bins=False`, small `.bin` parts.
 
-    python bench/seed_logs.py DIR [--count N] [--seed S]   (then: orlogserver --reindex --log-dir DIR)
+    python -m orproxy.testing.seed_logs DIR [--count N] [--seed S]
+    (then: orlogserver --reindex --log-dir DIR)
 """
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ import argparse
 import json
 import os
 import random
-import sys
 import uuid
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from orproxy.logserver.llm import derive  # noqa: E402
-from orproxy.logserver.store.logdir import timestamp  # noqa: E402
+from orproxy.logserver.llm import derive
+from orproxy.logserver.store.logdir import timestamp
 
 BASE_TIME = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC
 ROUTES = {

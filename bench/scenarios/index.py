@@ -1,53 +1,152 @@
-"""The logging server's index under load (issue 3's targets), printed as a table.
+"""Scenario index (issue 3): the logging server's index under load.
 
-  1. Seeds N exchanges (default 100,000) as files (bench/seed_logs.py), then times
+  1. Seeds N exchanges (default 100,000) as files (orproxy.testing.seed_logs), then times
      `orlogserver --reindex` on them.
   2. Starts `orlogserver` on that log dir and measures API latency, one request at a time
      over a keep-alive connection: the newest 50, a filter on model and time range (the
      targets: p99 under 50 ms), and a few more queries a UI makes.
   3. Ingest: exchanges PUT as the proxy sends them (request, response, metadata; OpenAI
-     JSON and SSE bodies with usage), paced at --rate exchanges/s for --seconds, then as
-     fast as it goes; after each, how long until the index lists every exchange with its
-     derived fields (the index keeps up if that is about zero).
+     JSON and SSE bodies with usage), paced at --index-rate exchanges/s for
+     --index-seconds, then as fast as it goes; after each, how long until the index lists
+     every exchange with its derived fields (the index keeps up if that is about zero).
   4. The same work without HTTP, in this process, with and without the index: what
      indexing and deriving cost per exchange.
 
-    .venv/bin/python bench/index_bench.py                 # about 3 minutes
-    .venv/bin/python bench/index_bench.py --count 20000 --seconds 5 --queries 100   # quick
-
-The logging server runs on CPU 0 and this load generator on CPU 1 (taskset), when there
-are two. Every loop is bounded in count and time; everything runs on 127.0.0.1.
+It needs none of the run's targets: it starts its own logging server, pinned as the
+run's (CPU 0, with this load generator on CPU 1). The figures are rows of the orproxy
+column. Every loop is bounded in count and time; everything runs on 127.0.0.1.
 """
 from __future__ import annotations
 
-from gevent import monkey
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from urllib.parse import urlencode
 
-monkey.patch_all()
+import gevent
+from gevent.pool import Pool
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from urllib.parse import urlencode  # noqa: E402
+from bench.procs import Proc
+from bench.report import Row
+from bench.scenarios.registry import scenario
+from orproxy.testing.seed_logs import BASE_TIME, seed
 
-import gevent  # noqa: E402
-from gevent.pool import Pool  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from bench.seed_logs import BASE_TIME, seed  # noqa: E402
-
-VENV_BIN = os.path.dirname(sys.executable)
 TARGET_MS = 50.0
 TARGET_RATE = 500
+DAY = 86400.0
+# What a run may change: option --index-KEY (bench/run.py), else parameter idx_KEY
+OPTIONS = (
+    ("count", int, "exchanges seeded (default 100,000, quick 20,000)"),
+    ("queries", int, "requests measured per query (default 300, quick 100)"),
+    ("rate", float, "paced ingest rate, exchanges/s (default 500)"),
+    ("seconds", float, "paced ingest duration (default 10 s, quick 5)"),
+    ("burst", int, "exchanges sent flat out (default 5,000)"),
+    ("concurrency", int, "ingest connections (default 32)"),
+)
+
+
+@scenario("index", default=False, help="the logging server's index: reindex, query latency, "
+                                       "ingest keeping up, cost per exchange")
+def index_scenario(ctx):
+    o = {k: getattr(ctx.args, "index_" + k) for k, _, _ in OPTIONS}
+    o = {k: v if v is not None else ctx.p["idx_" + k] for k, v in o.items()}
+    work = os.path.join(ctx.run_dir, "index")
+    log_dir = os.path.join(work, "logs")
+    os.makedirs(work)
+    ctx.progress("index: seeding %s exchanges into %s" % (format(o["count"], ","), log_dir))
+    t = time.monotonic()
+    seed(log_dir, o["count"], bins=False)
+    ctx.progress("index: seeded in %.1f s; orlogserver --reindex" % (time.monotonic() - t))
+    t = time.monotonic()
+    subprocess.run(ctx.args.logserver_cmd_argv + ["--reindex", "--log-dir", log_dir],
+                   check=True, stdout=subprocess.DEVNULL)
+    reindex_s = time.monotonic() - t
+    proc = Proc("index-orlogserver", ctx.args.logserver_cmd_argv + [
+        "--port", "0", "--log-dir", log_dir], work, cpus=ctx.cpus_proxy, cwd=work).start()
+    ctx.extra_procs.append(proc)
+    try:
+        port = proc.wait_listening()
+        ctx.progress("index: measuring queries")
+        queries = measure_queries(port, _queries(port, o["count"]), o["queries"])
+        runs = {}
+        paced = int(o["rate"] * o["seconds"])
+        ctx.progress("index: ingest of %d exchanges at %.0f/s" % (paced, o["rate"]))
+        runs["paced at %.0f/s for %.0f s" % (o["rate"], o["seconds"])] = ingest(
+            port, paced, o["rate"], o["concurrency"], o["seconds"] * 3 + 30)
+        ctx.progress("index: ingest of %d exchanges flat out" % o["burst"])
+        runs["flat out, %d connections" % o["concurrency"]] = ingest(
+            port, o["burst"], None, o["concurrency"], 120)
+    finally:
+        proc.stop(15)
+        ctx.extra_procs.remove(proc)
+    ctx.progress("index: in-process pipeline")
+    pipes = {"files + metadata updates only": pipeline(o["burst"], False),
+             "files + metadata + index + derive": pipeline(o["burst"], True)}
+    ctx.results["index"] = {"count": o["count"], "reindex_s": reindex_s, "queries": queries,
+                            "ingest": runs, "pipeline": pipes, "options": o}
+    ctx.rows += _rows(ctx, o["count"], reindex_s, queries, runs, pipes)
+
+
+def _queries(port: int, count: int) -> dict[str, dict[str, str]]:
+    """The queries measured, the last one a cursor 20 pages deep."""
+    mid = BASE_TIME + count  # the seed spans ~2 s per exchange
+    queries = {
+        "newest 50": {},
+        "model + time range": {"model": "anthropic/claude-sonnet-4", "since": str(mid - DAY / 4),
+                               "until": str(mid + DAY / 4)},
+        "model prefix + time range (ISO)": {"model": "gpt-4*", "since": "2025-10-09T12:00:00Z",
+                                            "until": "2025-10-10T00:00:00Z"},
+        "route + status class": {"route": "anthropic", "status": "5xx"},
+        "errors (error=any)": {"error": "any"},
+        "free text q=rate limit": {"q": "rate limit"},
+        "state=in_flight (rare)": {"state": "in_flight"},
+        "page 20 (cursor)": None,
+        "stats: 6 h window": {"since": str(mid - DAY / 8), "until": str(mid + DAY / 8)},
+    }
+    conn = Conn(port)
+    cursor = None
+    for _ in range(19):
+        page = json.loads(conn.request("GET", "/api/requests" + (f"?cursor={cursor}" if cursor else ""))[1])
+        cursor = page["next_cursor"]
+    conn.close()
+    queries["page 20 (cursor)"] = {"cursor": cursor}
+    return queries
+
+
+def _rows(ctx, seeded: int, reindex_s: float, queries: dict, runs: dict, pipes: dict) -> list[Row]:
+    """The figures in the orproxy column: it is orproxy's logging server."""
+    g = "index of %s exchanges (orlogserver)" % format(seeded, ",")
+
+    def row(metric, value, unit="", goal=None):
+        return Row(g, metric, unit, {"orproxy": value}, kind="info", goal=goal)
+    rows = [row("orlogserver --reindex", reindex_s, "s"), row("  reindexed per second", seeded / reindex_s)]
+    for name, r in queries.items():
+        rows.append(row("%s: p50 / p99 / max, ms%s" % (name, "" if r["rows"] is None else " (%d rows)" % r["rows"]),
+                        "%.2f / %.2f / %.2f" % (r["p50"], r["p99"], r["max"])))
+        if name in ("newest 50", "model + time range"):
+            rows.append(row("  %s p99" % name, r["p99"], "ms", [("<=", TARGET_MS, "#3")]))
+    for name, r in runs.items():
+        rows += [row("ingest (3 PUTs each) %s: taken" % name, r["rate"], "exch/s"),
+                 row("  sent, errors", "%d, %d" % (r["exchanges"], r["errors"])),
+                 row("  catch-up until all are indexed", r["catch_up_s"], "s",
+                     [("<=", 1.0, "#3")] if name.startswith("paced") else None)]
+        if name.startswith("paced") and r["rate"] < TARGET_RATE * 0.95:
+            ctx.note("index: the server took %.0f of the %d/s sent (CPU-bound: see the pipeline's "
+                     "cost per exchange)" % (r["rate"], TARGET_RATE))
+    for name, r in pipes.items():
+        rows.append(row("pipeline, no HTTP, %s: exch per CPU s, us each" % name,
+                        "%.0f, %.0f" % (r["rate"], r["us_per_exchange"])))
+    cost = pipes["files + metadata + index + derive"]["us_per_exchange"] - \
+        pipes["files + metadata updates only"]["us_per_exchange"]
+    rows.append(row("  => indexing and deriving, us each (%d/s: %.0f%% of a core)"
+                    % (TARGET_RATE, cost * TARGET_RATE / 1e4), cost))
+    return rows
 
 
 class Conn:
@@ -102,25 +201,6 @@ class Conn:
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[max(0, -(-int(p * len(values)) // 100) - 1)] if values else float("nan")
-
-
-def start_logserver(log_dir: str, outdir: str, cpus: str | None) -> tuple[subprocess.Popen, int]:
-    argv = [os.path.join(VENV_BIN, "orlogserver"), "--port", "0", "--log-dir", log_dir]
-    if cpus and shutil.which("taskset"):
-        argv = ["taskset", "-c", cpus, *argv]
-    out = open(os.path.join(outdir, "orlogserver.out"), "wb")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with open(out.name, "rb") as f:
-            m = re.search(rb"listening on http://[0-9.]+:(\d+)", f.read())
-        if m:
-            return proc, int(m.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("orlogserver did not start:\n" + open(out.name).read())
 
 
 def measure_queries(port: int, queries: dict[str, dict[str, str]], n: int) -> dict[str, dict[str, float]]:
@@ -289,125 +369,3 @@ def pipeline(total: int, with_index: bool) -> dict[str, float]:
                 "us_per_exchange": cpu / total * 1e6}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-# -- report ------------------------------------------------------------------------------------
-
-def table(seeded: int, reindex_s: float, queries: dict, runs: dict, pipes: dict) -> str:
-    lines = [f"orlogserver index bench: {seeded:,} exchanges indexed "
-             f"(orlogserver --reindex: {reindex_s:.1f} s, {seeded / reindex_s:,.0f} exchanges/s)", ""]
-    lines.append(f"{'query':<44} {'rows':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  target")
-    for name, r in queries.items():
-        target = ""
-        if name in ("newest 50", "model + time range"):
-            target = f"p99 < {TARGET_MS:.0f} ms: {'ok' if r['p99'] < TARGET_MS else 'MISSED'}"
-        rows = "" if r["rows"] is None else str(r["rows"])
-        lines.append(f"{name:<44} {rows:>5} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.2f}  {target}")
-    lines += ["", f"{'ingest (3 PUTs per exchange)':<44} {'sent':>6} {'exch/s':>8} {'catch-up s':>10} "
-                  f"{'errors':>6}  target"]
-    for name, r in runs.items():
-        target = ""
-        if name.startswith("paced"):
-            kept_up = r["catch_up_s"] < 1.0 and not r["errors"]
-            target = f"index keeps up: {'ok' if kept_up else 'MISSED'}"
-            if r["rate"] < TARGET_RATE * 0.95:
-                target += f"; the server took {r['rate']:.0f} of the {TARGET_RATE}/s sent (CPU-bound: see below)"
-        lines.append(f"{name:<44} {r['exchanges']:>6} {r['rate']:>8.0f} {r['catch_up_s']:>10.2f} "
-                     f"{r['errors']:>6}  {target}")
-    lines += ["", f"{'in-process pipeline, no HTTP (CPU time)':<44} {'exch':>6} {'exch/s':>8} {'us/exch':>10}"]
-    for name, r in pipes.items():
-        lines.append(f"{name:<44} {r['exchanges']:>6} {r['rate']:>8.0f} {r['us_per_exchange']:>10.0f}")
-    cost = pipes["files + metadata + index + derive"]["us_per_exchange"] - \
-        pipes["files + metadata updates only"]["us_per_exchange"]
-    lines += [f"{'  => indexing and deriving cost per exchange':<44} {'':>6} {'':>8} {cost:>10.0f}"
-              f"  ({TARGET_RATE}/s needs {cost * TARGET_RATE / 1e4:.0f}% of a core)", "",
-              "exch/s of the pipeline: per second of CPU (what one core could do).",
-              "catch-up: seconds from the last PUT's answer until every exchange is listed with its "
-              "derived fields (tokens)."]
-    return "\n".join(lines)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=100_000, help="exchanges to seed (default 100000)")
-    ap.add_argument("--queries", type=int, default=300, help="requests per query measured (default 300)")
-    ap.add_argument("--rate", type=float, default=TARGET_RATE, help="paced ingest rate (default 500/s)")
-    ap.add_argument("--seconds", type=float, default=10.0, help="paced ingest duration (default 10 s)")
-    ap.add_argument("--burst", type=int, default=5000, help="exchanges sent flat out (default 5000)")
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--log-dir", help="where to seed (default: a fresh dir in /dev/shm or /tmp)")
-    ap.add_argument("--keep", action="store_true", help="keep the log dir")
-    ap.add_argument("--json", help="also write the figures here")
-    args = ap.parse_args()
-
-    two_cpus = (os.cpu_count() or 1) >= 2
-    if two_cpus:
-        os.sched_setaffinity(0, {1})
-    parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    work = args.log_dir or tempfile.mkdtemp(prefix="orproxy-index-bench-", dir=parent)
-    log_dir = os.path.join(work, "logs")
-    proc = None
-    try:
-        print(f"seeding {args.count:,} exchanges into {log_dir} ...", file=sys.stderr)
-        t = time.monotonic()
-        seed(log_dir, args.count, bins=False)
-        print(f"  {time.monotonic() - t:.1f} s", file=sys.stderr)
-        t = time.monotonic()
-        subprocess.run([os.path.join(VENV_BIN, "orlogserver"), "--reindex", "--log-dir", log_dir],
-                       check=True, stdout=subprocess.DEVNULL)
-        reindex_s = time.monotonic() - t
-        proc, port = start_logserver(log_dir, work, "0" if two_cpus else None)
-        day = 86400.0
-        mid = BASE_TIME + args.count  # the seed spans ~2 s per exchange
-        queries = {
-            "newest 50": {},
-            "model + time range": {"model": "anthropic/claude-sonnet-4", "since": str(mid - day / 4),
-                                   "until": str(mid + day / 4)},
-            "model prefix + time range (ISO)": {"model": "gpt-4*", "since": "2025-10-09T12:00:00Z",
-                                                "until": "2025-10-10T00:00:00Z"},
-            "route + status class": {"route": "anthropic", "status": "5xx"},
-            "errors (error=any)": {"error": "any"},
-            "free text q=rate limit": {"q": "rate limit"},
-            "state=in_flight (rare)": {"state": "in_flight"},
-            "page 20 (cursor)": None,
-            "stats: 6 h window": {"since": str(mid - day / 8), "until": str(mid + day / 8)},
-        }
-        conn = Conn(port)
-        cursor = None
-        for _ in range(19):
-            page = json.loads(conn.request("GET", "/api/requests" + (f"?cursor={cursor}" if cursor else ""))[1])
-            cursor = page["next_cursor"]
-        conn.close()
-        queries["page 20 (cursor)"] = {"cursor": cursor}
-        print("measuring queries ...", file=sys.stderr)
-        query_results = measure_queries(port, queries, args.queries)
-        runs = {}
-        paced = int(args.rate * args.seconds)
-        print(f"ingest: {paced} exchanges at {args.rate:.0f}/s ...", file=sys.stderr)
-        runs[f"paced at {args.rate:.0f}/s for {args.seconds:.0f} s"] = ingest(
-            port, paced, args.rate, args.concurrency, args.seconds * 3 + 30)
-        print(f"ingest: {args.burst} exchanges flat out ...", file=sys.stderr)
-        runs[f"flat out, {args.concurrency} connections"] = ingest(
-            port, args.burst, None, args.concurrency, 120)
-        print("in-process pipeline ...", file=sys.stderr)
-        pipes = {"files + metadata updates only": pipeline(args.burst, False),
-                 "files + metadata + index + derive": pipeline(args.burst, True)}
-        report = table(args.count, reindex_s, query_results, runs, pipes)
-        print(report)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"count": args.count, "reindex_s": reindex_s, "queries": query_results,
-                           "ingest": runs, "pipeline": pipes}, f, indent=1)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if not args.keep and not args.log_dir:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
-"""A WebSocket upstream for orproxy's tests and WebSocket benchmark (issue 5).
+"""A WebSocket upstream for orproxy's tests and the benchmark's websocket scenario.
 
 A real process speaking RFC 6455 through the `websockets` library (asyncio), so that the
 proxy is tested against an implementation that is not its own. Endpoints match on the path
 *suffix*, so they answer under any route prefix. Run it as
 
-    python tests/ws_upstream.py [--host H] [--port P] [--certfile F --keyfile K]
+    python -m orproxy.testing.ws_upstream [--host H] [--port P] [--certfile F --keyfile K]
 
 It prints ``ws upstream listening on http://H:PORT`` (``https`` with TLS) once listening and
 exits 0 on SIGTERM/SIGINT. Every endpoint accepts permessage-deflate when the client offers

@@ -146,6 +146,7 @@ def _reindex(log_dir: str) -> None:
         index = Index(files.path)
         result = reindex(files, index)
         index.close()
+        files.close()
     except OSError as e:
         _fail("orlogserver", f"--log-dir {log_dir}: {e.strerror or e}")
     except sqlite3.Error as e:

@@ -394,3 +394,4 @@ def test_the_request_fields_are_derived_when_the_request_ends(tmp_path, monkeypa
         assert final_row["prompt_tokens"]
     finally:
         index.close()
+        log_dir.close()

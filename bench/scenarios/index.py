@@ -364,6 +364,7 @@ def pipeline(total: int, with_index: bool) -> dict[str, float]:
         seconds, cpu = time.monotonic() - started, time.process_time() - cpu_started
         if index is not None:
             index.close()
+        log_dir.close()
         # CPU time (all threads of this process), not wall time: the machine is shared
         return {"exchanges": total, "seconds": seconds, "cpu_seconds": cpu, "rate": total / cpu,
                 "us_per_exchange": cpu / total * 1e6}

@@ -87,6 +87,7 @@ class LogServerApp:
             self.index.close()
             for pool in (self.api.pool, self.deriver.pool):
                 pool.kill()
+            self.log_dir.close()
         except Exception as e:  # at exit: say it, do not raise
             print(f"orlogserver: closing the index: {e!r}", file=sys.stderr, flush=True)
 

@@ -43,9 +43,15 @@ class LogDir:
         self.path = os.path.abspath(path)
         self.ids = os.path.join(self.path, ".ids")
         os.makedirs(self.ids, exist_ok=True)
-        self._lock = open(os.path.join(self.ids, ".lock"), "a")
+        self._lock: Any = None  # opened by the first metadata rewrite
         self._prefixes: OrderedDict[str, str] = OrderedDict()  # id -> prefix, recently used
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # part file name -> its bytes
+
+    def close(self) -> None:
+        """Close the lock file that serialises metadata rewrites across processes."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def keep_recent(self, name: str, data: bytes) -> None:
         """A part file's whole content, just written, for one `take_recent` to read
@@ -179,6 +185,8 @@ class LogDir:
         """
         prefix, _ = self.exchange_prefix(exchange_id, now)
         path = self.metadata_path(prefix)
+        if self._lock is None:
+            self._lock = open(os.path.join(self.ids, ".lock"), "a")
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # no greenlet switch happens inside: files only
         try:
             try:

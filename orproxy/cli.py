@@ -17,6 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
+from orproxy.logserver.store.sweeper import STALE_AFTER  # noqa: E402
 from orproxy.logserver.web.units import parse_duration, parse_size  # noqa: E402
 
 T = TypeVar("T", int, float)
@@ -109,6 +110,10 @@ def logserver_main(argv: list[str] | None = None) -> None:
                         help="rebuild the index (.ids/index.sqlite3 in the log dir) from the files, then exit")
     parser.add_argument("--max-age", type=_more_than_0(parse_duration), metavar="DURATION",
                         help="delete exchanges older than this, in the background (e.g. 7d, 12h, 3600)")
+    parser.add_argument("--stale-after", type=_more_than_0(parse_duration), metavar="DURATION",
+                        default=STALE_AFTER,
+                        help="an exchange in flight whose files do not change for this long gets a "
+                             "final state (default: 15m, longer than the proxy's read timeout)")
     parser.add_argument("--max-bytes", type=_more_than_0(parse_size), metavar="SIZE",
                         help="delete the oldest exchanges while their files exceed this (e.g. 500M, 10G)")
     parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
@@ -123,7 +128,8 @@ def logserver_main(argv: list[str] | None = None) -> None:
     from orproxy.logserver.app import LogServerApp
 
     try:
-        app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes)
+        app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
+                           stale_after=args.stale_after)
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
     except sqlite3.Error as e:

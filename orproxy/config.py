@@ -6,7 +6,8 @@ that ConfigError into exit code 2 (see CONTRACT.md, "Configuration").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ class Config:
     logging_enabled: bool = True
     log_unrouted: bool = False
     redact_headers: frozenset[str] = frozenset(DEFAULT_REDACTED)
+    spool_dir: str = ".orproxy-spool"          # relative: to the config file's directory
+    spool_max_bytes: int = 1024 * 1024 * 1024  # 0: no spool
     routes: RouteTable = field(default_factory=lambda: RouteTable([]))
 
 
@@ -81,6 +84,12 @@ def _path_prefix(value: Any, where: str) -> str:
     if isinstance(value, str) and value.startswith("/"):
         return value
     raise _fail(where, value, "a path prefix starting with '/'")
+
+
+def _byte_count(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _fail(where, value, "a number of bytes (0 or more)")
 
 
 def _header_list(value: Any, where: str) -> frozenset[str]:
@@ -154,7 +163,8 @@ def parse_config(data: Any) -> Config:
         "port": _port, "host": _str, "shutdown_timeout": _seconds})
     log = _section(top.get("logging"), "logging", {
         "console": _bool, "file": _str, "server_url": _http_url, "enabled": _bool,
-        "binary_files": _bool, "redact_headers": _header_list, "default": _bool})
+        "binary_files": _bool, "redact_headers": _header_list, "default": _bool,
+        "spool_dir": _str, "spool_max_bytes": _byte_count})
     upstream = _section(top.get("upstream"), "upstream", {
         "connect_timeout": _seconds, "read_timeout": _seconds})
     defaults = {"connect_timeout": upstream.get("connect_timeout", 10.0),
@@ -170,6 +180,8 @@ def parse_config(data: Any) -> Config:
         logging_enabled=log.get("enabled", True) and log.get("binary_files", True),
         log_unrouted=log.get("default", False),
         redact_headers=log.get("redact_headers", frozenset(DEFAULT_REDACTED)),
+        spool_dir=log.get("spool_dir", Config.spool_dir),
+        spool_max_bytes=log.get("spool_max_bytes", Config.spool_max_bytes),
         routes=_routes(top.get("routes"), defaults, log.get("default", False)),
     )
 
@@ -187,6 +199,8 @@ def load_config(path: str) -> Config:
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
     try:
-        return parse_config(data)
+        config = parse_config(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    # The spool is found where the configuration says, wherever the proxy was started.
+    return replace(config, spool_dir=os.path.join(os.path.dirname(os.path.abspath(path)), config.spool_dir))

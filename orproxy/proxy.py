@@ -18,14 +18,16 @@ import requests
 from orproxy.clientwatch import ClientGone, ClientWatch
 from orproxy.config import Config
 from orproxy.console import ConsoleLog
-from orproxy.errors import before_head, error_response, in_body
+from orproxy.errors import ClientBodyError, before_head, error_response, in_body
 from orproxy.exchange import Exchange
 from orproxy.headers import HeaderPairs, Headers, header_value, strip_hop_by_hop
 from orproxy.hosting.handler import RawRequestHandler
 from orproxy.hosting.incoming import Incoming
 from orproxy.http1 import BLOCK, head
 from orproxy.logclient.exchange_log import ExchangeLog
+from orproxy.logclient.part import PART_BUDGET
 from orproxy.logclient.sink import LogSink
+from orproxy.logclient.spool import open_spool
 from orproxy.logclient.tee import tee
 from orproxy.routes import Route
 from orproxy.transport import StreamingAdapter
@@ -46,7 +48,7 @@ class ProxyApp:
         adapter = StreamingAdapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.sink = LogSink(config.server_url, adapter) if config.logging_enabled else None
+        self.sink = LogSink(config.server_url, adapter, spool=open_spool(config)) if config.logging_enabled else None
         self.console = ConsoleLog(config.console, config.log_file)
         self.websockets = WebSocketProxy()
         if not len(config.routes):  # allowed only with logging.default (config.py)
@@ -102,6 +104,8 @@ class ProxyApp:
             if failure is None:
                 self._finish(log, watch)
                 raise
+            if body is not None and failure[0] != "bad_request":
+                self._read_rest(body)
             return self._error(exchange, log, watch, start_response, *failure)
         log.end_request()
         return self._respond(exchange, log, response, watch, incoming, start_response)
@@ -117,9 +121,16 @@ class ProxyApp:
         """Nothing of the proxy runs for ever: in-flight exchanges finish on their own."""
 
     def drain(self, timeout: float) -> None:
-        """Let queued log data reach the logging server."""
+        """Let queued log data reach the logging server (what cannot goes to the spool)."""
         if self.sink is not None:
             self.sink.drain(timeout)
+
+    def close(self) -> None:
+        """Stop the log's sender and close every connection (an app served in a test's own
+        process; a process that exits needs none of it)."""
+        if self.sink is not None:
+            self.sink.close()
+        self.session.close()
 
     # --- the response -------------------------------------------------------------------
 
@@ -166,6 +177,19 @@ class ProxyApp:
             self._finish(log, watch)
 
     # --- errors and the end -------------------------------------------------------------
+
+    def _read_rest(self, body: Iterator[bytes]) -> None:
+        """The upstream failed before it took the request's body: read the rest from the
+        client anyway, so that the log holds the request whole (CONTRACT.md), up to as much
+        as the log could keep (the spool's bound). A body that breaks off ends it."""
+        limit, read = max(PART_BUDGET, self.config.spool_max_bytes), 0
+        try:
+            for block in body:
+                read += len(block)
+                if read >= limit:
+                    return
+        except ClientBodyError:
+            pass
 
     def _error(self, exchange: Exchange, log: ExchangeLog, watch: ClientWatch | None,
                start_response: Callable, code: str, message: str) -> list[bytes]:

@@ -29,9 +29,10 @@ def proxy_app() -> Callable:
 
 
 def logserver_app() -> Callable:
-    """The logging server; ORLOGSERVER_LOG_DIR (default logs), and retention from
-    ORLOGSERVER_MAX_AGE (e.g. 7d) and ORLOGSERVER_MAX_BYTES (e.g. 10G), as --max-age and
-    --max-bytes. Create it in each worker (no --preload): it starts threads."""
+    """The logging server; ORLOGSERVER_LOG_DIR (default logs), retention from
+    ORLOGSERVER_MAX_AGE (e.g. 7d) and ORLOGSERVER_MAX_BYTES (e.g. 10G), and
+    ORLOGSERVER_STALE_AFTER (e.g. 15m), as --max-age, --max-bytes and --stale-after.
+    Create it in each worker (no --preload): it starts threads."""
     log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.hosting.gunicorn import for_gunicorn
@@ -43,11 +44,14 @@ def logserver_app() -> Callable:
 
     limits = {}
     for key, name, parse in (("max_age", "ORLOGSERVER_MAX_AGE", parse_duration),
-                             ("max_bytes", "ORLOGSERVER_MAX_BYTES", parse_size)):
+                             ("max_bytes", "ORLOGSERVER_MAX_BYTES", parse_size),
+                             ("stale_after", "ORLOGSERVER_STALE_AFTER", parse_duration)):
         text = os.environ.get(name)
+        if not text:
+            continue
         try:
-            limits[key] = parse(text) if text else None
-            if text and limits[key] <= 0:
+            limits[key] = parse(text)
+            if limits[key] <= 0:
                 raise ValueError(f"{text!r} must be more than 0")
         except ValueError as e:
             print(f"orlogserver: {name}: {e}", file=sys.stderr)

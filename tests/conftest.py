@@ -247,7 +247,12 @@ class Proxy(object):
         self.gunicorn = gunicorn
         self.url = process.url
         self.port = int(self.url.rsplit(":", 1)[1])
-        self._since = (0, 0)
+        self._since = process.start_offsets  # a proxy restarted in the same workdir: its own output
+
+    @property
+    def workdir(self):
+        """Its directory: config.yaml, its output, and its spool (.orproxy-spool)."""
+        return self.config_path.parent
 
     @property
     def pid(self):
@@ -371,16 +376,17 @@ def make_proxy(tmp_path, fake_upstream, logserver):
     teardown.
 
     make_proxy(routes=None, logging=None, extra=None, gunicorn=False, *, config=None,
-               args=(), env=None, workers=2, timeout=10) -> Proxy
-    ``config`` (a dict or YAML text) replaces the built configuration entirely.
+               workdir=None, args=(), env=None, workers=2, timeout=10) -> Proxy
+    ``config`` (a dict or YAML text) replaces the built configuration entirely; ``workdir``
+    (an earlier proxy's) starts it again where that one ran, with its spool.
     """
     started = []
 
     def factory(routes=None, logging=None, extra=None, gunicorn=False, *, config=None,
-                args=(), env=None, workers=2, timeout=STARTUP_TIMEOUT):
+                workdir=None, args=(), env=None, workers=2, timeout=STARTUP_TIMEOUT):
         if config is None:
             config = build_config(fake_upstream.url, logserver.url, routes, logging, extra)
-        workdir = tmp_path / ("proxy%d" % len(started))
+        workdir = workdir or tmp_path / ("proxy%d" % len(started))
         proxy = start_proxy(workdir, config, gunicorn, args, env, workers, timeout)
         started.append(proxy)
         return proxy

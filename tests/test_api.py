@@ -58,7 +58,8 @@ def test_metadata_matches_what_the_client_saw(proxy, api):
     started = time.time()
     status, headers, body, rid, sent = call(proxy, "/api/v1/chat/completions", CHAT, query="?x=1")
     assert status == 200
-    row = api.wait_row(rid, derived_done)
+    # indexed too (until then the detail is built from the metadata file: no seq yet)
+    row = api.wait_row(rid, lambda r: derived_done(r) and r["seq"] is not None)
     assert row["id"] == rid
     assert (row["status"], row["method"], row["path"], row["route"]) == (
         200, "POST", "/api/v1/chat/completions?x=1", "openrouter")

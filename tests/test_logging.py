@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port, pattern_bytes, wait_until
+from log_helpers import host_port, exchange_complete, logged, send, split_head, values
 
 BIN_NAME_RE = re.compile(
     r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{3})_([0-9a-f]{8})_(request|response)\.bin$")
@@ -27,60 +28,6 @@ CONSOLE_RE = re.compile(
 
 
 # -- local helpers -----------------------------------------------------------------------
-
-
-def _split(url):
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
-    return host, int(port)
-
-
-def send(url, method, target, headers=(), body=None, timeout=10.0):
-    """One request with exactly these header lines; returns (status, headers, body, id)."""
-    host, port = _split(url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        headers = list(headers)
-        if body is not None and not any(n.lower() == "content-length" for n, _ in headers):
-            headers.append(("Content-Length", str(len(body))))
-        for name, value in headers:
-            conn.putheader(name, value)
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, resp.getheaders(), data, resp.getheader("X-Request-Id")
-    finally:
-        conn.close()
-
-
-def split_head(raw):
-    """(first line, [(name, value)], body) of a logged .bin file; CRLF line ends."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    assert sep, raw[:500]
-    lines = head.decode("latin-1").split("\r\n")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(": ")
-        assert colon, line
-        headers.append((name, value))
-    return lines[0], headers, body
-
-
-def values(headers, name):
-    return [v for n, v in headers if n.lower() == name.lower()]
-
-
-def exchange_complete(data):
-    parts = data.get("parts", {})
-    return ("proxy" in data and parts.get("request", {}).get("complete")
-            and parts.get("response", {}).get("complete"))
-
-
-def logged(logserver, request_id, timeout=5.0):
-    """Wait until the exchange is fully logged; return (request bytes, response bytes, metadata)."""
-    meta = logserver.wait_for_metadata(request_id, predicate=exchange_complete, timeout=timeout)
-    return (logserver.file(request_id, "request").read_bytes(),
-            logserver.file(request_id, "response").read_bytes(), meta)
 
 
 def assert_never_logged(logserver, proxy_url, request_id):
@@ -170,7 +117,7 @@ def test_request_body_is_logged_byte_exact(proxy, logserver):
 
 
 def test_response_is_logged_while_it_streams(proxy, logserver):
-    host, port = _split(proxy.url)
+    host, port = host_port(proxy.url)
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
         conn.request("GET", "/v1/sse?events=8&interval_ms=250")
@@ -195,7 +142,7 @@ def test_response_is_logged_while_it_streams(proxy, logserver):
 def test_request_is_logged_while_it_is_uploaded(proxy, logserver):
     body = pattern_bytes(1024 * 1024, offset=5)
     first = 512 * 1024
-    sock = socket.create_connection(_split(proxy.url), timeout=10)
+    sock = socket.create_connection(host_port(proxy.url), timeout=10)
     try:
         sock.sendall(b"PUT /v1/sink HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
         sock.sendall(body[:first])
@@ -457,7 +404,7 @@ def test_logging_server_killed_then_restarted(make_proxy, logserver):
     logged(logserver, rid)
 
     # Killed in the middle of a logged stream: the stream goes on to its end.
-    host, port = _split(p.url)
+    host, port = host_port(p.url)
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
         conn.request("GET", "/v1/sse?events=6&interval_ms=100")
@@ -532,33 +479,6 @@ def test_a_logging_server_silent_for_longer_than_10_s_still_gets_every_exchange(
         request, _, metadata = logged(logserver, rid, timeout=20)
         assert request.startswith(b"GET /v1/echo?stalled=")
         assert metadata["proxy"]["log_dropped_bytes"] == 0
-
-
-def test_a_response_beyond_the_log_budget_is_logged_up_to_it_and_marked(make_proxy, logserver):
-    """With the logging server stalled, the proxy queues at most 8 MiB of one stream: the
-    client still gets every byte; the log gets a prefix, a truncation marker, and the
-    metadata counts what was dropped."""
-    p = make_proxy()
-    send(p.url, "GET", "/v1/echo")  # the logging server is known to answer
-    n = 32 * 1024 * 1024
-    os.kill(logserver.process.pid, signal.SIGSTOP)
-    try:
-        status, _, data, rid = send(p.url, "GET", "/v1/bytes?n=%d" % n)
-    finally:
-        os.kill(logserver.process.pid, signal.SIGCONT)
-    assert status == 200 and data == pattern_bytes(n)
-
-    metadata = logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=20)
-    dropped = metadata["proxy"]["log_dropped_bytes"]
-    assert 0 < dropped < n
-    logged_bytes = logserver.read(rid, "response")
-    _, _, body = split_head(logged_bytes)
-    marker = ("\r\n[orproxy: log truncated here; %d bytes were proxied but not logged because "
-              "the logging server was slow or unreachable]\r\n" % dropped).encode()
-    assert body.endswith(marker)
-    prefix = body[:-len(marker)]
-    assert len(prefix) + dropped == n
-    assert prefix == pattern_bytes(len(prefix))
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")

@@ -88,8 +88,9 @@ class LogApp:
 class InProcessProxy:
     """ProxyApp on its own server, logging to `log_url`; `routes` as in config.yaml."""
 
-    def __init__(self, routes: list[dict], log_url: str, redact: list[str] | None = None) -> None:
-        logging = {"console": False, "server_url": log_url}
+    def __init__(self, routes: list[dict], log_url: str, spool_dir: str,
+                 redact: list[str] | None = None) -> None:
+        logging = {"console": False, "server_url": log_url, "spool_dir": spool_dir}
         if redact is not None:
             logging["redact_headers"] = redact
         self.app = ProxyApp(parse_config({"routes": routes, "logging": logging}))
@@ -99,11 +100,7 @@ class InProcessProxy:
     def close(self) -> None:
         self.served.stop()
         self.app.drain(2)  # what is queued reaches the logging server
-        lane = self.app.sink.lane
-        lane.greenlet.kill()
-        if lane.conn is not None:  # the lane's own keep-alive connection, outside the pool
-            lane.conn.close()
-        self.app.session.close()  # the pooled upstream and log connections
+        self.app.close()
 
 
 @dataclass
@@ -215,6 +212,7 @@ class Wire:
 
     def __init__(self, log_dir):
         self.log = LogApp(log_dir)
+        self.spool_dir = str(log_dir) + "-spool"
         self.opened = []
         self.served = [self.log.served]
         self.upstreams = []
@@ -231,7 +229,7 @@ class Wire:
     def proxy(self, upstream_url, **route):
         """A proxy with one route, /up/ -> the upstream (path kept), and `route`'s options."""
         proxy = InProcessProxy([{"source": "/up/", "destination": upstream_url + "/", "name": "up", **route}],
-                               self.log.url)
+                               self.log.url, self.spool_dir)
         self.served.append(proxy.served)
         return self._keep(proxy, proxy.close)
 

@@ -10,7 +10,6 @@ from bench.report import Row
 from bench.scenarios.common import added, figures, log_completeness, metadata_files
 from bench.scenarios.registry import scenario
 from bench.targets import API
-from orproxy.logclient.sink import max_log_streams
 
 
 @scenario("streams10k", help="10,000 SSE streams held at once, one event per 500 ms for 20 s")
@@ -140,7 +139,7 @@ def streams10k(ctx):
 
 def _held_capacity(ctx):
     """{who: (open-files limit, streams it can hold)}, and the smallest of those: a proxy
-    holds a client and an upstream socket per stream (orproxy also its log streams), the
+    holds a client and an upstream socket per stream (orproxy logs on one connection), the
     upstream and this load generator one socket per stream; ~100 files kept spare each
     (listening sockets, logs, epoll), the upstream also the proxies' idle keep-alive pools."""
     limits = {"load generator": nofile_limit(os.getpid())}
@@ -156,9 +155,9 @@ def _held_capacity(ctx):
             who = "%s %s" % (t.name, role)
             limits[who] = min(lims) if lims else None
             if role == "proxy":
-                spare[who] = 100 + (max_log_streams(limits[who]) if t.has_logserver and limits[who] else 0)
+                spare[who] = 100  # its log goes on one connection, whatever the streams
             else:
-                spare[who] = None  # the logging server: at most the proxy's log streams
+                spare[who] = None  # the logging server: one connection per proxy
     out = {}
     for who, lim in limits.items():
         if lim is None or spare.get(who) is None:

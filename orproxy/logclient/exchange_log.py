@@ -4,9 +4,8 @@ An exchange is logged as three parts (CONTRACT.md, "Logging stream"): its reques
 head as sent upstream, secrets masked, `X-Proxy-Path` last, then the body), its response
 (the head as received, masked, then the body or a WebSocket session's message records)
 and, once it is over, its metadata. The request stream opens at once; the response stream
-with the response head, not before: a stream complete when it starts goes to the lane
-(sink.py), and a response is complete far more often than an exchange's first wait would
-suggest. `finish()` ends both and sends the metadata, once, whichever path ends it.
+with the response head, not before (its file is named by when that came).
+`finish()` ends both and sends the metadata, once, whichever path ends it.
 """
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ from typing import Any
 from orproxy.exchange import Exchange
 from orproxy.headers import Headers, masked
 from orproxy.http1 import head
+from orproxy.logclient.part import NULL_PART, NullPart, Part
 from orproxy.logclient.sink import LogSink
-from orproxy.logclient.stream import NULL_STREAM, LogStream, NullStream
 
 
 class ExchangeLog:
@@ -28,8 +27,8 @@ class ExchangeLog:
         self.sink = sink
         self.exchange = exchange
         self.secrets = secrets
-        self.request: LogStream | NullStream = sink.open(exchange.id, "request") if sink else NULL_STREAM
-        self._response: LogStream | NullStream | None = None
+        self.request: Part | NullPart = sink.open(exchange.id, "request", exchange.started_at) if sink else NULL_PART
+        self._response: Part | NullPart | None = None
         self.finished = False
 
     @property
@@ -37,9 +36,10 @@ class ExchangeLog:
         return self.sink is not None
 
     @property
-    def response(self) -> LogStream | NullStream:
+    def response(self) -> Part | NullPart:
         if self._response is None:
-            self._response = self.sink.open(self.exchange.id, "response") if self.sink else NULL_STREAM
+            self._response = self.sink.open(self.exchange.id, "response", self.exchange.started_at) \
+                if self.sink else NULL_PART
         return self._response
 
     def request_head(self, target: str, headers: Headers, called: str) -> None:
@@ -72,4 +72,4 @@ class ExchangeLog:
             self._response.close()
         exchange.log_dropped_bytes = self.request.dropped + (self._response.dropped if self._response else 0)
         if self.sink is not None:
-            self.sink.send_json(exchange.id, "metadata", {**exchange.metadata(), **extra})
+            self.sink.send_json(exchange.id, exchange.started_at, {**exchange.metadata(), **extra})

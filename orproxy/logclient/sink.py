@@ -1,117 +1,113 @@
-"""The sink: opens log streams to one logging server, starts them, and keeps the policy.
+"""The sink: where an exchange's log parts go, and the state they share.
 
-A stream is started once the proxy next waits (a loop callback): if by then it is already
-complete, as most short exchanges are, its body goes to the lane (lane.py) as one of a
-batch of pipelined PUTs on one connection; one still open gets its own streaming PUT.
-
-Logging must never slow, fail or alter a proxied request (CONTRACT.md), so a logging server
-that is down, or that stalls, is given a rest (`RETRY_AFTER`) during which new streams are
-dropped at once instead of piling up connections; logging resumes by itself when it
-answers again.
+It opens parts (part.py), keeps the memory budget and the spool they share, the set of
+parts with data to send, and whether the logging server is down; its sender (sender.py)
+delivers them. Logging never slows, fails or alters a proxied request (CONTRACT.md): a
+part only ever queues, spills to the spool, or, past the spool's bound, truncates.
 """
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from typing import Any
 
 import gevent
+from gevent.event import Event
 
 from orproxy.http1 import split_url
 from orproxy.logclient.budget import Budget
-from orproxy.logclient.lane import Lane
-from orproxy.logclient.stream import LogStream
+from orproxy.logclient.part import Part
+from orproxy.logclient.sender import Sender
+from orproxy.logclient.spool import Spool
 from orproxy.transport import StreamingAdapter
-
-# A logging server that does not accept or answer within these is treated as stalled. It
-# runs at idle CPU priority, so on a saturated machine it may not run at all until the load
-# ends, and its listen queue overflows (a connect then waits for SYN retries, 1 s, 3 s,
-# 7 s, ...). With 2 s and 10 s, 0-1,470 of 6,600 held streams were logged in full (bench
-# streams10k); with 2 s and 60 s, 4,125-4,616; with these, all. Memory stays bounded by the
-# budgets, connections by max_log_streams.
-CONNECT_TIMEOUT = 30.0
-IO_TIMEOUT = 60.0
-RETRY_AFTER = 1.0                    # seconds to leave a failed logging server alone
-
-
-def max_log_streams(limit: int | None = None) -> int:
-    """Streaming PUTs open at once: a third of the open-files limit (this process's unless
-    given). An exchange held open also needs its client's and its upstream's socket, so
-    past this the traffic itself would run out of descriptors; the exchanges beyond it are
-    not logged."""
-    if limit is None:
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 65536 if limit == resource.RLIM_INFINITY else max(64, limit // 3)
 
 
 class LogSink:
-    """Log streams to one logging server, the shared budget and the counters."""
-
     def __init__(self, server_url: str, adapter: StreamingAdapter | None = None,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, spool: Spool | None = None) -> None:
         self.server_url = server_url.rstrip("/")
-        self.adapter = adapter or StreamingAdapter()
         self.budget = budget or Budget()
-        self.timeouts = (CONNECT_TIMEOUT, IO_TIMEOUT)
-        self.active_streams = 0
-        self.max_streams = max_log_streams()
-        self.retry_at = 0.0
+        self.spool = spool
+        self.down = False               # the logging server did not take the last batch
         self.dropped_bytes = 0
-        self.failed_streams = 0
-        self._reported_down = False
-        self._starting: list[LogStream] = []
-        key, self.netloc, base = split_url(self.server_url)
-        self.base_path = base.rstrip("/")
-        self.origin = self.server_url[:len(self.server_url) - len(self.base_path)]
-        self.lane = Lane(self.adapter.pool, key, self.netloc, self.timeouts,
-                         self.budget.release, self.stream_failed, self.stream_succeeded)
+        self.truncated_parts = 0
+        self._said_full = False
+        self._ready: dict[Part, None] = {}  # parts with data to send, in the order they got it
+        self.wake = Event()
+        key, netloc, base = split_url(self.server_url)
+        self.sender = Sender(self, (adapter or StreamingAdapter()).pool, key, netloc, base.rstrip("/"))
 
-    def open(self, exchange_id: str, kind: str) -> LogStream:
-        """A stream for `PUT {server}/{id}/{kind}`; a dead one while the server rests."""
-        if time.monotonic() < self.retry_at or self.active_streams >= self.max_streams:
-            return LogStream(self, None)
-        stream = LogStream(self, f"{self.base_path}/{exchange_id}/{kind}")
-        if not self._starting:
-            gevent.get_hub().loop.run_callback(self._start_streams)
-        self._starting.append(stream)
-        return stream
+    def open(self, exchange_id: str, kind: str, t0: float) -> Part:
+        """The part `kind` (request, response, metadata) of exchange `exchange_id`, which
+        started at `t0`."""
+        return Part(self, exchange_id, kind, t0)
 
-    def send_json(self, exchange_id: str, kind: str, document: dict[str, Any]) -> None:
-        """One small JSON document (the exchange's metadata), sent in the background."""
-        stream = self.open(exchange_id, kind)
-        stream.write(json.dumps(document, separators=(",", ":")).encode())
-        stream.close()
+    def send_json(self, exchange_id: str, t0: float, document: dict[str, Any]) -> None:
+        """The exchange's metadata, sent in the background."""
+        part = self.open(exchange_id, "metadata", t0)
+        part.write(json.dumps(document, separators=(",", ":")).encode())
+        part.close()
+
+    # -- what the parts tell it ------------------------------------------------------------
+
+    def ready(self, part: Part) -> None:
+        if part not in self._ready:
+            self._ready[part] = None
+            self.wake.set()
+
+    def not_ready(self, part: Part) -> None:
+        self._ready.pop(part, None)
+
+    def ready_parts(self) -> list[Part]:
+        return list(self._ready)
+
+    def dropped(self, size: int) -> None:
+        """A part could not keep `size` bytes: the spool is full (or there is none)."""
+        self.dropped_bytes += size
+        if not self._said_full:
+            self._said_full = True
+            where = f"the spool ({self.spool.directory}) is full" if self.spool else "there is no spool"
+            print(f"orproxy: log data dropped: the logging server at {self.server_url} does not take it "
+                  f"fast enough and {where}; logs are truncated with a marker and the bytes counted "
+                  "in log_dropped_bytes", file=sys.stderr, flush=True)
+
+    # -- the sender's news -----------------------------------------------------------------
+
+    def went_down(self, error: Exception) -> None:
+        """A batch did not arrive: keep what is in memory safe on disk, and whatever comes
+        next goes there directly, until the logging server answers again."""
+        if not self.down:
+            self.down = True
+            where = f"log data waits in the spool ({self.spool.directory})" if self.spool else \
+                "log data waits in memory, within its budget"
+            print(f"orproxy: logging server {self.server_url} unreachable ({error}); proxying "
+                  f"continues, {where} until it answers", file=sys.stderr, flush=True)
+        if self.spool is not None:
+            for part in self.ready_parts():
+                part.spill()
+
+    def came_back(self) -> None:
+        if self.down:
+            self.down = False
+            self._said_full = False
+            print(f"orproxy: logging server {self.server_url} answers again", file=sys.stderr, flush=True)
+
+    # -- stopping --------------------------------------------------------------------------
 
     def drain(self, timeout: float) -> None:
-        """Wait, at most `timeout` seconds, until every queued log byte is sent or given up."""
+        """At the end: wait, at most `timeout` seconds, until every log byte in memory is
+        delivered; what is not by then goes to the spool, for the next process to deliver."""
         deadline = time.monotonic() + timeout
-        while (self.budget.used > 0 or self.active_streams or self._starting) and (
-                time.monotonic() < deadline):
+        while (self._ready or self.sender.busy) and time.monotonic() < deadline:
             gevent.sleep(0.01)
+        if self.spool is not None:
+            for part in [*self.ready_parts(), *self.sender.inflight]:
+                part.spill()
+        self.close()
 
-    def _start_streams(self) -> None:
-        """Runs in the event loop once the proxy waits: complete streams go to the lane."""
-        starting, self._starting = self._starting, []
-        for stream in starting:
-            if stream.dead:
-                continue
-            if stream.closed:
-                self.lane.put(stream.path, stream.whole_body())
-            else:
-                self.active_streams += 1
-                stream.start()
-
-    def stream_failed(self, error: Exception) -> None:
-        self.failed_streams += 1
-        self.retry_at = time.monotonic() + RETRY_AFTER
-        if not self._reported_down:
-            self._reported_down = True
-            print(f"orproxy: logging server {self.server_url} unreachable ({error}); "
-                  "proxying continues, logging resumes when it answers", file=sys.stderr, flush=True)
-
-    def stream_succeeded(self) -> None:
-        if self._reported_down:
-            self._reported_down = False
-            print(f"orproxy: logging server {self.server_url} answers again", file=sys.stderr, flush=True)
+    def close(self) -> None:
+        """Stop sending; the spool's undelivered segments stay for the next process."""
+        self.sender.stop()
+        if self.sender.spool is not None:
+            self.sender.spool.close()

@@ -2,16 +2,16 @@
 
 The consumer that matters (upstream for the request, the client for the response) gets
 each block as the caller iterates; the log stream gets the same block without ever
-blocking (LogStream.write only enqueues).
+blocking (Part.write only queues or spools).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from orproxy.logclient.stream import LogStream, NullStream
+from orproxy.logclient.part import NullPart, Part
 
 
-def tee(blocks: Iterable[bytes], log: LogStream | NullStream, count: Callable[[int], None]) -> Iterator[bytes]:
+def tee(blocks: Iterable[bytes], log: Part | NullPart, count: Callable[[int], None]) -> Iterator[bytes]:
     for block in blocks:
         log.write(block)
         count(len(block))

@@ -12,10 +12,12 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from orproxy import logwire
 from orproxy.http1 import head
 from orproxy.logserver.live.feed import LiveFeed
 from orproxy.logserver.live.tail import Tail
 from orproxy.logserver.live.transports import LiveTransport
+from orproxy.logserver.store.appends import Appends
 from orproxy.logserver.store.batching import BatchingRequestHandler
 from orproxy.logserver.store.deriving import Deriver
 from orproxy.logserver.store.index import Index
@@ -23,6 +25,7 @@ from orproxy.logserver.store.ingest import BadInput, Ingest
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.reindex import reindex
 from orproxy.logserver.store.retention import Retention
+from orproxy.logserver.store.sweeper import STALE_AFTER, Sweeper
 from orproxy.logserver.web.api import Api
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, error_response, json_response
@@ -36,13 +39,15 @@ class LogServerApp:
     handler_class = BatchingRequestHandler
 
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
-                 retention_interval: float = 60.0) -> None:
+                 retention_interval: float = 60.0, stale_after: float = STALE_AFTER) -> None:
         self.log_dir = LogDir(log_dir)
         self.deriver = Deriver(self.log_dir)
         self.ingest = Ingest(self.log_dir, self.deriver)
         self.index = Index(self.log_dir.path)
         self.ingest.subscribe(lambda record, events: self.index.put(record.document))
+        self.appends = Appends(self.ingest)
         self.retention = Retention(self.log_dir, self.index, max_age, max_bytes, retention_interval)
+        self.sweeper = Sweeper(self.ingest, self.index, stale_after)
         self.stopping = Event()  # set when the server stops: the endless streams end
         self.feed = LiveFeed(self.index, self.stopping)
         live = LiveTransport(self.feed)
@@ -52,6 +57,7 @@ class LogServerApp:
             "index": lambda environ, start_response: static(environ, start_response, "index.html"),
             "static": static,
             "ingest": self._ingest,
+            "ingest_batch": self._ingest_batch,
             **self.api.handlers(),
             "live_websocket": live.websocket,
             "live_events": live.events,
@@ -66,6 +72,7 @@ class LogServerApp:
             gevent.spawn(self._rebuild)  # then retention: it prunes what the index lists
         else:
             self.retention.start()
+            self.sweeper.start()
 
     def _rebuild(self) -> None:
         """A new (or schema-changed) index over existing files: fill it in the background."""
@@ -78,15 +85,18 @@ class LogServerApp:
         finally:
             self.rebuilding = False
             self.retention.start()
+            self.sweeper.start()
 
     def close(self) -> None:
         """Write what the index queue still holds (up to 5 s) and stop the background work
         and its threads (at exit; and tests that serve the app in their own process)."""
         try:
             self.retention.close()
+            self.sweeper.close()
             self.index.close()
             for pool in (self.api.pool, self.deriver.pool):
                 pool.kill()
+            self.appends.close()
             self.log_dir.close()
         except Exception as e:  # at exit: say it, do not raise
             print(f"orlogserver: closing the index: {e!r}", file=sys.stderr, flush=True)
@@ -109,6 +119,7 @@ class LogServerApp:
 
     def _health(self) -> dict[str, Any]:
         return {"rebuilding": self.rebuilding, "derive_errors": self.deriver.errors,
+                "ingest": {"batch": logwire.PROTOCOL, "path": logwire.PATH},
                 "retention": {"max_age_s": self.retention.max_age, "max_bytes": self.retention.max_bytes}}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
@@ -129,6 +140,22 @@ class LogServerApp:
             return error_response(start_response, "400 Bad Request", str(e), parameter=e.parameter)
         except HttpError as e:
             return error_response(start_response, e.status, str(e), e.headers, e.parameter)
+
+    def _ingest_batch(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+        """`POST /ingest`: a batch of appends and metadata from orproxy (logwire.py)."""
+        ours = [(logwire.PROTOCOL_HEADER, logwire.PROTOCOL)]
+        length = environ.get("CONTENT_LENGTH") or ""
+        if not length.isdigit():
+            return error_response(start_response, "411 Length Required", "a batch needs a Content-Length", ours)
+        if int(length) > logwire.MAX_BATCH:
+            return error_response(start_response, "413 Content Too Large",
+                                  f"a batch is at most {logwire.MAX_BATCH} bytes", ours)
+        body = environ["wsgi.input"].read(int(length))
+        try:
+            acks = self.appends.take(body)
+        except logwire.BadBatch as e:
+            return error_response(start_response, "400 Bad Request", f"malformed batch: {e}", ours)
+        return json_response(start_response, "201 Created", {"acks": acks}, ours)
 
     def _ingest(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,
                 kind: str) -> list[bytes]:

@@ -25,11 +25,10 @@ except ImportError:  # a build without the C extension: the same function in Pyt
     from websockets.utils import apply_mask
 
 from orproxy.logclient.budget import Budget
-from orproxy.logclient.stream import LogStream
+from orproxy.logclient.part import Part
 
 TAP_BUDGET = 32 * 1024 * 1024      # bytes a decoder may fall behind one direction before it stops
 RECORD_MAX = 1024 * 1024           # larger payload pieces are split over several records
-LOG_HIGH_WATER = 4 * 1024 * 1024   # the decoder waits while its log stream queues this much
 DECODE_SLICE = 256 * 1024          # bytes decoded per turn: a turn delays the tunnels ~0.1 ms
 
 MAX_FRAME_HEAD = 14                # bytes: 2, an extended length of up to 8, a mask key of 4
@@ -48,7 +47,7 @@ class MessageLog:
     writing happen in this log's own greenlet, in arrival order.
     """
 
-    def __init__(self, stream: LogStream, budget: Budget, extensions: str) -> None:
+    def __init__(self, stream: Part, budget: Budget, extensions: str) -> None:
         self.stream = stream
         self.budget = budget
         self.queue: SimpleQueue = SimpleQueue()
@@ -108,8 +107,6 @@ class MessageLog:
     def _write(self, direction: str, at: float, opcode: str, payload: bytes | memoryview, more: bool) -> None:
         for start in range(0, max(len(payload), 1), RECORD_MAX):
             piece = payload[start:start + RECORD_MAX]
-            while self.stream.queued > LOG_HIGH_WATER and not self.stream.dead:
-                gevent.sleep(0.005)  # only the decoder waits for the logging server
             for part in message_record(direction, at, opcode, piece,
                                        more or start + RECORD_MAX < len(payload)):
                 self.stream.write(part)  # the payload as it is: never copied into a record

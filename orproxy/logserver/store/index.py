@@ -30,7 +30,7 @@ from gevent.threadpool import ThreadPool
 
 from orproxy.logserver.store.schema import COLUMNS, FIELDS, row_from_document
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: incomplete_reason, and the in_flight index
 FILENAME = "index.sqlite3"
 READERS = 4
 ANALYZE_EVERY = 20_000  # rows written
@@ -40,12 +40,13 @@ TOMBSTONE_SEQS = 100_000  # tombstones older than this many changes are dropped
 T = TypeVar("T")
 _thread_id = get_original("_thread", "get_ident")
 
-_INDEXES = (
-    ("by_time", "started_at, id"),
-    ("by_model", "model, started_at, id"),  # ordered scans per model: see query._newest_first
-    ("by_model_requested", "model_requested, started_at, id"),
-    ("by_route", "route, started_at, id"),
-    ("by_seq", "seq"),
+_INDEXES = (  # name, columns, and for a partial index the rows it covers
+    ("by_time", "started_at, id", ""),
+    ("by_model", "model, started_at, id", ""),  # ordered scans per model: see query._newest_first
+    ("by_model_requested", "model_requested, started_at, id", ""),
+    ("by_route", "route, started_at, id", ""),
+    ("by_seq", "seq", ""),
+    ("in_flight", "started_at", "state = 'in_flight'"),  # the sweeper's few rows (sweeper.py)
 )
 
 
@@ -77,8 +78,9 @@ def create_schema(conn: sqlite3.Connection) -> bool:
         columns = ", ".join(f"{f.name} {f.sql}" + (" PRIMARY KEY" if f.name == "id" else "")
                             for f in FIELDS)
         conn.execute(f"CREATE TABLE exchanges ({columns})")
-        for name, columns in _INDEXES:
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON exchanges ({columns})")
+        for name, columns, rows in _INDEXES:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON exchanges ({columns})"
+                         + (f" WHERE {rows}" if rows else ""))
         conn.execute(_TOMBSTONES)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")

@@ -140,11 +140,13 @@ class Ingest:
         sends an exchange's request, response and metadata in one write: one rewrite instead
         of three, and no answer reaches it before the file is written."""
         if batch is None:
-            self._apply(exchange_id, [(now, change, event)])
+            self.apply(exchange_id, [(now, change, event)])
         else:
-            batch.defer(exchange_id.lower(), (now, change, event), self._apply)
+            batch.defer(exchange_id.lower(), (now, change, event), self.apply)
 
-    def _apply(self, exchange_id: str, changes: list[tuple[float, Change, Event]]) -> None:
+    def apply(self, exchange_id: str, changes: list[tuple[float, Change, Event]]) -> None:
+        """Make `changes` (their times, changes and events) in one rewrite of the exchange's
+        metadata document, then tell the subscribers."""
         with self.log_dir.metadata(exchange_id, changes[0][0]) as document:
             record = ExchangeRecord(document)
             for _, change, event in changes:

@@ -121,16 +121,37 @@ class ExchangeRecord:
         return any(isinstance(p, dict) and p.get("error") for p in self._parts.values())
 
     @property
+    def swept(self) -> dict[str, Any]:
+        """The sweeper's word (sweeper.py) that nothing arrived for long: `at`, `reason`."""
+        swept = self.document.get("swept")
+        return swept if isinstance(swept, dict) else {}
+
+    @property
+    def whole(self) -> bool:
+        """Both parts arrived, and whole."""
+        return all(self.part(kind).get("complete") for kind in ("request", "response"))
+
+    @property
     def state(self) -> str:
-        """One of STATES: complete once the proxy reported the end; incomplete when a part
-        broke off and it never did; in flight until then."""
-        if self.over:
+        """One of STATES: complete once the proxy reported the end (or, from a proxy that
+        reports none, both parts arrived whole and nothing came after them for long);
+        incomplete when a part broke off, or the parts stopped arriving, and the proxy
+        never reported the end; in flight until then."""
+        if self.over or (self.swept and self.whole):
             return "complete"
-        return "incomplete" if self.broken else "in_flight"
+        return "incomplete" if self.broken or self.swept else "in_flight"
+
+    @property
+    def incomplete_reason(self) -> str | None:
+        if self.state != "incomplete":
+            return None
+        errors = [f"{kind}: {p['error']}" for kind, p in self.parts.items() if p.get("error")]
+        return "; ".join(errors) or self.swept.get("reason")
 
     def over_without(self, kind: str) -> bool:
-        """The exchange is over (or broke off) and this part never came: no response will."""
-        return kind not in self._parts and (self.over or self.broken)
+        """The exchange is over (or broke off, or stopped) and this part never came: no
+        response will."""
+        return kind not in self._parts and (self.over or self.broken or bool(self.swept))
 
     # -- the derived fields --------------------------------------------------------------
 

@@ -47,8 +47,12 @@ FIELDS: tuple[Field, ...] = (
     Field("duration_ms", "float", "ended_at - started_at, in milliseconds."),
     Field("ttft_ms", "float", "Time to first token: from the request to the first byte of the "
           "response body (for a streamed LLM answer, its first event), in milliseconds."),
-    Field("state", "str", "in_flight: the proxy has not reported the end yet; complete: it has; "
-          "incomplete: a part broke off and the proxy never reported the end.", enum=STATES),
+    Field("state", "str", "in_flight: the proxy has not reported the end yet; complete: it has (or, "
+          "from a proxy that reports none, both parts arrived whole and nothing came for --stale-after); "
+          "incomplete: a part broke off, or nothing more arrived for --stale-after, and the proxy never "
+          "reported the end (`incomplete_reason` says why).", enum=STATES),
+    Field("incomplete_reason", "str", "Why an incomplete exchange is: the error of the part that broke "
+          "off, or that nothing more arrived."),
     Field("method", "str", "HTTP method."),
     Field("path", "str", "The path and query the client called."),
     Field("route", "str", "The name of the route that matched."),
@@ -134,6 +138,7 @@ def row_from_document(document: dict[str, Any], stored_bytes: int | None = None)
         "duration_ms": _ms(started_at, proxy.get("ended_at")),
         "ttft_ms": _ms(started_at, proxy.get("first_byte_at")),
         "state": record.state,
+        "incomplete_reason": record.incomplete_reason,
         "method": proxy.get("method") or req_head.get("method"),
         "path": record.request_path(),
         "route": proxy.get("route"),

@@ -95,6 +95,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/static/{name}", _STATIC),
     # Ingest: the proxy's uploads (CONTRACT.md)
     Route("/{uuid}/{kind}", {"PUT": "ingest"}, batched=True),
+    Route("/ingest", {"POST": "ingest_batch"}),  # orproxy's batches (orproxy/logwire.py)
     # The REST API (api.py)
     Route("/api/requests", **_get(
         "list_requests", summary="List exchanges, newest first", parameters=list_params(),

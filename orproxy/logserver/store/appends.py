@@ -1,0 +1,151 @@
+"""Batch ingest (`POST /ingest`, orproxy/logwire.py): appends to many parts, and the proxy's
+metadata, in one request, every byte landing once.
+
+An append names its part's file from the proxy's clock (`t`, when the part started), so a
+resent append finds the file it resumes, whichever process or restart took the first try.
+The file holds `length` bytes: an append at that offset is written; one that starts
+before it has its first bytes skipped (they are here already: a retry); one past it (a
+gap, which a proxy that resends from its acks never makes) is not written. The ack of
+every record is the part's length after it, so the proxy frees what is here and resends
+what is not (CONTRACT.md, "Logging stream": exactly once).
+
+The metadata document of each exchange the batch changed is written once for the batch
+(ingest.Ingest.apply): a small exchange whose request, response and metadata came
+together is one write of each of its three files. A part's data alone changes nothing in
+the document; its start, its head, its end and the proxy's metadata do.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+from orproxy.logwire import Append, BadBatch, Metadata, records
+from orproxy.logserver.llm.httpfile import MAX_HEAD, Head, parse_head
+from orproxy.logserver.llm.sse import strict_json
+from orproxy.logserver.store.ingest import (KEEP_BYTES, MAX_METADATA, Change, Event, HeadKnown, Ingest,
+                                            PartEnded, PartStarted, ProxyMetadataStored)
+from orproxy.logserver.store.logdir import UUID_RE
+
+OPEN_FILES = 256            # parts still arriving whose files stay open between batches
+
+
+class Appends:
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.log_dir = ingest.log_dir
+        self._open: OrderedDict[str, _Arriving] = OrderedDict()  # parts still arriving, by path
+
+    def take(self, body: bytes) -> list[int]:
+        """Apply a batch; the ack of each record. BadBatch for a malformed one, before any of
+        it is applied."""
+        batch = list(records(body))
+        documents: dict[int, dict[str, Any]] = {}
+        for i, record in enumerate(batch):
+            if not UUID_RE.match(record.exchange_id):
+                raise BadBatch(f"{record.exchange_id[:40]!r} is not a UUID")
+            if isinstance(record, Metadata):
+                documents[i] = _proxy_metadata(record)
+        now = time.time()
+        acks: list[int] = []
+        changes: dict[str, list[tuple[float, Change, Event]]] = {}
+        for i, record in enumerate(batch):
+            exchange_id = record.exchange_id.lower()
+            if isinstance(record, Append):
+                length, change, event = self._append(exchange_id, record, now)
+                acks.append(length)
+                when = record.t0  # the first change of an exchange names its metadata file
+            else:
+                proxy = documents[i]
+                change, event, when = (lambda d, proxy=proxy: d.update(proxy=proxy)), ProxyMetadataStored(), now
+                acks.append(0)
+            if change is not None:
+                changes.setdefault(exchange_id, []).append((when, change, event))
+        for exchange_id, exchange_changes in changes.items():
+            self.ingest.apply(exchange_id, exchange_changes)
+        return acks
+
+    def _append(self, exchange_id: str, record: Append, now: float) -> tuple[int, Change | None, Event | None]:
+        path = self.log_dir.new_part_path(exchange_id, record.kind, record.t)
+        part = self._open.pop(path, None) or _Arriving(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        length = os.fstat(part.fd).st_size
+        data = record.data
+        end = record.offset + len(data)
+        if record.offset <= length < end:
+            view = data[length - record.offset:]
+            while view:
+                view = view[os.write(part.fd, view):]
+            length = end
+        complete = record.final and length == end
+        if complete:
+            os.close(part.fd)
+        else:
+            self._keep_open(path, part)
+        name = os.path.basename(path)
+        if complete and record.offset == 0 and len(data) <= KEEP_BYTES:
+            self.log_dir.keep_recent(name, bytes(data))  # deriving reads it from here, not the file
+        head = None
+        if not part.head_known and record.offset < MAX_HEAD:
+            head = _head(path, data, record.offset)
+            part.head_known = head is not None
+        kind = record.kind
+
+        def change(document: dict[str, Any]) -> None:
+            entry = document["parts"].setdefault(kind, {"file": name, "received_at": now, "complete": False})
+            entry["bytes"] = length
+            if head is not None and "head" not in entry:
+                entry["head"] = head.summary()
+            if complete:
+                entry.update(complete=True, completed_at=time.time())
+                entry.pop("error", None)
+
+        # What this append is news of: a part's end, its first bytes, its head; data alone
+        # changes nothing that is listed (the file itself grows).
+        if complete:
+            return length, change, PartEnded(kind)
+        if record.offset == 0:
+            return length, change, PartStarted(kind)
+        if head is not None:
+            return length, change, HeadKnown(kind)
+        return length, None, None
+
+    def _keep_open(self, path: str, part: "_Arriving") -> None:
+        self._open[path] = part
+        while len(self._open) > OPEN_FILES:
+            os.close(self._open.popitem(last=False)[1].fd)
+
+    def close(self) -> None:
+        while self._open:
+            os.close(self._open.popitem()[1].fd)
+
+
+class _Arriving:
+    """A part's open file between batches, and whether its head was found yet."""
+
+    __slots__ = ("fd", "head_known")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.head_known = False
+
+
+def _head(path: str, data: memoryview, offset: int) -> Head | None:
+    """The part's head, if what has arrived holds it whole (a head longer than one append
+    is read back from the start of its file)."""
+    if offset == 0:
+        return parse_head(bytes(data[:MAX_HEAD]))
+    with open(path, "rb") as f:
+        return parse_head(f.read(MAX_HEAD))
+
+
+def _proxy_metadata(record: Metadata) -> dict[str, Any]:
+    if len(record.data) > MAX_METADATA:
+        raise BadBatch(f"metadata larger than {MAX_METADATA} bytes")
+    try:
+        document = strict_json(bytes(record.data).decode("utf-8", "replace"))
+    except ValueError as e:
+        raise BadBatch(f"metadata is not JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise BadBatch("metadata must be a JSON object")
+    return document

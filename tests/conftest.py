@@ -139,13 +139,14 @@ class LogServer(SessionServer):
 
     name = "orlogserver"
 
-    def __init__(self, log_dir, workdir):
+    def __init__(self, log_dir, workdir, args=()):
         super().__init__(workdir)
         self.log_dir = Path(log_dir)
+        self.args = list(args)
 
     def argv(self):
         return [script("orlogserver"), "--host", "127.0.0.1", "--port", str(self.port),
-                "--log-dir", str(self.log_dir)]
+                "--log-dir", str(self.log_dir), *self.args]
 
     def stop(self, timeout=15.0):
         """SIGTERM, wait up to ``timeout`` (it lets open streams finish), then SIGKILL."""

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +235,21 @@ def test_past_the_spool_bound_a_log_is_truncated_with_the_marker_and_said_once(m
     prefix = body[:-len(marker)]
     assert len(prefix) + dropped == n and prefix == pattern_bytes(len(prefix))
     assert p.stderr_text().count("log data dropped") == 1
+
+
+def test_gunicorn_workers_spool_apart_and_a_new_worker_adopts_a_dead_ones_spool(make_proxy, logserver):
+    """Each worker writes segments of its own; one SIGKILLed with log data in them leaves
+    them to the worker gunicorn starts in its place, which delivers them."""
+    logserver.stop()
+    p = make_proxy(gunicorn="orproxy.worker.GeventWorker", workers=2)
+    sent = [exchange(p.url, i) for i in range(24)]
+    spool = p.workdir / SPOOL
+    wait_until(lambda: len({f.name.split("-")[-2] for f in spool.iterdir()}) == 2, 10,
+               message="a segment from each worker")
+    workers = [int(pid) for pid in (Path("/proc/%d/task/%d/children" % (p.pid, p.pid)).read_text().split())]
+    time.sleep(0.5)  # what they were writing is written
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: "adopted" in p.stderr_text(), 20, message="the new worker adopting the segments")
+    logserver.start()
+    for rid, request_body, response_body in sent:
+        logged_once(logserver, rid, request_body, response_body)

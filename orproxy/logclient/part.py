@@ -199,6 +199,12 @@ class Part:
         if self.unsent:
             self.sink.ready(self)
 
+    def discard(self) -> None:
+        """The logging server has no place for this part (a plain-PUT server and metadata)."""
+        self.acked(self.size)
+        self.final_sent = True
+        self.sink.not_ready(self)
+
     def unsend(self) -> None:
         """The batch failed: what it carried of this part goes again."""
         if not self.spilled:

@@ -73,7 +73,8 @@ class Sender:
             while self._has_work():
                 self.busy = True
                 try:
-                    self._send_once()
+                    if not self._send_once():
+                        break  # nothing could go (what waits is not ready to): wait for news
                     retry = RETRY_MIN
                     self.sink.came_back()
                 except Exception as error:  # noqa: BLE001 - a failed batch loses nothing: it goes again
@@ -90,15 +91,15 @@ class Sender:
             return any(p.closed and p.unsent for p in self.sink.ready_parts())
         return bool(self.sink.ready_parts()) or (spool is not None and spool.pending)
 
-    def _send_once(self) -> None:
+    def _send_once(self) -> bool:
+        """Send what is ready; whether anything went."""
         if self.plain_puts_since is not None:
             if time.monotonic() - self.plain_puts_since < PROBE_EVERY:
-                self._send_plain_puts()
-                return
+                return self._send_plain_puts()
             self.plain_puts_since = None  # time to try batches again
             self.sink.spool = self.spool
         try:
-            self._send_batch()
+            return self._send_batch()
         except Refused as refusal:
             if refusal.ours:
                 raise
@@ -109,11 +110,11 @@ class Sender:
                       file=sys.stderr, flush=True)
             self.plain_puts_since = time.monotonic()
             self.sink.spool = None  # nothing spills: a plain-PUT server cannot resume a part
-            self._send_plain_puts()
+            return self._send_plain_puts()
 
     # -- batches -----------------------------------------------------------------------------
 
-    def _send_batch(self) -> None:
+    def _send_batch(self) -> bool:
         pieces: list[Block] = []
         parts: list[Part | None] = []  # one per record; None: a record from the spool
         size = 0
@@ -139,7 +140,7 @@ class Sender:
             if not part.unsent:
                 self.sink.not_ready(part)
         if not parts:
-            return
+            return False
         self.inflight = [p for p in parts if p is not None]
         try:
             acks = self._exchange(pieces, size, len(parts))
@@ -155,6 +156,7 @@ class Sender:
         for part, length in zip(parts, acks):
             if part is not None:
                 part.acked(length)
+        return True
 
     def _exchange(self, pieces: list[Block], size: int, count: int) -> list[int]:
         """Send one batch; the logging server's acks, one per record. A pooled connection
@@ -186,19 +188,19 @@ class Sender:
 
     # -- plain PUTs, for a logging server that takes nothing else ----------------------------
 
-    def _send_plain_puts(self) -> None:
+    def _send_plain_puts(self) -> bool:
         batch: list[Part] = []
         size = 0
         for part in self.sink.ready_parts():
             if part.kind == "metadata" and part.closed:
-                part.acked(part.size)  # the plain-PUT server has no place for it
+                part.discard()  # the plain-PUT server has no place for it
             elif part.closed and part.unsent and size < BATCH_BYTES:
                 batch.append(part)
                 size += part.size
             if not part.unsent:
                 self.sink.not_ready(part)
         if not batch:
-            return
+            return False
         pieces: list[Block] = []
         for part in batch:
             _, blocks, _ = part.take(part.size)
@@ -227,6 +229,7 @@ class Sender:
             self.inflight = []
         for part in batch:
             part.acked(part.size)
+        return True
 
     # -- the connection ----------------------------------------------------------------------
 

@@ -1,0 +1,79 @@
+"""The logging stream still works with the original Go program, both ways (CONTRACT.md:
+its wire format must keep working with its logging server and its proxy), and an
+exchange that stops arriving gets a final state. The Go ends are tests/go_peers.py."""
+import sys
+from pathlib import Path
+import uuid
+
+import pytest
+
+from api_helpers import ApiClient
+from conftest import LogServer
+from go_peers import go_proxy_put
+from helpers import ServerProcess, wait_until
+from log_helpers import send, split_head
+
+
+@pytest.fixture
+def go_logging_server(tmp_path):
+    process = ServerProcess("go-logging-server", [sys.executable, str(Path(__file__).parent / "go_peers.py"), "--port", "0",
+                                                  "--dir", str(tmp_path / "go")], tmp_path)
+    process.url = process.start("listening")
+    process.logs = tmp_path / "go" / "logs"
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def quick_logserver(tmp_path):
+    """An orlogserver of its own that sweeps exchanges which stop arriving after 1 s."""
+    server = LogServer(tmp_path / "logs", tmp_path, ["--stale-after", "1s"]).start()
+    yield server
+    server.stop()
+
+
+def test_orproxy_logs_to_the_go_logging_server_with_plain_puts(make_proxy, go_logging_server):
+    p = make_proxy(logging={"server_url": go_logging_server.url})
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    status, _, answer, rid = send(p.url, "POST", "/v1/chat/completions", [("Content-Type", "application/json")], body)
+    status2, _, streamed, rid2 = send(p.url, "GET", "/v1/sse?events=4&interval_ms=30")
+    assert status == status2 == 200
+
+    def files(exchange_id):
+        names = sorted(f.name for f in go_logging_server.logs.iterdir() if exchange_id[:8] in f.name)
+        return names if len(names) == 2 else None
+    for exchange_id, request_body, response_body in ((rid, body, answer), (rid2, b"", streamed)):
+        request, response = wait_until(lambda: files(exchange_id), 10, message="both parts at the Go server")
+        assert request.endswith("_request.bin") and response.endswith("_response.bin")
+        logged_request = (go_logging_server.logs / request).read_bytes()
+        assert logged_request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n" if request_body
+                                         else b"GET /v1/sse?events=4&interval_ms=30 HTTP/1.1\r\n")
+        assert split_head(logged_request)[2] == request_body
+        assert split_head((go_logging_server.logs / response).read_bytes())[2] == response_body
+    assert not [f for f in go_logging_server.logs.iterdir() if "metadata" in f.name]  # it has no place for it
+    assert "takes no batches" in p.stderr_text() and "Traceback" not in p.stderr_text()
+
+
+def test_the_go_proxys_plain_puts_are_logged_and_listed(quick_logserver):
+    exchange_id = str(uuid.uuid4())
+    request = [("Content-Type", "application/json"), ("Authorization", "Bearer sk-...")]
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "from Go"}]}'
+    answer = b'{"object": "chat.completion", "model": "gpt-4o", "choices": []}'
+    assert go_proxy_put(quick_logserver.url, exchange_id, "request", request, body) == 201
+    assert go_proxy_put(quick_logserver.url, exchange_id, "response", [("Content-Type", "application/json")],
+                        answer) == 201
+    api = ApiClient(quick_logserver.url)
+    _, _, raw = api.raw("/api/requests/%s/request" % exchange_id)
+    assert raw == b"Content-Type: application/json\r\nAuthorization: Bearer sk-...\r\n\r\n" + body
+    # No metadata ever comes from it: once nothing more arrives, the exchange is complete.
+    row = api.wait_row(exchange_id, lambda r: r["state"] == "complete", timeout=15)
+    assert row["incomplete_reason"] is None and "swept" in row["metadata"]
+
+
+def test_an_exchange_that_stops_arriving_is_marked_incomplete_with_the_reason(quick_logserver):
+    exchange_id = str(uuid.uuid4())
+    assert go_proxy_put(quick_logserver.url, exchange_id, "request", [("Host", "x")], b"{}") == 201
+    api = ApiClient(quick_logserver.url)
+    row = api.wait_row(exchange_id, lambda r: r["state"] != "in_flight", timeout=15)
+    assert row["state"] == "incomplete" and "nothing arrived" in row["incomplete_reason"]
+    assert api.ok("/api/requests", state="incomplete")["items"][0]["id"] == exchange_id

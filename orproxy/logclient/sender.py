@@ -15,13 +15,13 @@ PROBE_EVERY seconds, in case the logging server was replaced by an orlogserver.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import TYPE_CHECKING
 
 import gevent
 
+from orproxy import jsoncodec
 from orproxy.connections import Connection, ConnectionPool, Key
 from orproxy.http1 import MalformedResponse, NoResponse, ResponseParser, head, read_head, receive, send_parts
 from orproxy.logclient.part import Block, Part
@@ -181,7 +181,7 @@ class Sender:
                       f"{body[:300]!r}); its {count} records are lost", file=sys.stderr, flush=True)
                 return [2 ** 62] * count
             raise Refused(answer.status, ours)
-        acks = json.loads(body)["acks"]
+        acks = jsoncodec.loads(body)["acks"]
         if len(acks) != count:
             raise ValueError(f"the logging server acknowledged {len(acks)} of {count} records")
         return acks

@@ -7,7 +7,6 @@ part only ever queues, spills to the spool, or, past the spool's bound, truncate
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from orproxy import jsoncodec
 from orproxy.http1 import split_url
 from orproxy.logclient.budget import Budget
 from orproxy.logclient.part import Part
@@ -46,7 +46,7 @@ class LogSink:
     def send_json(self, exchange_id: str, t0: float, document: dict[str, Any]) -> None:
         """The exchange's metadata, sent in the background."""
         part = self.open(exchange_id, "metadata", t0)
-        part.write(json.dumps(document, separators=(",", ":")).encode())
+        part.write(jsoncodec.dumps(document))
         part.close()
 
     # -- what the parts tell it ------------------------------------------------------------

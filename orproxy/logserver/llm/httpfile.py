@@ -26,10 +26,15 @@ class Head:
     start_line: str
     headers: Headers
     size: int  # bytes up to and including the blank line
+    _first: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for n, v in self.headers if n.lower() == name), None)
+        """A header's first value, by its name in any case."""
+        if self._first is None:
+            self._first = {}
+            for n, v in self.headers:
+                self._first.setdefault(n.lower(), v)
+        return self._first.get(name.lower())
 
     @property
     def is_response(self) -> bool:
@@ -186,10 +191,10 @@ def read_message(path: str, limit: int, raw_limit: int | None = None) -> Message
     return _message(head, raw, raw_size, raw_limit, limit)
 
 
-def parse_message(data: bytes, limit: int, raw_limit: int | None = None) -> Message:
-    """read_message for a part's bytes already in memory."""
+def parse_message(data: bytes, limit: int, raw_limit: int | None = None, head: Head | None = None) -> Message:
+    """read_message for a part's bytes already in memory (`head`: theirs, parsed already)."""
     raw_limit = raw_limit or 4 * limit
-    head = parse_head(data[:MAX_HEAD])
+    head = head or parse_head(data[:MAX_HEAD])
     if head is None:
         return _headless(data, len(data), limit)
     return _message(head, data[head.size:head.size + raw_limit + 1], len(data) - head.size,

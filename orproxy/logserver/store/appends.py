@@ -26,7 +26,7 @@ from orproxy.logserver.llm.httpfile import MAX_HEAD, Head, parse_head
 from orproxy.logserver.llm.sse import strict_json
 from orproxy.logserver.store.ingest import (KEEP_BYTES, MAX_METADATA, Change, Event, HeadKnown, Ingest,
                                             PartEnded, PartStarted, ProxyMetadataStored)
-from orproxy.logserver.store.logdir import UUID_RE
+from orproxy.logserver.store.logdir import UUID_RE, close_file, write_all
 
 OPEN_FILES = 256            # parts still arriving whose files stay open between batches
 
@@ -73,22 +73,20 @@ class Appends:
         data = record.data
         end = record.offset + len(data)
         if record.offset <= length < end:
-            view = data[length - record.offset:]
-            while view:
-                view = view[os.write(part.fd, view):]
+            write_all(part.fd, data[length - record.offset:])
             length = end
         complete = record.final and length == end
         if complete:
-            os.close(part.fd)
+            close_file(part.fd)
         else:
             self._keep_open(path, part)
-        name = os.path.basename(path)
-        if complete and record.offset == 0 and len(data) <= KEEP_BYTES:
-            self.log_dir.keep_recent(name, bytes(data))  # deriving reads it from here, not the file
+        name = path[len(self.log_dir.path) + 1:]
         head = None
         if not part.head_known and record.offset < MAX_HEAD:
             head = _head(path, data, record.offset)
             part.head_known = head is not None
+        if complete and record.offset == 0 and len(data) <= KEEP_BYTES:
+            self.log_dir.keep_recent(name, bytes(data), head)  # deriving reads it from here, not the file
         kind = record.kind
 
         def change(document: dict[str, Any]) -> None:
@@ -113,11 +111,11 @@ class Appends:
     def _keep_open(self, path: str, part: "_Arriving") -> None:
         self._open[path] = part
         while len(self._open) > OPEN_FILES:
-            os.close(self._open.popitem(last=False)[1].fd)
+            close_file(self._open.popitem(last=False)[1].fd)
 
     def close(self) -> None:
         while self._open:
-            os.close(self._open.popitem()[1].fd)
+            close_file(self._open.popitem()[1].fd)
 
 
 class _Arriving:

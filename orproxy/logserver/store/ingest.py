@@ -147,15 +147,17 @@ class Ingest:
     def apply(self, exchange_id: str, changes: list[tuple[float, Change, Event]]) -> None:
         """Make `changes` (their times, changes and events) in one rewrite of the exchange's
         metadata document, then tell the subscribers."""
+        events = tuple(event for _, _, event in changes)
         with self.log_dir.metadata(exchange_id, changes[0][0]) as document:
             record = ExchangeRecord(document)
-            for _, change, event in changes:
+            for _, change, _ in changes:
                 change(document)
-                if isinstance(event, PartEnded) and self.deriver is not None:
-                    derived = self.deriver.inline(record)  # small: in this same rewrite
-                    if derived is not None:
-                        document["derived"] = derived
-        events = tuple(event for _, _, event in changes)
+            # Once for all the changes: an exchange whose parts all ended together (most)
+            # is parsed once, not its request first and then both.
+            if self.deriver is not None and any(isinstance(event, PartEnded) for event in events):
+                derived = self.deriver.inline(record)  # small: in this same rewrite
+                if derived is not None:
+                    document["derived"] = derived
         for subscriber in self.subscribers:
             subscriber(record, events)
         if self.deriver is not None:

@@ -6,9 +6,10 @@ query.ParamError, a 400) and the dispatch answers it.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
+
+from orproxy import jsoncodec
 
 Headers = list[tuple[str, str]]
 
@@ -24,7 +25,7 @@ class HttpError(Exception):
 
 def json_response(start_response: Callable, status: str, document: Any,
                   headers: Headers | None = None) -> list[bytes]:
-    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    body = jsoncodec.dumps(document)
     start_response(status, [("Content-Type", "application/json"),
                             ("Content-Length", str(len(body))), *(headers or [])])
     return [body]

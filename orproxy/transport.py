@@ -223,7 +223,9 @@ class StreamingAdapter(BaseAdapter):
             conn.sock.settimeout(read_timeout)
             parser = ResponseParser(no_body=request.method == "HEAD")
             try:
-                send_message(conn.sock, message_head, replay.blocks(), chunked)
+                # Only a pooled connection can turn out stale: only then is the body kept.
+                send_message(conn.sock, message_head, replay.blocks() if reused or attempt == 2 else replay.source,
+                             chunked)
                 read_head(conn.sock, parser)
                 break
             except (NoResponse, BrokenPipeError, ConnectionResetError) as e:
@@ -231,7 +233,7 @@ class StreamingAdapter(BaseAdapter):
                 # answered, so the request goes again, once, on a new connection, if what
                 # was sent of its body can be sent again.
                 conn.close()
-                if attempt == 2 or not (reused and replay.possible):
+                if attempt == 2 or not reused or not replay.possible:
                     raise requests.exceptions.ConnectionError(
                         f"upstream closed the connection without answering{f' ({e})' if str(e) else ''}") from None
             except TimeoutError as e:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench clean
+.PHONY: install run test fuzz bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The property tests of the parsers, with 20,000 inputs each instead of 300 (a few minutes).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -28,6 +28,8 @@ setup(
             "jsonschema>=4.18",              # the API's answers checked against its OpenAPI document
             "openapi-spec-validator>=0.7",   # the OpenAPI document itself
             "playwright>=1.40",              # the UI in Debian's chromium (never `playwright install`)
+            "hypothesis>=6.100",             # property tests of the parsers (tests/test_fuzz.py, make fuzz)
+            "h11>=0.14",                     # the in-process wire tests read the proxy's answers with it
         ],
     },
     entry_points={

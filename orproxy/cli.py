@@ -18,6 +18,7 @@ from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, load_config  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
 from orproxy.logserver.store.sweeper import STALE_AFTER  # noqa: E402
+from orproxy.logserver.web.guard import is_loopback, token_problem  # noqa: E402
 from orproxy.logserver.web.units import parse_duration, parse_size  # noqa: E402
 
 T = TypeVar("T", int, float)
@@ -116,8 +117,19 @@ def logserver_main(argv: list[str] | None = None) -> None:
                              "final state (default: 15m, longer than the proxy's read timeout)")
     parser.add_argument("--max-bytes", type=_more_than_0(parse_size), metavar="SIZE",
                         help="delete the oldest exchanges while their files exceed this (e.g. 500M, 10G)")
+    parser.add_argument("--token", default=os.environ.get("ORLOGSERVER_TOKEN"),
+                        help="require this token on every request (default: $ORLOGSERVER_TOKEN): proxies send "
+                             "it as logging.token, a browser opens /?token=... once")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests addressed to this host name (repeatable); by default only "
+                             "the listen address, localhost, 127.0.0.1 and [::1]")
     parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
     args = parser.parse_args(argv)
+    if args.token is not None and token_problem(args.token):
+        _fail("orlogserver", f"--token: {token_problem(args.token)}")
+    if not args.token and not is_loopback(args.host):
+        _fail("orlogserver", f"--host {args.host} reaches beyond this machine: set a token with --token or "
+                             "ORLOGSERVER_TOKEN (the log holds every prompt and answer), or listen on 127.0.0.1")
 
     lower_priority(args.priority)
     prepare_process()
@@ -129,7 +141,7 @@ def logserver_main(argv: list[str] | None = None) -> None:
 
     try:
         app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
-                           stale_after=args.stale_after)
+                           stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token)
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
     except sqlite3.Error as e:

@@ -13,9 +13,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from orproxy.hosting.framing import HeadLimits
 from orproxy.routes import Route, RouteTable
 
-DEFAULT_REDACTED = ("authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie")
+DEFAULT_REDACTED = ("authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
+                    "cookie", "set-cookie")
 
 
 class ConfigError(Exception):
@@ -27,6 +29,7 @@ class Config:
     host: str = "localhost"
     port: int = 5601
     shutdown_timeout: float = 10.0
+    limits: HeadLimits = HeadLimits()
     console: bool = True
     log_file: str | None = None
     server_url: str = "http://localhost:8080"
@@ -35,6 +38,7 @@ class Config:
     redact_headers: frozenset[str] = frozenset(DEFAULT_REDACTED)
     spool_dir: str = ".orproxy-spool"          # relative: to the config file's directory
     spool_max_bytes: int = 1024 * 1024 * 1024  # 0: no spool
+    log_token: str | None = field(default=None, repr=False)  # the logging server's --token
     routes: RouteTable = field(default_factory=lambda: RouteTable([]))
 
 
@@ -84,6 +88,12 @@ def _path_prefix(value: Any, where: str) -> str:
     if isinstance(value, str) and value.startswith("/"):
         return value
     raise _fail(where, value, "a path prefix starting with '/'")
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise _fail(where, value, "a whole number more than 0")
 
 
 def _byte_count(value: Any, where: str) -> int:
@@ -160,11 +170,12 @@ def parse_config(data: Any) -> Config:
     top = _section(data, "", {"server": lambda v, w: v, "logging": lambda v, w: v,
                               "upstream": lambda v, w: v, "routes": lambda v, w: v})
     server = _section(top.get("server"), "server", {
-        "port": _port, "host": _str, "shutdown_timeout": _seconds})
+        "port": _port, "host": _str, "shutdown_timeout": _seconds, "max_header_bytes": _count,
+        "max_headers": _count, "head_timeout": _seconds, "idle_timeout": _seconds})
     log = _section(top.get("logging"), "logging", {
         "console": _bool, "file": _str, "server_url": _http_url, "enabled": _bool,
         "binary_files": _bool, "redact_headers": _header_list, "default": _bool,
-        "spool_dir": _str, "spool_max_bytes": _byte_count})
+        "spool_dir": _str, "spool_max_bytes": _byte_count, "token": _str})
     upstream = _section(top.get("upstream"), "upstream", {
         "connect_timeout": _seconds, "read_timeout": _seconds})
     defaults = {"connect_timeout": upstream.get("connect_timeout", 10.0),
@@ -173,6 +184,8 @@ def parse_config(data: Any) -> Config:
         host=server.get("host", "localhost"),
         port=server.get("port", 5601),
         shutdown_timeout=server.get("shutdown_timeout", 10.0),
+        limits=HeadLimits(**{k: server[k] for k in ("max_header_bytes", "max_headers", "head_timeout",
+                                                     "idle_timeout") if k in server}),
         console=log.get("console", True),
         log_file=log.get("file"),
         server_url=log.get("server_url", "http://localhost:8080").rstrip("/"),
@@ -182,6 +195,7 @@ def parse_config(data: Any) -> Config:
         redact_headers=log.get("redact_headers", frozenset(DEFAULT_REDACTED)),
         spool_dir=log.get("spool_dir", Config.spool_dir),
         spool_max_bytes=log.get("spool_max_bytes", Config.spool_max_bytes),
+        log_token=log.get("token"),
         routes=_routes(top.get("routes"), defaults, log.get("default", False)),
     )
 

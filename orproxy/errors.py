@@ -23,7 +23,12 @@ STATUS = {
     "no_route": "404 Not Found",
     "upstream_unreachable": "502 Bad Gateway",
     "upstream_timeout": "504 Gateway Timeout",
+    # A head refused before anything is forwarded (hosting/framing.py)
+    "request_timeout": "408 Request Timeout",
+    "headers_too_large": "431 Request Header Fields Too Large",
+    "unsupported_transfer_coding": "501 Not Implemented",
 }
+BY_STATUS = {status: code for code, status in STATUS.items()}
 # Every code an exchange's metadata may record: the above, and those that happen after the
 # response head went out (or on a WebSocket session).
 CODES = (*STATUS, "upstream_broken", "client_disconnected", "idle_timeout")

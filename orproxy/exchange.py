@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from orproxy.headers import masked_target
 from orproxy.routes import Route
 
 
@@ -54,8 +55,8 @@ class Exchange:
             "id": self.id,
             "route": self.route.name if self.route else None,
             "method": self.method,
-            "path": self.target,
-            "upstream_url": self.upstream_url,
+            "path": masked_target(self.target),  # logged, so keys in the query are masked
+            "upstream_url": masked_target(self.upstream_url) if self.upstream_url else None,
             "client_addr": self.client_addr,
             "status": self.status,
             "error": self.error,

@@ -48,6 +48,25 @@ def mask_secret(name: str, value: str) -> str:
     return f"{scheme} ****{secret[-4:]}" if scheme else f"****{secret[-4:]}"
 
 
+SECRET_PARAMS = frozenset(("key", "api_key", "api-key", "access_token", "token"))
+
+
+def masked_target(target: str) -> str:
+    """A request target (or URL) with the values of key-carrying query parameters masked as
+    header values are (`?key=AIza...XYZ9` -> `?key=****XYZ9`): Gemini takes its key there.
+    Only those values change; every other byte stays as it was (nothing is re-encoded)."""
+    path, sep, query = target.partition("?")
+    if not sep or "=" not in query:
+        return target
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        if eq and name.lower() in SECRET_PARAMS and value:
+            pair = f"{name}={mask_secret('', value)}"
+        pairs.append(pair)
+    return f"{path}?{'&'.join(pairs)}"
+
+
 def masked(headers: Headers, secret_names: frozenset[str]) -> Headers:
     """The headers as logged: the values of `secret_names` masked, and API keys passed as
     WebSocket subprotocols. Browsers cannot set `Authorization` on a WebSocket, so OpenAI's

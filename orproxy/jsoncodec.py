@@ -27,9 +27,14 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """The value of a JSON text; ValueError if it is not one (NaN and Infinity are not)."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        if "recursion" in str(e):  # nested past orjson's 1,024 levels: a hostile body, not JSON we read
+            raise ValueError("JSON nested too deep to read") from None
         text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
-        return _STRICT.decode(text)  # the json module's verdict, and its message
+        try:
+            return _STRICT.decode(text)  # the json module's verdict, and its message
+        except RecursionError:
+            raise ValueError("JSON nested too deep to read") from None
 
 
 def dumps(value: Any, indent: bool = False) -> bytes:

@@ -18,9 +18,10 @@ import requests
 from orproxy.clientwatch import ClientGone, ClientWatch
 from orproxy.config import Config
 from orproxy.console import ConsoleLog
-from orproxy.errors import ClientBodyError, before_head, error_response, in_body
+from orproxy.errors import BY_STATUS, ClientBodyError, before_head, error_response, in_body
 from orproxy.exchange import Exchange
 from orproxy.headers import HeaderPairs, Headers, header_value, strip_hop_by_hop
+from orproxy.hosting.framing import HeadLimits
 from orproxy.hosting.handler import RawRequestHandler
 from orproxy.hosting.incoming import Incoming
 from orproxy.http1 import BLOCK, head
@@ -41,6 +42,10 @@ class ProxyApp:
 
     handler_class = RawRequestHandler
 
+    @property
+    def limits(self) -> HeadLimits:
+        return self.config.limits
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.session = requests.Session()
@@ -48,7 +53,8 @@ class ProxyApp:
         adapter = StreamingAdapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.sink = LogSink(config.server_url, adapter, spool=open_spool(config)) if config.logging_enabled else None
+        self.sink = LogSink(config.server_url, adapter, spool=open_spool(config), token=config.log_token) \
+            if config.logging_enabled else None
         self.console = ConsoleLog(config.console, config.log_file)
         self.websockets = WebSocketProxy()
         if not len(config.routes):  # allowed only with logging.default (config.py)
@@ -112,9 +118,10 @@ class ProxyApp:
 
     # --- the HostedApp hooks ------------------------------------------------------------
 
-    def malformed_request(self, message: str) -> bytes:
-        """The whole response to a request the server could not even parse."""
-        status_line, headers, body = error_response("bad_request", message, str(uuid.uuid4()))
+    def malformed_request(self, message: str, status: str = "400 Bad Request") -> bytes:
+        """The whole response to a request refused before it could be forwarded."""
+        status_line, headers, body = error_response(BY_STATUS.get(status, "bad_request"), message,
+                                                    str(uuid.uuid4()))
         return head(f"HTTP/1.1 {status_line}", [*headers, ("Connection", "close")]) + body
 
     def begin_shutdown(self) -> None:
@@ -194,6 +201,8 @@ class ProxyApp:
     def _error(self, exchange: Exchange, log: ExchangeLog, watch: ClientWatch | None,
                start_response: Callable, code: str, message: str) -> list[bytes]:
         status_line, headers, body = error_response(code, message, exchange.id)
+        if code == "bad_request":  # the body broke off: what follows on the connection is no request
+            headers.append(("Connection", "close"))
         exchange.fail(code)
         exchange.status = int(status_line[:3])
         log.end_request()

@@ -31,13 +31,16 @@ def proxy_app() -> Callable:
 def logserver_app() -> Callable:
     """The logging server; ORLOGSERVER_LOG_DIR (default logs), retention from
     ORLOGSERVER_MAX_AGE (e.g. 7d) and ORLOGSERVER_MAX_BYTES (e.g. 10G), and
-    ORLOGSERVER_STALE_AFTER (e.g. 15m), as --max-age, --max-bytes and --stale-after.
+    ORLOGSERVER_STALE_AFTER (e.g. 15m), as --max-age, --max-bytes and --stale-after;
+    ORLOGSERVER_TOKEN and ORLOGSERVER_ALLOWED_HOSTS (comma-separated) as --token and
+    --allowed-host. Bound beyond loopback without a token, it refuses every request.
     Create it in each worker (no --preload): it starts threads."""
     log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
     from orproxy.hosting.gunicorn import for_gunicorn
     from orproxy.hosting.server import prepare_process
     from orproxy.logserver.app import LogServerApp
+    from orproxy.logserver.web.guard import token_problem
     from orproxy.logserver.web.units import parse_duration, parse_size
 
     prepare_process()
@@ -56,4 +59,9 @@ def logserver_app() -> Callable:
         except ValueError as e:
             print(f"orlogserver: {name}: {e}", file=sys.stderr)
             sys.exit(4)  # gunicorn's APP_LOAD_ERROR: the master stops instead of rebooting workers
-    return for_gunicorn(LogServerApp(log_dir, **limits))
+    token = os.environ.get("ORLOGSERVER_TOKEN") or None
+    if token is not None and token_problem(token):
+        print(f"orlogserver: ORLOGSERVER_TOKEN: {token_problem(token)}", file=sys.stderr)
+        sys.exit(4)
+    hosts = [h.strip() for h in os.environ.get("ORLOGSERVER_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    return for_gunicorn(LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token))

@@ -147,8 +147,8 @@ def test_a_streamed_put_grows_the_file_as_data_arrives(server):
     exchange_id = new_id()
     sock = socket.create_connection(_split(server.url), timeout=10)
     try:
-        sock.sendall(("PUT /%s/response HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                      "Content-Type: application/octet-stream\r\n\r\n" % exchange_id).encode())
+        sock.sendall(("PUT /%s/response HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n" % (exchange_id, _host(server).decode())).encode())
         first = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: 1\n\n"
         sock.sendall(b"%x\r\n%s\r\n" % (len(first), first))
         # The file holds the first block while the upload is still open ...
@@ -227,10 +227,15 @@ def _pipelined(server, requests):
         return data
 
 
-def _put(exchange_id, kind, body, close=False):
-    return (b"PUT /%s/%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        exchange_id.encode(), kind.encode(), len(body), b"Connection: close\r\n" if close else b"",
-        body))
+def _host(server):
+    """The Host header the logging server answers for (its own address: web/guard.py)."""
+    return server.url.split("//", 1)[1].encode()
+
+
+def _put(server, exchange_id, kind, body, close=False):
+    return (b"PUT /%s/%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        exchange_id.encode(), kind.encode(), _host(server), len(body),
+        b"Connection: close\r\n" if close else b"", body))
 
 
 def test_pipelined_uploads_are_answered_in_order_once_their_metadata_is_written(server):
@@ -241,9 +246,9 @@ def test_pipelined_uploads_are_answered_in_order_once_their_metadata_is_written(
     times."""
     exchange_id = new_id()
     answers = _pipelined(server, [
-        _put(exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
-        _put(exchange_id, "response", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nok"),
-        _put(exchange_id, "metadata", json.dumps({"status": 200}).encode(), close=True)])
+        _put(server, exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
+        _put(server, exchange_id, "response", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nok"),
+        _put(server, exchange_id, "metadata", json.dumps({"status": 200}).encode(), close=True)])
     statuses = re.findall(rb"HTTP/1\.1 (\d+)", answers)
     assert statuses == [b"201", b"201", b"201"]
     document = json.loads(server.file(exchange_id, "metadata").read_text())  # no waiting
@@ -257,8 +262,8 @@ def test_a_long_pipeline_is_answered_in_order_and_every_exchange_written(server)
     """More exchanges in one write than a batch gathers (store/batching.py, BATCH_KEYS): the batch
     runs midway and again at the end, and no answer is lost or reordered."""
     ids = [new_id() for _ in range(300)]
-    requests = [_put(i, "metadata", json.dumps({"n": n}).encode()) for n, i in enumerate(ids)]
-    requests.append(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    requests = [_put(server, i, "metadata", json.dumps({"n": n}).encode()) for n, i in enumerate(ids)]
+    requests.append(b"GET /api/health HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % _host(server))
     answers = _pipelined(server, requests)
     bodies = [json.loads(b) for b in re.findall(rb'\r\n\r\n(\{"id":[^}]*\})', answers)]
     assert [b["id"] for b in bodies] == ids
@@ -270,8 +275,9 @@ def test_a_long_pipeline_is_answered_in_order_and_every_exchange_written(server)
 def test_a_read_pipelined_behind_uploads_sees_them(server):
     exchange_id = new_id()
     answers = _pipelined(server, [
-        _put(exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
-        b"GET /api/requests/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % exchange_id.encode()])
+        _put(server, exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
+        b"GET /api/requests/%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (
+            exchange_id.encode(), _host(server))])
     assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == [b"201", b"200"]
     assert json.loads(answers.split(b"\r\n\r\n", 2)[2])["id"] == exchange_id
 
@@ -279,8 +285,9 @@ def test_a_read_pipelined_behind_uploads_sees_them(server):
 def test_a_malformed_request_behind_uploads_gets_its_400_after_their_answers(server):
     exchange_id = new_id()
     answers = _pipelined(server, [
-        _put(exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
-        b"PUT /%s/request HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n" % exchange_id.encode()])
+        _put(server, exchange_id, "request", b"POST /v1/x HTTP/1.1\r\nHost: u\r\n\r\n{}"),
+        b"PUT /%s/request HTTP/1.1\r\nHost: %s\r\nContent-Length: nope\r\n\r\n" % (
+            exchange_id.encode(), _host(server))])
     assert re.findall(rb"HTTP/1\.1 (\d+)", answers) == [b"201", b"400"]
     assert read_metadata(server, exchange_id)["parts"]["request"]["complete"] is True
 

@@ -244,6 +244,28 @@ def test_the_keyboard_moves_opens_and_closes(page, stack):
     expect(page.locator("#f-q")).to_be_focused()
 
 
+def test_with_a_token_the_ui_works_once_visited_with_it_and_the_token_leaves_the_address_bar(
+        browser, tmp_path_factory, _fake_upstream_session):
+    token = "ui-token-0123456789abcdef"
+    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "token", token=token)
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        rid = send_chat(stack.proxy.url, "token-model")
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        refused = page.goto(stack.logserver.url + "/")
+        assert refused.status == 401
+        page.goto(stack.logserver.url + "/?token=" + token + "&model=token-model")
+        assert token not in page.url and "model=token-model" in page.url
+        _wait_live(page)  # the feed's WebSocket carries the cookie too
+        _expect()(row_of(page, rid)).to_be_visible()
+        cookie = next(c for c in context.cookies() if c["name"] == "orlogserver_token")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    finally:
+        context.close()
+        stack.close()
+
+
 def test_screenshots_conversation_view_curl_and_dark_theme(browser, tmp_path_factory, _fake_upstream_session):
     """Realistic traffic in a logging server of its own; the README's screenshots."""
     expect = _expect()

@@ -58,6 +58,7 @@ def for_gunicorn(app: Any) -> Callable:
         return app(environ, start_response)
     wrapped.handler_class = app.handler_class
     wrapped.malformed_request = app.malformed_request
+    wrapped.limits = app.limits
     _on_sigterm(app.begin_shutdown)
     gc.freeze()
     return wrapped

@@ -8,21 +8,23 @@ SO_SNDBUF on every sendall. This one keeps the wire form for the app (`orproxy.r
 TCP_NODELAY, writes the head with the first block, and lets the app word the 400 for a
 request too malformed to reach it (HostedApp.malformed_request).
 
-It overrides pywsgi methods (`MessageClass`, `_write_with_headers`, `_sendall`,
-`_handle_client_error`) that gevent 24-26 define; tests/test_proxy_* fail loudly if a
-release changes them.
+It reads heads by framing.py's rules, within the app's HeadLimits: pywsgi's own reading
+forwards what two parsers read differently. It overrides pywsgi methods
+(`handle_one_request`, `read_request`, `_write_with_headers`, `_sendall`,
+`_handle_client_error`) that gevent 24-26 define; tests/test_proxy_* and
+tests/test_security.py fail loudly if a release changes them.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import gevent
 from gevent import socket
 from gevent.pywsgi import WSGIHandler
 
+from orproxy.hosting.framing import Refused, framing, read_fields, request_line
 from orproxy.http1 import send_all
 
-MAX_HEADER_LINE = 65536
-MAX_HEADERS = 100
 
 
 class WireHeaders:
@@ -35,9 +37,9 @@ class WireHeaders:
 
     __slots__ = ("pairs", "status", "_index")
 
-    def __init__(self, pairs: list[tuple[str, str]], status: str = "") -> None:
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
         self.pairs = pairs
-        self.status = status  # non-empty: pywsgi answers 400 with it
+        self.status = ""  # pywsgi answers 400 when set: framing.py has refused such heads already
         self._index: dict[str, str] | None = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -67,27 +69,8 @@ class WireHeaders:
         return [f"{key}: {value}\r\n" for key, value in self.pairs]
 
 
-def parse_headers(rfile: Any) -> WireHeaders:
-    pairs: list[tuple[str, str]] = []
-    while True:
-        line = rfile.readline(MAX_HEADER_LINE + 1)
-        if len(line) > MAX_HEADER_LINE:
-            return WireHeaders(pairs, "Header line too long")
-        if line in (b"\r\n", b"\n", b""):
-            return WireHeaders(pairs)
-        if len(pairs) >= MAX_HEADERS:
-            return WireHeaders(pairs, "Too many headers")
-        text = line.decode("latin-1")
-        if text[0] in " \t":  # obsolete line folding (RFC 9112 5.2): joined to the previous value
-            if not pairs:
-                return WireHeaders(pairs, "Continuation line without a header")
-            key, value = pairs[-1]
-            pairs[-1] = (key, f"{value} {text.strip()}")
-            continue
-        name, sep, value = text.partition(":")
-        if not sep or not name or name != name.strip():
-            return WireHeaders(pairs, f"malformed header line {text.rstrip()[:100]!r}")
-        pairs.append((name, value.strip(" \t\r\n")))
+class _HeadTooSlow(Refused):
+    """The head took longer than its limit to arrive (raised by its deadline)."""
 
 
 class RawRequestHandler(WSGIHandler):
@@ -101,8 +84,60 @@ class RawRequestHandler(WSGIHandler):
             pass  # not TCP (a Unix socket)
         super().__init__(sock, address, server, rfile)
 
-    def MessageClass(self, fp: Any, *args: Any) -> WireHeaders:  # noqa: N802 (pywsgi's name)
-        return parse_headers(fp)
+    # -- reading a head: framing.py's rules, within the limits and the time it may take --------
+
+    def handle_one_request(self) -> Any:
+        """Wait for the next request's first byte up to the idle timeout (a keep-alive
+        connection that stays quiet is closed, silently); from there the head has
+        `head_timeout` seconds to arrive whole (else 408: a slowloris ties up nothing)."""
+        limits = self.server.application.limits
+        if self.rfile.closed:
+            return None
+        self.before_waiting()
+        self.socket.settimeout(limits.idle_timeout)
+        try:
+            if not self.rfile.peek(1):
+                return None
+        except OSError:  # the idle timeout, or the client gone
+            return None
+        finally:
+            self.socket.settimeout(None)
+        self._deadline = gevent.Timeout.start_new(limits.head_timeout, _HeadTooSlow(
+            "408 Request Timeout", f"the request head did not arrive within {limits.head_timeout:g} s"))
+        try:
+            return super().handle_one_request()
+        except _HeadTooSlow as slow:  # in the request line (pywsgi passes only socket errors on)
+            return self._refusal(slow)
+        finally:
+            self._deadline.close()
+
+    def before_waiting(self) -> None:
+        """A hook: the connection is about to wait for its next request."""
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """The request line and fields, by framing.py's rules (pywsgi's own reading would
+        forward what two parsers read differently)."""
+        limits = self.server.application.limits
+        line = raw_requestline.encode("latin-1")
+        self.requestline = raw_requestline.rstrip()
+        self.command, self.path, self.request_version = request_line(line)
+        self.headers = WireHeaders(read_fields(self.rfile, limits, len(line)))
+        self._deadline.close()  # the head is here: the app's own time is not bounded here
+        self.content_length = framing(self.headers.pairs)
+        if self.content_length and self.command == "HEAD":
+            raise Refused("400 Bad Request", "a HEAD request with a body")
+        connection = (self.headers.get("connection") or "").lower()
+        if self.request_version == "HTTP/1.1":
+            self.close_connection = connection == "close"
+        else:
+            self.close_connection = connection != "keep-alive"
+        return True
+
+    def _refusal(self, refused: Refused) -> tuple[str, bytes]:
+        """The app's own answer (HostedApp.malformed_request) to a head refused, and the
+        end of the connection: nothing of it is forwarded."""
+        self.close_connection = True
+        return refused.status[:3], self.server.application.malformed_request(str(refused), refused.status)
 
     def get_environ(self) -> dict[str, Any]:
         pairs = self.headers.pairs  # before get_environ may delete Content-Length
@@ -142,11 +177,12 @@ class RawRequestHandler(WSGIHandler):
         """The proxy prints its own console line; pywsgi's access log would double it."""
 
     def _handle_client_error(self, ex: Exception) -> tuple[str, bytes]:
-        """A request too malformed to reach the app: the app words the 400 if it can
-        (pywsgi's documented hook for this; its default is an empty 400)."""
+        """A request too malformed to reach the app: the app words the answer (pywsgi's
+        documented hook for this; its default is an empty 400)."""
         super()._handle_client_error(ex)  # pywsgi's bookkeeping (closes the connection)
-        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
-        return "400", self.server.application.malformed_request(f"malformed request: {message}")
+        if not isinstance(ex, Refused):
+            ex = Refused("400 Bad Request", getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__)
+        return self._refusal(ex)
 
     def handle(self) -> None:
         self.server.idle_handlers.add(self)

@@ -122,3 +122,22 @@ def _from_cgi_keys(environ: dict[str, Any]) -> Headers:
         elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
             found.append((key.replace("_", "-").title(), value))
     return found
+
+
+def raw_path(environ: dict[str, Any]) -> str:
+    """The path as the client sent it, nothing decoded (`%2F` stays three characters): an
+    app that routes on it sees `/..%2F..%2Fetc/request` as one bad id, not as a path."""
+    raw = environ.get("orproxy.raw_uri") or environ.get("RAW_URI")
+    if raw is None:
+        return environ.get("PATH_INFO", "/")
+    return raw.partition("?")[0]
+
+
+def local_address(environ: dict[str, Any]) -> tuple[str, int] | None:
+    """The (host, port) the connection came in on: the listen address that served it. From
+    the socket itself: gunicorn's SERVER_NAME and SERVER_PORT come from the Host header."""
+    sock = environ.get("orproxy.socket") or environ.get("gunicorn.socket")
+    try:
+        return sock.getsockname()[:2] if sock is not None else None
+    except OSError:
+        return None

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from orproxy.exchange import Exchange
-from orproxy.headers import Headers, masked
+from orproxy.headers import Headers, masked, masked_target
 from orproxy.http1 import head
 from orproxy.logclient.part import NULL_PART, NullPart, Part
 from orproxy.logclient.sink import LogSink
@@ -46,8 +46,8 @@ class ExchangeLog:
         """The request line and headers as they went upstream (to `target`), secrets masked,
         then `X-Proxy-Path: <called>`, the URL the client called."""
         if self.sink is not None:
-            self.request.write(head(f"{self.exchange.method} {target} HTTP/1.1",
-                                    [*masked(headers, self.secrets), ("X-Proxy-Path", called)]))
+            self.request.write(head(f"{self.exchange.method} {masked_target(target)} HTTP/1.1",
+                                    [*masked(headers, self.secrets), ("X-Proxy-Path", masked_target(called))]))
 
     def response_head(self, status_line: str, headers: Headers) -> None:
         """The response's status line and headers as received, secrets masked."""

@@ -50,8 +50,11 @@ class Refused(Exception):
 
 
 class Sender:
-    def __init__(self, sink: "LogSink", pool: ConnectionPool, key: Key, host: str, base_path: str) -> None:
+    def __init__(self, sink: "LogSink", pool: ConnectionPool, key: Key, host: str, base_path: str,
+                 token: str | None = None) -> None:
         self.sink, self.pool, self.key, self.host, self.base_path = sink, pool, key, host, base_path
+        # Every request to the logging server carries its token (orlogserver --token), if any.
+        self.auth = [("Authorization", f"Bearer {token}")] if token else []
         self.conn: Connection | None = None
         self.plain_puts_since: float | None = None  # when it fell back to plain PUTs
         self.spool = sink.spool  # the sink's own is None while plain PUTs are in use
@@ -162,7 +165,8 @@ class Sender:
         """Send one batch; the logging server's acks, one per record. A pooled connection
         the logging server closed while idle is replaced once, at no cost: it answered nothing."""
         message = [head(f"POST {self.base_path}{PATH} HTTP/1.1", [
-            ("Host", self.host), ("Content-Type", CONTENT_TYPE), ("Content-Length", str(size))]), *pieces]
+            ("Host", self.host), *self.auth, ("Content-Type", CONTENT_TYPE), ("Content-Length", str(size))]),
+            *pieces]
         for attempt in (1, 2):
             sock, reused = self._connection()
             send_parts(sock, message, size)
@@ -205,7 +209,7 @@ class Sender:
         for part in batch:
             _, blocks, _ = part.take(part.size)
             pieces.append(head(f"PUT {self.base_path}/{part.exchange_id}/{part.kind} HTTP/1.1", [
-                ("Host", self.host), ("Content-Type", "application/octet-stream"),
+                ("Host", self.host), *self.auth, ("Content-Type", "application/octet-stream"),
                 ("Content-Length", str(part.size))]))
             pieces.extend(blocks)
         self.inflight = batch

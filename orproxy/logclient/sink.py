@@ -25,7 +25,7 @@ from orproxy.transport import StreamingAdapter
 
 class LogSink:
     def __init__(self, server_url: str, adapter: StreamingAdapter | None = None,
-                 budget: Budget | None = None, spool: Spool | None = None) -> None:
+                 budget: Budget | None = None, spool: Spool | None = None, token: str | None = None) -> None:
         self.server_url = server_url.rstrip("/")
         self.budget = budget or Budget()
         self.spool = spool
@@ -36,7 +36,7 @@ class LogSink:
         self._ready: dict[Part, None] = {}  # parts with data to send, in the order they got it
         self.wake = Event()
         key, netloc, base = split_url(self.server_url)
-        self.sender = Sender(self, (adapter or StreamingAdapter()).pool, key, netloc, base.rstrip("/"))
+        self.sender = Sender(self, (adapter or StreamingAdapter()).pool, key, netloc, base.rstrip("/"), token)
 
     def open(self, exchange_id: str, kind: str, t0: float) -> Part:
         """The part `kind` (request, response, metadata) of exchange `exchange_id`, which

@@ -6,13 +6,15 @@ from __future__ import annotations
 import atexit
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
 from gevent.event import Event
 
 from orproxy import logwire
+from orproxy.hosting.framing import HeadLimits
+from orproxy.hosting.incoming import local_address, raw_path
 from orproxy.http1 import head
 from orproxy.logserver.live.feed import LiveFeed
 from orproxy.logserver.live.tail import Tail
@@ -27,6 +29,7 @@ from orproxy.logserver.store.reindex import reindex
 from orproxy.logserver.store.retention import Retention
 from orproxy.logserver.store.sweeper import STALE_AFTER, Sweeper
 from orproxy.logserver.web.api import Api
+from orproxy.logserver.web.guard import Guard
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, error_response, json_response
 from orproxy.logserver.web.routes import ROUTES, match, not_found
@@ -37,9 +40,12 @@ class LogServerApp:
     # Its connections batch the metadata rewrites of pipelined PUTs (ingest.Ingest._update);
     # hosting.server.serve and orproxy's gunicorn worker serve it with this handler.
     handler_class = BatchingRequestHandler
+    limits = HeadLimits()
 
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
-                 retention_interval: float = 60.0, stale_after: float = STALE_AFTER) -> None:
+                 retention_interval: float = 60.0, stale_after: float = STALE_AFTER,
+                 allowed_hosts: Iterable[str] = (), token: str | None = None) -> None:
+        self.guard = Guard(allowed_hosts, token)
         self.log_dir = LogDir(log_dir)
         self.deriver = Deriver(self.log_dir)
         self.ingest = Ingest(self.log_dir, self.deriver)
@@ -101,10 +107,10 @@ class LogServerApp:
         except Exception as e:  # at exit: say it, do not raise
             print(f"orlogserver: closing the index: {e!r}", file=sys.stderr, flush=True)
 
-    def malformed_request(self, message: str) -> bytes:
-        """The whole answer to a request too malformed to reach the app: the API's JSON error."""
+    def malformed_request(self, message: str, status: str = "400 Bad Request") -> bytes:
+        """The whole answer to a request refused before it reached the app: the API's JSON error."""
         body = json.dumps({"error": {"message": message}}).encode()
-        return head("HTTP/1.1 400 Bad Request", [("Content-Type", "application/json"),
+        return head(f"HTTP/1.1 {status}", [("Content-Type", "application/json"),
                                                  ("Content-Length", str(len(body))), ("Connection", "close")]) + body
 
     def drain(self, timeout: float) -> None:
@@ -123,7 +129,10 @@ class LogServerApp:
                 "retention": {"max_age_s": self.retention.max_age, "max_bytes": self.retention.max_bytes}}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
-        path = environ.get("PATH_INFO", "/")
+        path = raw_path(environ)  # undecoded: /..%2F..%2Fetc/request is a bad id, not a path
+        refused = self.guard.check(environ, start_response, path, local_address(environ))
+        if refused is not None:
+            return refused
         found = match(path)
         if found is None or not found[0].batched:
             batch = environ.get("orproxy.batch")

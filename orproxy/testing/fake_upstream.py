@@ -176,11 +176,11 @@ _BY_LAST_SEGMENT = {
 
 
 def application(environ, start_response):
-    STATS["requests"] += 1
     path = environ.get("PATH_INFO") or "/"
     try:
-        if path.startswith("/__control/"):
+        if path.startswith("/__control/"):  # not counted: "requests" are what the proxy sent
             return control(environ, start_response, path[len("/__control/"):])
+        STATS["requests"] += 1
         if path.endswith("/chat/completions"):
             return llm_api.chat_completions(environ, start_response)
         head, _, last = path.rpartition("/")

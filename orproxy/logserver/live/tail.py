@@ -35,6 +35,7 @@ from orproxy.logserver.web.replies import error_response
 
 MAX_BODY_TEXT = 1024 * 1024        # body text sent; the rest is in the raw download
 MAX_DELTA_TEXT = 4 * 1024 * 1024   # answer text sent as deltas
+MAX_DECODED = 2 * (MAX_BODY_TEXT + MAX_DELTA_TEXT)  # bytes decoded at most: a gzip bomb stops here
 MAX_PENDING_EVENT = 1024 * 1024    # an SSE event that never ends stops the parsing
 TOO_LARGE = "the body is too large to follow here; download it raw"
 
@@ -53,6 +54,7 @@ class TailEvents:
         self.delta_text_sent = 0
         self._noticed: set[str] = set()
         self.broken = False   # the body cannot be decoded: only the end is still sent
+        self.decoded = 0
 
     @property
     def saturated(self) -> bool:
@@ -109,11 +111,16 @@ class TailEvents:
         if self.broken or not data:
             return []
         try:
-            for decoder in self._decoders:
-                data = decoder.feed(data)
+            for decoder in self._decoders:  # each within what could still be shown
+                data = decoder.feed(data, MAX_DECODED - self.decoded + 1)
         except Exception as e:  # zlib.error, brotli.error: corrupt data
             self.broken = True
             return [self._notice(f"the body cannot be decoded ({e}); download it raw")]
+        room = MAX_DECODED - self.decoded
+        self.decoded += len(data)
+        if len(data) > room:  # it inflates past anything shown: stop decoding it
+            self.broken = True
+            return [*self._text_events(self._text.decode(data[:room]), final=False), self._notice(TOO_LARGE)]
         return self._text_events(self._text.decode(data), final=False)
 
     def _text_events(self, text: str, final: bool) -> list[bytes]:

@@ -57,8 +57,8 @@ class BatchingRequestHandler(RawRequestHandler):
     """The logging server's handler: a `Batch` per connection (`orproxy.batch`), run before
     the connection waits for its next request, its answers held until then.
 
-    Overrides pywsgi's `read_requestline` and `handle_one_request` too (gevent 24-26);
-    tests/test_logserver.py fails loudly if a release changes them.
+    Overrides pywsgi's `handle_one_request` too (gevent 24-26); tests/test_logserver.py
+    fails loudly if a release changes it.
     """
 
     def __init__(self, sock: socket.socket, address: Any, server: Any, rfile: Any = None) -> None:
@@ -90,10 +90,10 @@ class BatchingRequestHandler(RawRequestHandler):
             self.held, self.held_bytes = [], 0
             send_all(self.socket, data)
 
-    def read_requestline(self) -> str:
+    def before_waiting(self) -> None:
+        """Run the batch before the connection waits (or once it has gathered enough)."""
         if self.batch.work and (len(self.batch.work) >= BATCH_KEYS or not self._request_waiting()):
             self._end_batch_quietly()
-        return super().read_requestline()
 
     def handle_one_request(self) -> Any:
         result = super().handle_one_request()

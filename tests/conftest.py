@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import (ServerProcess, StartupError, child_env, free_port,
-                     http_json, port_open, run_command, script, wait_until)
+from helpers import (ServerProcess, StartupError, child_env, http_json, run_command, script,
+                     start_gunicorn, wait_until)
 
 STARTUP_TIMEOUT = 10.0
 
@@ -324,16 +324,6 @@ def build_config(upstream_url, logserver_url, routes=None, logging=None, extra=N
     return config
 
 
-_GUNICORN_HOOKS = '''\
-import sys
-
-
-def post_worker_init(worker):
-    # The worker has loaded the app: the test fixture waits for one line per worker.
-    print("orproxy-test: worker %d ready" % worker.pid, file=sys.stderr, flush=True)
-'''
-
-
 def start_proxy(workdir, config, gunicorn=False, args=(), env=None, workers=2,
                 timeout=STARTUP_TIMEOUT, name="orproxy"):
     """Write ``config`` (a dict, or YAML text) to workdir and start the proxy on it, under
@@ -353,21 +343,9 @@ def start_proxy(workdir, config, gunicorn=False, args=(), env=None, workers=2,
         return Proxy(process, config_path, False, config)
 
     worker = "gevent" if gunicorn is True else gunicorn
-    port = free_port()
-    hooks = workdir / "gunicorn_hooks.py"
-    hooks.write_text(_GUNICORN_HOOKS)
-    argv = [script("gunicorn"), "-k", worker, "-w", str(workers), "--no-control-socket",
-            "-b", "127.0.0.1:%d" % port, "-c", hooks, "--graceful-timeout", "10",
-            *args, "orproxy.wsgi:proxy_app()"]
-    process = ServerProcess(name + "-gunicorn", argv, workdir,
-                            env=child_env(dict(env or {}, ORPROXY_CONFIG=config_path)))
-
-    def ready(proc):
-        booted = proc.stderr_text(proc.start_offsets[1]).count("orproxy-test: worker ")
-        if booted >= workers and port_open("127.0.0.1", port):
-            return "http://127.0.0.1:%d" % port
-        return None
-    process.start(ready, timeout)
+    process = start_gunicorn(name + "-gunicorn", "orproxy.wsgi:proxy_app()", workdir, worker,
+                             workers, ["--graceful-timeout", "10", *args],
+                             dict(env or {}, ORPROXY_CONFIG=config_path), timeout)
     return Proxy(process, config_path, worker, config)
 
 

@@ -23,11 +23,12 @@ from orproxy.testing.llm_api import stream_piece, stream_text
 from orproxy.testing.pattern import pattern_bytes, pattern_sha256
 
 __all__ = ["VENV_BIN", "script", "child_env", "free_port", "port_open", "wait_until",
-           "ServerProcess", "StartupError", "run_command", "http_request", "send_exactly", "http_json",
+           "ServerProcess", "start_gunicorn", "StartupError", "run_command", "http_request", "send_exactly", "http_json",
            "pattern_bytes", "pattern_sha256", "stream_piece", "stream_text"]
 
 VENV_BIN = Path(sys.executable).parent
 LISTENING_RE = re.compile(r"listening on (https?://[^\s]+)")
+GUNICORN_LISTENING_RE = re.compile(r"Listening at: (https?://[^\s]+)")
 
 
 def script(name):
@@ -323,3 +324,38 @@ def join_messages(pieces):
         else:
             out.append((opcode, payload))
     return out
+
+
+_GUNICORN_HOOKS = '''\
+import sys
+
+
+def post_worker_init(worker):
+    # The worker has loaded the app: start_gunicorn waits for one line per worker.
+    print("orproxy-test: worker %d ready" % worker.pid, file=sys.stderr, flush=True)
+'''
+
+
+def start_gunicorn(name, app, workdir, worker="gevent", workers=2, args=(), env=None,
+                   timeout=10.0):
+    """Start ``gunicorn -k worker -w workers app`` on 127.0.0.1 port 0 and wait until every
+    worker has loaded the app; return the ServerProcess (its ``url`` set).
+
+    Port 0, read back from gunicorn's "Listening at" line: a port chosen beforehand may be
+    taken by then, and the test would talk to whoever took it."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    hooks = workdir / "gunicorn_hooks.py"
+    hooks.write_text(_GUNICORN_HOOKS)
+    argv = [script("gunicorn"), "-k", worker, "-w", str(workers), "--no-control-socket",
+            "-b", "127.0.0.1:0", "-c", str(hooks), *args, app]
+    process = ServerProcess(name, argv, workdir, env=child_env(env))
+
+    def ready(proc):
+        err = proc.stderr_text(proc.start_offsets[1])
+        listening = GUNICORN_LISTENING_RE.search(err)
+        if listening and err.count("orproxy-test: worker ") >= workers:
+            return listening.group(1).rstrip("/")
+        return None
+    process.start(ready, timeout)
+    return process

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 
 from api_helpers import ApiClient, derived_done
 from conftest import STARTUP_TIMEOUT
-from helpers import ServerProcess, child_env, free_port, http_request, script, stream_text, wait_until
+from helpers import http_request, start_gunicorn, stream_text, wait_until
 from live_helpers import StreamingChat
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm"
@@ -371,17 +371,9 @@ def test_updated_after_returns_changes_since_a_seq(proxy, api):
 @pytest.fixture
 def gunicorn_logserver(tmp_path):
     log_dir = tmp_path / "logs"
-    port = free_port()
-    argv = [script("gunicorn"), "-k", "gevent", "-w", "2", "--no-control-socket",
-            "-b", "127.0.0.1:%d" % port, "orproxy.wsgi:logserver_app()"]
-    process = ServerProcess("logserver-gunicorn", argv, tmp_path / "work",
-                            env=child_env({"ORLOGSERVER_LOG_DIR": log_dir}))
-    url = process.start(("port", "127.0.0.1", port), STARTUP_TIMEOUT)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while http_request("GET", url + "/api/health")[0] != 200:  # the workers have loaded the app
-        assert time.monotonic() < deadline, process.describe()
-        time.sleep(0.05)
-    yield url, log_dir, process
+    process = start_gunicorn("logserver-gunicorn", "orproxy.wsgi:logserver_app()", tmp_path / "work",
+                             env={"ORLOGSERVER_LOG_DIR": log_dir}, timeout=STARTUP_TIMEOUT)
+    yield process.url, log_dir, process
     process.stop(timeout=10)
 
 

@@ -14,7 +14,7 @@ import requests
 import websocket
 
 from api_helpers import ApiClient
-from helpers import ServerProcess, child_env, free_port, http_request, script, stream_text, wait_until
+from helpers import http_request, start_gunicorn, stream_text, wait_until
 from live_helpers import Stack, StreamingChat, send_chat, sse_events, wait_row
 
 
@@ -341,15 +341,9 @@ def test_the_ui_is_served_with_a_strict_content_security_policy(logserver):
 
 @pytest.fixture(params=["gevent", "orproxy.worker.GeventWorker"])
 def gunicorn_logserver(request, tmp_path):
-    port = free_port()
-    log_dir = tmp_path / "logs"
-    argv = [script("gunicorn"), "-k", request.param, "-w", "2", "--no-control-socket",
-            "-b", "127.0.0.1:%d" % port, "orproxy.wsgi:logserver_app()"]
-    process = ServerProcess("logserver-gunicorn", argv, tmp_path,
-                            env=child_env({"ORLOGSERVER_LOG_DIR": log_dir}))
-    url = process.start(("port", "127.0.0.1", port))
-    wait_until(lambda: requests.get(url + "/api/health", timeout=5).status_code == 200, 10, 0.1, "health")
-    yield process, url
+    process = start_gunicorn("logserver-gunicorn", "orproxy.wsgi:logserver_app()", tmp_path,
+                             request.param, env={"ORLOGSERVER_LOG_DIR": tmp_path / "logs"})
+    yield process, process.url
     process.stop(timeout=5)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ServerProcess, child_env, free_port, pattern_bytes, script, wait_until
+from helpers import ServerProcess, pattern_bytes, script, start_gunicorn, wait_until
 
 BIN_NAME_RE = re.compile(
     r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{3}_([0-9a-f]{8})_(request|response)\.bin$")
@@ -53,13 +53,10 @@ def server(request, tmp_path_factory):
         process = ServerProcess("orlogserver", argv, workdir)
         url = process.start("listening")
     else:
-        port = free_port()
         worker = "gevent" if request.param == "gunicorn" else "orproxy.worker.GeventWorker"
-        argv = [script("gunicorn"), "-k", worker, "-w", "2", "--no-control-socket",
-                "-b", "127.0.0.1:%d" % port, "orproxy.wsgi:logserver_app()"]
-        process = ServerProcess("logserver-" + request.param, argv, workdir,
-                                env=child_env({"ORLOGSERVER_LOG_DIR": log_dir}))
-        url = process.start(("port", "127.0.0.1", port))
+        process = start_gunicorn("logserver-" + request.param, "orproxy.wsgi:logserver_app()",
+                                 workdir, worker, env={"ORLOGSERVER_LOG_DIR": log_dir})
+        url = process.url
     yield Server(url, root, log_dir, process)
     process.stop(timeout=5)
 

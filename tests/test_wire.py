@@ -260,18 +260,26 @@ def test_head_and_204_answers_end_at_their_head_and_keep_the_connections(wire):
         assert wire.log.metadata(answer.request_id)["proxy"]["streamed"] is False
 
 
-@pytest.mark.parametrize("when", ["while idle", "as the next request arrives"])
-def test_a_stale_pooled_connection_is_retried_for_a_replayable_request(wire, when):
+def one_answer_then_a_stale_connection(wire, closed_while_idle=False):
+    """An upstream whose first connection answers once and then closes (idle, or with the
+    next request unanswered, as a keep-alive timeout would); its second answers "two".
+    Returns it and a client that has had the first answer."""
     def first(peer):
         peer.request()
         peer.response(b"one")
-        if when != "while idle":
-            peer.request()  # then closed without an answer, as a keep-alive timeout would
+        if not closed_while_idle:
+            peer.request()
     upstream = wire.upstream(first, answers(b"two"))
     client = wire.client(wire.proxy(upstream.url))
     client.request("GET", "/up/x")
     assert client.response().body == b"one"
     client.next_cycle()
+    return upstream, client
+
+
+@pytest.mark.parametrize("when", ["while idle", "as the next request arrives"])
+def test_a_stale_pooled_connection_is_retried_for_a_replayable_request(wire, when):
+    upstream, client = one_answer_then_a_stale_connection(wire, closed_while_idle=when == "while idle")
     if when == "while idle":
         with gevent.Timeout(5):
             while upstream.peers[0].sock.fileno() != -1:  # the first script has ended
@@ -284,15 +292,7 @@ def test_a_stale_pooled_connection_is_retried_for_a_replayable_request(wire, whe
 
 
 def test_a_request_whose_body_went_into_a_stale_connection_is_sent_again_whole(wire):
-    def first(peer):
-        peer.request()
-        peer.response(b"one")
-        peer.request()  # then closed without an answer, as a keep-alive timeout would
-    upstream = wire.upstream(first, answers(b"two"))
-    client = wire.client(wire.proxy(upstream.url))
-    client.request("GET", "/up/x")
-    assert client.response().body == b"one"
-    client.next_cycle()
+    upstream, client = one_answer_then_a_stale_connection(wire)
     body = b"streamed to the upstream, and kept to send again"
     client.request("POST", "/up/x", body=body)
     answer = client.response()

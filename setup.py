@@ -17,6 +17,8 @@ setup(
         "websockets>=13",  # its C unmasking: the WebSocket message log reads client frames fast
         "simple-websocket>=1.0",  # the UI's live feed (/api/live), under pywsgi and gunicorn
         "orjson>=3.9",  # every exchange is JSON several times over: 3-15x the json module (jsoncodec.py)
+        "genai-prices>=0.2",  # the price table of every provider, maintained, offline (llm/pricing.py)
+        "diff-match-patch>=20230430",  # character diffs of long prompts, bounded in time (llm/diff.py)
     ],
     extras_require={
         "test": [

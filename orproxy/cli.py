@@ -15,7 +15,7 @@ from collections.abc import Callable  # noqa: E402
 from typing import NoReturn, TypeVar  # noqa: E402
 
 from orproxy import __version__  # noqa: E402
-from orproxy.config import ConfigError, load_config  # noqa: E402
+from orproxy.config import ConfigError, ModelPrice, load_config, load_prices  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
 from orproxy.logserver.store.sweeper import STALE_AFTER  # noqa: E402
 from orproxy.logserver.web.guard import is_loopback, token_problem  # noqa: E402
@@ -123,8 +123,17 @@ def logserver_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="also answer requests addressed to this host name (repeatable); by default only "
                              "the listen address, localhost, 127.0.0.1 and [::1]")
+    parser.add_argument("--config", metavar="PATH", default=os.environ.get("ORLOGSERVER_CONFIG"),
+                        help="read prices of your own (the `prices` section) from this YAML file, e.g. the "
+                             "proxy's config.yaml (default: $ORLOGSERVER_CONFIG)")
     parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
     args = parser.parse_args(argv)
+    prices = ()
+    if args.config:
+        try:
+            prices = load_prices(args.config)
+        except ConfigError as e:
+            _fail("orlogserver", str(e))
     if args.token is not None and token_problem(args.token):
         _fail("orlogserver", f"--token: {token_problem(args.token)}")
     if not args.token and not is_loopback(args.host):
@@ -134,14 +143,15 @@ def logserver_main(argv: list[str] | None = None) -> None:
     lower_priority(args.priority)
     prepare_process()
     if args.reindex:
-        _reindex(args.log_dir)
+        _reindex(args.log_dir, prices)
         return
 
     from orproxy.logserver.app import LogServerApp
 
     try:
         app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
-                           stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token)
+                           stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token,
+                           prices=prices)
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
     except sqlite3.Error as e:
@@ -152,7 +162,8 @@ def logserver_main(argv: list[str] | None = None) -> None:
         _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
 
 
-def _reindex(log_dir: str) -> None:
+def _reindex(log_dir: str, prices: tuple[ModelPrice, ...]) -> None:
+    from orproxy.logserver.llm.pricing import Pricing
     from orproxy.logserver.store.index import Index
     from orproxy.logserver.store.logdir import LogDir
     from orproxy.logserver.store.reindex import reindex
@@ -161,7 +172,7 @@ def _reindex(log_dir: str) -> None:
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
     try:
         files = LogDir(log_dir)
-        index = Index(files.path)
+        index = Index(files.path, pricing=Pricing(prices))
         result = reindex(files, index)
         index.close()
         files.close()

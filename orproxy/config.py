@@ -25,6 +25,18 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """A price of your own for models the table does not know (a private or local one), in
+    USD per million tokens; `model` is a name or a glob (`qwen3-*`). The logging server
+    prices exchanges with it (`orlogserver --config`); the proxy only checks it."""
+    model: str
+    input: float
+    output: float
+    cache_read: float | None = None   # default: the input price
+    cache_write: float | None = None  # default: the input price
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = "localhost"
     port: int = 5601
@@ -40,6 +52,7 @@ class Config:
     spool_max_bytes: int = 1024 * 1024 * 1024  # 0: no spool
     log_token: str | None = field(default=None, repr=False)  # the logging server's --token
     routes: RouteTable = field(default_factory=lambda: RouteTable([]))
+    prices: tuple[ModelPrice, ...] = ()
 
 
 # --- validators: each takes (value, where) and returns the clean value or raises ---------
@@ -108,6 +121,29 @@ def _header_list(value: Any, where: str) -> frozenset[str]:
     raise _fail(where, value, "a list of header names")
 
 
+def _usd(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6:
+        return float(value)
+    raise _fail(where, value, "a price in USD per million tokens (0 or more)")
+
+
+def _prices(data: Any, where: str = "prices") -> tuple[ModelPrice, ...]:
+    """`prices: {MODEL: {input: USD, output: USD, cache_read: USD, cache_write: USD}}`."""
+    if data is None:
+        return ()
+    if not isinstance(data, dict):
+        raise _fail(where, data, "a mapping of model name to prices")
+    prices = []
+    for model, spec in data.items():
+        path = f"{where}.{model}"
+        clean = _section(spec, path, {"input": _usd, "output": _usd, "cache_read": _usd, "cache_write": _usd})
+        for required in ("input", "output"):
+            if required not in clean:
+                raise ConfigError(f"{path}.{required}: missing")
+        prices.append(ModelPrice(str(model), **clean))
+    return tuple(prices)
+
+
 def _section(data: Any, where: str, known: dict[str, Callable[[Any, str], Any]]) -> dict[str, Any]:
     """Check a mapping's keys against the declared ones and validate each value."""
     if data is None:
@@ -168,7 +204,7 @@ def _routes(data: Any, defaults: dict[str, float], log_unrouted: bool) -> RouteT
 def parse_config(data: Any) -> Config:
     """Build a Config from parsed YAML; raise ConfigError naming the key on any mistake."""
     top = _section(data, "", {"server": lambda v, w: v, "logging": lambda v, w: v,
-                              "upstream": lambda v, w: v, "routes": lambda v, w: v})
+                              "upstream": lambda v, w: v, "routes": lambda v, w: v, "prices": _prices})
     server = _section(top.get("server"), "server", {
         "port": _port, "host": _str, "shutdown_timeout": _seconds, "max_header_bytes": _count,
         "max_headers": _count, "head_timeout": _seconds, "idle_timeout": _seconds})
@@ -197,11 +233,23 @@ def parse_config(data: Any) -> Config:
         spool_max_bytes=log.get("spool_max_bytes", Config.spool_max_bytes),
         log_token=log.get("token"),
         routes=_routes(top.get("routes"), defaults, log.get("default", False)),
+        prices=top.get("prices", ()),
     )
 
 
-def load_config(path: str) -> Config:
-    """Read and validate a YAML file; every error message starts with the file name."""
+def load_prices(path: str) -> tuple[ModelPrice, ...]:
+    """The `prices` of a configuration file, for the logging server: the rest of the file
+    is the proxy's (a file of its own may hold `prices` alone)."""
+    data = _read_yaml(path)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a mapping of sections (server, logging, routes, prices)")
+    try:
+        return _prices((data or {}).get("prices"))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _read_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -212,6 +260,12 @@ def load_config(path: str) -> Config:
         line = f" (line {mark.line + 1})" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
+    return data
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML file; every error message starts with the file name."""
+    data = _read_yaml(path)
     try:
         config = parse_config(data)
     except ConfigError as e:

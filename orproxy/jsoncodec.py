@@ -37,6 +37,8 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
             raise ValueError("JSON nested too deep to read") from None
 
 
-def dumps(value: Any, indent: bool = False) -> bytes:
-    """Compact UTF-8 JSON (`indent`: two spaces, for people); NaN and Infinity become null."""
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0)
+def dumps(value: Any, indent: bool = False, sort_keys: bool = False) -> bytes:
+    """Compact UTF-8 JSON (`indent`: two spaces, for people; `sort_keys`: one text per
+    value, to hash); NaN and Infinity become null."""
+    option = (orjson.OPT_INDENT_2 if indent else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+    return orjson.dumps(value, option=option)

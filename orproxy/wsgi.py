@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from orproxy.config import ConfigError, load_config
+from orproxy.config import ConfigError, load_config, load_prices
 
 
 def proxy_app() -> Callable:
@@ -33,7 +33,7 @@ def logserver_app() -> Callable:
     ORLOGSERVER_MAX_AGE (e.g. 7d) and ORLOGSERVER_MAX_BYTES (e.g. 10G), and
     ORLOGSERVER_STALE_AFTER (e.g. 15m), as --max-age, --max-bytes and --stale-after;
     ORLOGSERVER_TOKEN and ORLOGSERVER_ALLOWED_HOSTS (comma-separated) as --token and
-    --allowed-host. Bound beyond loopback without a token, it refuses every request.
+    --allowed-host, ORLOGSERVER_CONFIG (prices of your own) as --config. Bound beyond loopback without a token, it refuses every request.
     Create it in each worker (no --preload): it starts threads."""
     log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
@@ -64,4 +64,11 @@ def logserver_app() -> Callable:
         print(f"orlogserver: ORLOGSERVER_TOKEN: {token_problem(token)}", file=sys.stderr)
         sys.exit(4)
     hosts = [h.strip() for h in os.environ.get("ORLOGSERVER_ALLOWED_HOSTS", "").split(",") if h.strip()]
-    return for_gunicorn(LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token))
+    prices = ()
+    if os.environ.get("ORLOGSERVER_CONFIG"):
+        try:
+            prices = load_prices(os.environ["ORLOGSERVER_CONFIG"])
+        except ConfigError as e:
+            print(f"orlogserver: ORLOGSERVER_CONFIG: {e}", file=sys.stderr)
+            sys.exit(4)
+    return for_gunicorn(LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token, prices=prices))

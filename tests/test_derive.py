@@ -247,7 +247,7 @@ def test_sse_parser_follows_the_spec():
 def test_usage_normalisation():
     assert usage_fields({"input_tokens": 10, "output_tokens": 5}) == {
         "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cached_tokens": None,
-        "reasoning_tokens": None, "cost": None}
+        "cache_write_tokens": None, "reasoning_tokens": None, "cost": None}
     responses_api = usage_fields({"input_tokens": 100, "output_tokens": 20, "total_tokens": 120,
                                   "input_tokens_details": {"cached_tokens": 64},
                                   "output_tokens_details": {"reasoning_tokens": 8}})
@@ -255,6 +255,17 @@ def test_usage_normalisation():
         == (100, 64, 8)
     assert usage_fields({"prompt_tokens": 3, "total_tokens": 3})["completion_tokens"] is None
     assert usage_fields({})["total_tokens"] is None
+    anthropic = usage_fields({"input_tokens": 5, "cache_read_input_tokens": 100,
+                              "cache_creation_input_tokens": 20, "output_tokens": 7})
+    assert (anthropic["prompt_tokens"], anthropic["cached_tokens"], anthropic["cache_write_tokens"]) == (125, 100, 20)
+
+
+def test_reported_cost_adds_the_upstream_inference_cost_of_a_bring_your_own_key_request():
+    assert usage_fields({"prompt_tokens": 1, "cost": 0.25})["cost"] == 0.25
+    byok = {"prompt_tokens": 1, "cost": 0.01, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.2}}
+    assert usage_fields(byok)["cost"] == pytest.approx(0.21)
+    not_byok = dict(byok, is_byok=False)
+    assert usage_fields(not_byok)["cost"] == 0.01
 
 
 def _long_stream(first, middle, last, repeat):
@@ -305,10 +316,11 @@ def test_long_streams_are_skimmed_for_the_fields_and_give_the_same_answer(tmp_pa
     assert expected["tool_calls"] == ["search"] and expected["completion_tokens"] == 1500
 
 
-def test_an_exchange_derived_in_two_steps_parses_its_request_once(tmp_path):
+def test_an_exchange_derived_in_two_steps_comes_out_as_derived_at_once(tmp_path):
     """The request's fields, derived while the answer streams, are finished with the
-    response later without reading the request again, and come out the same."""
+    response later, and come out the same as derived in one go."""
     from orproxy.logserver.store.deriving import derive_document, derive_request_document
+    from orproxy.logserver.store.linking import Linker
     from orproxy.logserver.store.logdir import LogDir
 
     log_dir = LogDir(str(tmp_path / "logs"))
@@ -319,15 +331,18 @@ def test_an_exchange_derived_in_two_steps_parses_its_request_once(tmp_path):
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + fixture("openai_chat_stream.sse"))
     request = {"file": "req.bin", "completed_at": 1.0, "head": {"method": "POST", "path": "/v1/chat/completions"}}
     both = {"request": request, "response": {"file": "resp.bin", "completed_at": 2.0}}
-    early = derive_request_document(log_dir, {"parts": {"request": request}})
+    exchange_id = "7e0b3c4d-0000-4000-8000-000000000001"
+    early = derive_request_document(log_dir, {"id": exchange_id, "parts": {"request": request}}, Linker()).fields
     assert early["parts"] == ["request"]
     assert (early["api"], early["model_requested"], early["model_answered"]) == ("openai", "gpt-4o", None)
-    at_once = derive_document(log_dir, {"parts": both})
-    (tmp_path / "logs" / "req.bin").unlink()  # from now on only `early` knows the request
-    in_two_steps = derive_document(log_dir, {"parts": both, "derived": early})
-    assert {k: v for k, v in in_two_steps.items() if k != "at"} == {k: v for k, v in at_once.items() if k != "at"}
-    assert in_two_steps["model_requested"] == "gpt-4o" and in_two_steps["completion_tokens"]
-    assert set(in_two_steps) == {"version", "parts", "at", *FIELDS}
+    assert early["conversation_id"] == exchange_id and early["turn_key"]
+    at_once = derive_document(log_dir, {"id": exchange_id, "parts": both}, Linker())
+    in_two_steps = derive_document(log_dir, {"id": exchange_id, "parts": both, "derived": early}, Linker())
+    assert {k: v for k, v in in_two_steps.fields.items() if k != "at"} == \
+        {k: v for k, v in at_once.fields.items() if k != "at"}
+    assert in_two_steps.fields["model_requested"] == "gpt-4o" and in_two_steps.fields["completion_tokens"]
+    assert set(in_two_steps.fields) == {"version", "parts", "at", "new_from", *FIELDS}
+    assert in_two_steps.text == at_once.text and in_two_steps.text
 
 
 def test_the_request_fields_are_derived_when_the_request_ends(tmp_path, monkeypatch):

@@ -13,22 +13,26 @@ import gevent
 from gevent.event import Event
 
 from orproxy import logwire
+from orproxy.config import ModelPrice
 from orproxy.hosting.framing import HeadLimits
 from orproxy.hosting.incoming import local_address, raw_path
 from orproxy.http1 import head
 from orproxy.logserver.live.feed import LiveFeed
 from orproxy.logserver.live.tail import Tail
 from orproxy.logserver.live.transports import LiveTransport
+from orproxy.logserver.llm.pricing import Pricing
 from orproxy.logserver.store.appends import Appends
 from orproxy.logserver.store.batching import BatchingRequestHandler
 from orproxy.logserver.store.deriving import Deriver
 from orproxy.logserver.store.index import Index
 from orproxy.logserver.store.ingest import BadInput, Ingest
+from orproxy.logserver.store.linking import Linker
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.reindex import reindex
 from orproxy.logserver.store.retention import Retention
 from orproxy.logserver.store.sweeper import STALE_AFTER, Sweeper
 from orproxy.logserver.web.api import Api
+from orproxy.logserver.web.conversations import Diffs
 from orproxy.logserver.web.guard import Guard
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, error_response, json_response
@@ -44,13 +48,15 @@ class LogServerApp:
 
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
                  retention_interval: float = 60.0, stale_after: float = STALE_AFTER,
-                 allowed_hosts: Iterable[str] = (), token: str | None = None) -> None:
+                 allowed_hosts: Iterable[str] = (), token: str | None = None,
+                 prices: tuple[ModelPrice, ...] = ()) -> None:
         self.guard = Guard(allowed_hosts, token)
         self.log_dir = LogDir(log_dir)
-        self.deriver = Deriver(self.log_dir)
+        self.index = Index(self.log_dir.path, pricing=Pricing(prices))
+        self.deriver = Deriver(self.log_dir, Linker(self.index))
         self.ingest = Ingest(self.log_dir, self.deriver)
-        self.index = Index(self.log_dir.path)
-        self.ingest.subscribe(lambda record, events: self.index.put(record.document))
+        self.ingest.subscribe(lambda record, events: self.index.put(record.document,
+                                                                     self.deriver.take_text(record.id)))
         self.appends = Appends(self.ingest)
         self.retention = Retention(self.log_dir, self.index, max_age, max_bytes, retention_interval)
         self.sweeper = Sweeper(self.ingest, self.index, stale_after)
@@ -65,6 +71,7 @@ class LogServerApp:
             "ingest": self._ingest,
             "ingest_batch": self._ingest_batch,
             **self.api.handlers(),
+            **Diffs(self.log_dir, self.api.pool).handlers(),
             "live_websocket": live.websocket,
             "live_events": live.events,
             "tail_response": Tail(self.log_dir, self.stopping),

@@ -15,6 +15,8 @@ Endpoints (``...`` is any prefix; query parameters in brackets):
   POST .../chat/completions   OpenAI chat completion; ``"stream": true`` gives SSE
                               [events=5, interval_ms=0, first_delay_ms=0]   (llm_api)
   POST .../messages           Anthropic Messages API, JSON or SSE (same parameters)
+  POST .../agent/...          chat completions, messages and responses answering what the
+                              request asked, to hold conversations   (agent_api)
   GET  .../models             a small OpenAI models list
   ANY  .../echo, .../echo/... JSON: method, raw target, raw headers, framing, body sha256
   GET  .../bytes?n=N          N pattern bytes [chunked=1, block=65536]   (http_endpoints)
@@ -47,7 +49,7 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from orproxy.testing import http_endpoints, llm_api, misbehaving
+from orproxy.testing import agent_api, http_endpoints, llm_api, misbehaving
 from orproxy.testing.answers import STATS, BadParam, error, json_response, reset_stats
 
 __all__ = ["serve", "make_server", "application", "STATS"]
@@ -181,6 +183,8 @@ def application(environ, start_response):
         if path.startswith("/__control/"):  # not counted: "requests" are what the proxy sent
             return control(environ, start_response, path[len("/__control/"):])
         STATS["requests"] += 1
+        if "/agent/" in path:
+            return agent_api.application(environ, start_response)
         if path.endswith("/chat/completions"):
             return llm_api.chat_completions(environ, start_response)
         head, _, last = path.rpartition("/")

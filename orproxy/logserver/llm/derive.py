@@ -13,8 +13,14 @@ Token counts are normalised so that they compare across APIs:
   total_tokens       as reported, else prompt + completion
   cached_tokens      input tokens read from a cache (OpenAI prompt_tokens_details.cached_tokens,
                      Anthropic cache_read_input_tokens)
+  cache_write_tokens input tokens written to a cache (Anthropic cache_creation_input_tokens)
   reasoning_tokens   completion_tokens_details.reasoning_tokens (OpenAI, OpenRouter)
-  cost               usage.cost when the upstream reports it (OpenRouter, in credits = USD)
+  cost               usage.cost when the upstream reports it (OpenRouter, in credits = USD),
+                     plus cost_details.upstream_inference_cost for bring-your-own-key
+                     requests (usage.cost is then OpenRouter's fee alone)
+
+The conversation's fields (session_id, turn_key, conversation_id, previous_id) need the
+other exchanges, so store/deriving.py fills them (llm/conversation.py, store/linking.py).
 """
 from __future__ import annotations
 
@@ -24,12 +30,13 @@ from orproxy.logserver.llm import apis
 from orproxy.logserver.llm.bodies import ParsedBody
 from orproxy.logserver.llm.values import as_count, as_dict, as_number, as_str, error_message, preview, text_of
 
-VERSION = 1  # bump when the rules change: reindex then recomputes stored fields
+VERSION = 2  # bump when the rules change: reindex then recomputes stored fields (2: conversations)
 
 FIELDS = ("api", "provider", "model_requested", "model_answered", "stream", "message_count",
           "tools_offered", "tool_calls", "finish_reason", "prompt_tokens", "completion_tokens",
-          "total_tokens", "cached_tokens", "reasoning_tokens", "cost", "error_message",
-          "prompt_preview", "reply_preview")
+          "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost",
+          "error_message", "prompt_preview", "reply_preview", "response_id",
+          "session_id", "turn_key", "conversation_id", "previous_id")
 
 
 REQUEST_GUESS = "request_api"  # kept beside the request's fields: see request_fields()
@@ -95,12 +102,15 @@ def _last_user_text(messages: list[Any]) -> str | None:
 def usage_fields(usage: dict[str, Any]) -> dict[str, Any]:
     """Token counts and cost, normalised across APIs (see the module docstring)."""
     out: dict[str, Any] = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
-                           "cached_tokens": None, "reasoning_tokens": None, "cost": as_number(usage.get("cost"))}
+                           "cached_tokens": None, "cache_write_tokens": None, "reasoning_tokens": None,
+                           "cost": _reported_cost(usage)}
     if not usage:
         return out
     if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI chat, OpenRouter
         prompt, completion = as_count(usage.get("prompt_tokens")), as_count(usage.get("completion_tokens"))
-        out["cached_tokens"] = as_count(as_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+        details = as_dict(usage.get("prompt_tokens_details"))
+        out["cached_tokens"] = as_count(details.get("cached_tokens"))
+        out["cache_write_tokens"] = as_count(details.get("cache_write_tokens"))  # OpenRouter
         out["reasoning_tokens"] = as_count(as_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     elif "input_tokens" in usage or "output_tokens" in usage:
         completion = as_count(usage.get("output_tokens"))
@@ -109,7 +119,7 @@ def usage_fields(usage: dict[str, Any]) -> dict[str, Any]:
         prompt = as_count(usage.get("input_tokens"))
         if read is not None or written is not None:  # Anthropic: input_tokens excludes the cache
             prompt = (prompt or 0) + (read or 0) + (written or 0)
-            out["cached_tokens"] = read
+            out["cached_tokens"], out["cache_write_tokens"] = read, written
         else:  # OpenAI responses: input_tokens includes cached ones
             out["cached_tokens"] = as_count(as_dict(usage.get("input_tokens_details")).get("cached_tokens"))
             out["reasoning_tokens"] = as_count(as_dict(usage.get("output_tokens_details")).get("reasoning_tokens"))
@@ -121,3 +131,11 @@ def usage_fields(usage: dict[str, Any]) -> dict[str, Any]:
         total = (prompt or 0) + (completion or 0)
     out["total_tokens"] = total
     return out
+
+
+def _reported_cost(usage: dict[str, Any]) -> float | None:
+    cost = as_number(usage.get("cost"))
+    upstream = as_number(as_dict(usage.get("cost_details")).get("upstream_inference_cost"))
+    if cost is not None and upstream is not None and usage.get("is_byok") is True:
+        return cost + upstream
+    return cost

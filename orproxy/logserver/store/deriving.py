@@ -18,53 +18,130 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.llm import derive
-from orproxy.logserver.llm.bodies import parse_body
+from orproxy.logserver.llm import apis, derive, searchtext
+from orproxy.logserver.llm.bodies import ParsedBody, parse_body
+from orproxy.logserver.llm.conversation import Conversation
+from orproxy.logserver.llm.httpfile import Message
+from orproxy.logserver.llm.session import session_id
+from orproxy.logserver.store.linking import Linker, Turn
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 
 DERIVE_LIMIT = 16 * 1024 * 1024   # decoded bytes per body looked at for the derived fields
 INLINE_BYTES = 64 * 1024          # bodies up to this are parsed on the loop
+TEXTS_KEPT = 1_000                # search texts waiting for the index (normally for a moment)
 
 
-def derive_request_document(log_dir: LogDir, document: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class Derivation:
+    fields: dict[str, Any]   # the `derived` entry of the metadata document
+    text: str | None = None  # the search text, once the exchange is over
+
+
+def derive_request_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -> Derivation:
     """The `derived` entry of an exchange whose request has ended and whose response has
-    not: the fields the request gives (derive.request_fields), so that an exchange in
-    flight is listed with its model. Its `parts` is ["request"]."""
+    not: the fields the request gives (derive.request_fields) and its place in a
+    conversation, so that an exchange in flight is listed with them. Its `parts` is ["request"]."""
     record = ExchangeRecord(document)
     request = log_dir.read_part(record, "request", DERIVE_LIMIT)
-    fields = derive.request_fields(parse_body(request) if request else None,
-                                   record.request_path(request.head if request else None))
-    return {"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields}
+    parsed = parse_body(request) if request else None
+    fields = derive.request_fields(parsed, record.request_path(request.head if request else None))
+    _link(record, request, parsed, fields, linker)
+    return Derivation({"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields})
 
 
-def derive_document(log_dir: LogDir, document: dict[str, Any]) -> dict[str, Any]:
-    """The `derived` entry of a metadata document, from the exchange's files (the request's
-    fields taken from the entry if derive_request_document made it: parsed once)."""
+def derive_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -> Derivation:
+    """The `derived` entry of a metadata document, from the exchange's files, and its
+    search text."""
     record = ExchangeRecord(document)
-    if record.has_request_fields:
-        requested, path = record.derived, record.request_path()
-    else:
-        request = log_dir.read_part(record, "request", DERIVE_LIMIT)
-        path = record.request_path(request.head if request else None)
-        requested = derive.request_fields(parse_body(request) if request else None, path)
+    request = log_dir.read_part(record, "request", DERIVE_LIMIT)
+    path = record.request_path(request.head if request else None)
+    parsed_request = parse_body(request) if request else None
+    requested = derive.request_fields(parsed_request, path)
+    conversation, new_from = _link(record, request, parsed_request, requested, linker)
     response = log_dir.read_part(record, "response", DERIVE_LIMIT)
     fields = derive.answer_fields(requested, parse_body(response, skim=True) if response else None, path)
-    return {"version": derive.VERSION, "parts": record.ended_parts, "at": time.time(), **fields}
+    for name in ("session_id", "turn_key", "conversation_id", "previous_id", "new_from"):
+        fields[name] = requested.get(name)
+    answered = not record.proxy.get("error") and not fields.get("error_message")
+    _remember(linker, record, fields, answered)
+    response_text = response.body.data.decode("utf-8", "replace") if response else None
+    text = searchtext.exchange_text(conversation, new_from, parsed_request, response_text,
+                                    llm=fields.get("api") is not None)
+    return Derivation({"version": derive.VERSION, "parts": record.ended_parts, "at": time.time(), **fields}, text)
+
+
+def _link(record: ExchangeRecord, request: Message | None, parsed: ParsedBody | None,
+          fields: dict[str, Any], linker: Linker) -> tuple[Conversation | None, int]:
+    """Put the request's session and place in a conversation in `fields` (the link found
+    at the request's end is kept); returns the conversation and where its new messages start."""
+    body = parsed.json if parsed is not None and parsed.kind == "json" else None
+    fields["session_id"] = session_id(request.head if request else None, body)
+    conversation = apis.conversation(body, fields.get("api"))
+    if conversation is None or not conversation.messages:
+        return conversation, 0
+    fields["turn_key"] = conversation.turn_key
+    earlier = record.derived
+    if earlier.get("version") == derive.VERSION and earlier.get("previous_id"):
+        fields.update(previous_id=earlier["previous_id"], conversation_id=earlier.get("conversation_id"),
+                      new_from=earlier.get("new_from") or 0)
+    else:
+        link = linker.find(conversation, record.started_at or time.time(), fields["session_id"])
+        if link is None:
+            fields.update(previous_id=None, conversation_id=record.id, new_from=0)
+        else:
+            fields.update(previous_id=link.previous.id, new_from=link.new_from,
+                          conversation_id=link.previous.conversation_id or link.previous.id)
+    _remember(linker, record, fields, True)
+    return conversation, fields["new_from"]
+
+
+def _remember(linker: Linker, record: ExchangeRecord, fields: dict[str, Any], answered: bool) -> None:
+    if fields.get("turn_key") or fields.get("response_id"):
+        turn = Turn(record.id, fields.get("conversation_id"), fields.get("session_id"),
+                    record.started_at or time.time(), answered)
+        linker.remember(turn, fields.get("turn_key"), fields.get("response_id"))
+
+
+def remember_document(linker: Linker, document: dict[str, Any]) -> None:
+    """A derived exchange read back (reindex.py): later turns may continue it."""
+    record = ExchangeRecord(document)
+    fields = record.derived
+    _remember(linker, record, fields, not record.proxy.get("error") and not fields.get("error_message"))
+
+
+def search_text(log_dir: LogDir, document: dict[str, Any]) -> str | None:
+    """The search text of a derived exchange, made again from its files (reindex.py)."""
+    record = ExchangeRecord(document)
+    fields = record.derived
+    if record.state == "in_flight" or not fields:
+        return None
+    request = log_dir.read_part(record, "request", DERIVE_LIMIT)
+    parsed = parse_body(request) if request else None
+    body = parsed.json if parsed is not None and parsed.kind == "json" else None
+    conversation = apis.conversation(body, fields.get("api"))
+    response = log_dir.read_part(record, "response", DERIVE_LIMIT)
+    response_text = response.body.data.decode("utf-8", "replace") if response else None
+    return searchtext.exchange_text(conversation, fields.get("new_from") or 0, parsed, response_text,
+                                    llm=fields.get("api") is not None)
 
 
 class Deriver:
     """Derives on the loop what is small, on its thread what is large; a failure is stored
     as the entry's `error` (and counted), so that a bug cannot make it try for ever."""
 
-    def __init__(self, log_dir: LogDir) -> None:
+    def __init__(self, log_dir: LogDir, linker: Linker | None = None) -> None:
         self.log_dir = log_dir
+        self.linker = linker if linker is not None else Linker()
         self.pool = ThreadPool(1)  # also rebuilds the index (app.py): files are read there
         self.errors = 0
+        self._texts: OrderedDict[str, str] = OrderedDict()
 
     def inline(self, record: ExchangeRecord) -> dict[str, Any] | None:
         """At the end of a part, the entry to store in the same rewrite, if it is cheap:
@@ -80,10 +157,20 @@ class Deriver:
         how = derive_request_document if request_only else derive_document
         try:
             if record.unparsed_bytes(request_only) <= INLINE_BYTES:  # small: no thread hop
-                return how(self.log_dir, record.document)
-            return self.pool.apply(how, (self.log_dir, record.document))  # the loop keeps serving
+                derivation = how(self.log_dir, record.document, self.linker)
+            else:  # the loop keeps serving
+                derivation = self.pool.apply(how, (self.log_dir, record.document, self.linker))
         except Exception as e:  # a bug must not loop: store the failure instead
             self.errors += 1
             print(f"orlogserver: deriving fields of {record.id} failed: {e!r}", file=sys.stderr)
             parts = ["request"] if request_only else sorted(record.parts)
             return {"version": derive.VERSION, "parts": parts, "error": repr(e)}
+        if derivation.text is not None:
+            self._texts[record.id] = derivation.text
+            if len(self._texts) > TEXTS_KEPT:  # an exchange deleted before its rewrite
+                self._texts.popitem(last=False)
+        return derivation.fields
+
+    def take_text(self, exchange_id: str) -> str | None:
+        """The search text derived for an exchange, once (the index writes it with the row)."""
+        return self._texts.pop(exchange_id, None) if self._texts else None

@@ -11,6 +11,10 @@ connection. Several worker processes share the file: WAL lets them read while on
 `busy_timeout` makes writers wait their turn, and a row is only ever replaced by a newer
 revision of its metadata document (logdir.py), whichever process writes it.
 
+The free-text search's table `texts` (FTS5) holds each exchange's search text (llm/
+searchtext.py), under the rowid of its row in `exchanges`; the deriving hands it over with
+the row (`put`), and removing a row removes its text.
+
 `seq` orders every change for the live feed (live/feed.py): each write of a row takes the
 next one, and so does each removal (`delete_rows`), which leaves a tombstone (id, seq) in
 `removed` so that every worker's feed can tell its clients. Tombstones are kept for the
@@ -28,9 +32,10 @@ from gevent.event import Event
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.store.schema import COLUMNS, FIELDS, row_from_document
+from orproxy.logserver.llm.pricing import Pricing
+from orproxy.logserver.store.schema import COLUMNS, DEFAULT_PRICING, FIELDS, row_from_document
 
-SCHEMA_VERSION = 3  # 3: incomplete_reason, and the in_flight index
+SCHEMA_VERSION = 4  # 3: incomplete_reason, and the in_flight index; 4: conversations, cost, texts
 FILENAME = "index.sqlite3"
 READERS = 4
 ANALYZE_EVERY = 20_000  # rows written
@@ -47,10 +52,16 @@ _INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("by_route", "route, started_at, id", ""),
     ("by_seq", "seq", ""),
     ("in_flight", "started_at", "state = 'in_flight'"),  # the sweeper's few rows (sweeper.py)
+    ("by_conversation", "conversation_id, started_at", "conversation_id IS NOT NULL"),
+    ("by_session", "session_id, started_at", "session_id IS NOT NULL"),
+    ("by_turn_key", "turn_key", "turn_key IS NOT NULL"),  # a next turn finds this one (linking.py)
+    ("by_response_id", "response_id", "response_id IS NOT NULL"),
 )
 
 
 _TOMBSTONES = "CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)"
+_TEXTS = ("CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(id UNINDEXED, body, "
+          "tokenize = 'unicode61 remove_diacritics 2')")
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -75,6 +86,7 @@ def create_schema(conn: sqlite3.Connection) -> bool:
             return False
         conn.execute("DROP TABLE IF EXISTS exchanges")
         conn.execute("DROP TABLE IF EXISTS removed")
+        conn.execute("DROP TABLE IF EXISTS texts")
         columns = ", ".join(f"{f.name} {f.sql}" + (" PRIMARY KEY" if f.name == "id" else "")
                             for f in FIELDS)
         conn.execute(f"CREATE TABLE exchanges ({columns})")
@@ -82,6 +94,7 @@ def create_schema(conn: sqlite3.Connection) -> bool:
             conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON exchanges ({columns})"
                          + (f" WHERE {rows}" if rows else ""))
         conn.execute(_TOMBSTONES)
+        conn.execute(_TEXTS)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
         return True
@@ -111,8 +124,10 @@ def last_seq(conn: sqlite3.Connection) -> int:
                         "(SELECT coalesce(max(seq), 0) FROM removed))").fetchone()[0]
 
 
-def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
-    """Write rows in one transaction; each gets the next `seq`. Older revisions lose."""
+def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
+                texts: dict[str, str] | None = None) -> None:
+    """Write rows in one transaction; each gets the next `seq`. Older revisions lose.
+    `texts`: search texts by exchange id, replacing the ones they had."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         seq = last_seq(conn)
@@ -121,6 +136,8 @@ def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
             seq += 1
             values.append(tuple(seq if c == "seq" else row.get(c) for c in COLUMNS))
         conn.executemany(_UPSERT, values)
+        if texts:
+            _replace_texts(conn, texts)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -134,6 +151,8 @@ def delete_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
     try:
         seq = last_seq(conn)
         for exchange_id in ids:
+            conn.execute("DELETE FROM texts WHERE rowid = (SELECT rowid FROM exchanges WHERE id = ?)",
+                         (exchange_id,))
             if conn.execute("DELETE FROM exchanges WHERE id = ?", (exchange_id,)).rowcount:
                 seq += 1
                 conn.execute("INSERT INTO removed (seq, id) VALUES (?, ?)", (seq, exchange_id))
@@ -144,15 +163,26 @@ def delete_rows(conn: sqlite3.Connection, ids: list[str]) -> None:
         raise
 
 
-def _upsert_documents(conn: sqlite3.Connection, documents: list[dict[str, Any]]) -> None:
-    upsert_rows(conn, [row_from_document(d) for d in documents])  # on the writer thread
+def _replace_texts(conn: sqlite3.Connection, texts: dict[str, str]) -> None:
+    for exchange_id, text in texts.items():
+        found = conn.execute("SELECT rowid FROM exchanges WHERE id = ?", (exchange_id,)).fetchone()
+        if found is not None:
+            conn.execute("DELETE FROM texts WHERE rowid = ?", (found[0],))
+            if text:
+                conn.execute("INSERT INTO texts (rowid, id, body) VALUES (?, ?, ?)", (found[0], exchange_id, text))
+
+
+def _upsert_documents(conn: sqlite3.Connection, documents: list[dict[str, Any]], texts: dict[str, str],
+                      pricing: Pricing) -> None:
+    upsert_rows(conn, [row_from_document(d, pricing=pricing) for d in documents], texts)  # on the writer thread
 
 
 class Index:
     """The index of one log directory, safe to use from any greenlet."""
 
-    def __init__(self, log_dir: str, readers: int = READERS) -> None:
+    def __init__(self, log_dir: str, readers: int = READERS, pricing: Pricing = DEFAULT_PRICING) -> None:
         self.path = os.path.join(log_dir, ".ids", FILENAME)
+        self.pricing = pricing
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.created = not os.path.exists(self.path)
         self._writer = ThreadPool(1)
@@ -160,6 +190,7 @@ class Index:
         self._write_conn: sqlite3.Connection | None = None
         self._read_conns: dict[int, sqlite3.Connection] = {}
         self._pending: dict[str, dict[str, Any]] = {}
+        self._texts: dict[str, str] = {}
         self._wake = Event()
         self._idle = Event()
         self._idle.set()
@@ -196,15 +227,22 @@ class Index:
         """Run fn(connection, *args) on a reader thread; the calling greenlet waits."""
         return self._readers.apply(lambda: fn(self._reader_conn(), *args))
 
+    def read_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(connection, *args) on this thread, which is not the loop's (it may block)."""
+        return fn(self._reader_conn(), *args)
+
     # -- the write queue ----------------------------------------------------------------
 
-    def put(self, document: dict[str, Any]) -> None:
-        """Queue an exchange's metadata document for indexing; never blocks. A newer
-        revision replaces a queued one, and rows are built only for what gets written."""
+    def put(self, document: dict[str, Any], text: str | None = None) -> None:
+        """Queue an exchange's metadata document (and its search text, if just derived) for
+        indexing; never blocks. A newer revision replaces a queued one, and rows are built
+        only for what gets written."""
         exchange_id = str(document.get("id", "")).lower()
         queued = self._pending.get(exchange_id)
         if queued is None or (queued.get("rev") or 0) <= (document.get("rev") or 0):
             self._pending[exchange_id] = document
+        if text is not None:
+            self._texts[exchange_id] = text
         self._idle.clear()
         self._wake.set()
         if self._loop is None:
@@ -215,10 +253,10 @@ class Index:
             self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = list(self._pending.values())
-                self._pending = {}
+                batch, texts = list(self._pending.values()), self._texts
+                self._pending, self._texts = {}, {}
                 try:
-                    self.write(_upsert_documents, batch)
+                    self.write(_upsert_documents, batch, texts, self.pricing)
                     self._since_analyze += len(batch)
                     if self._since_analyze >= ANALYZE_EVERY:
                         self._since_analyze = 0

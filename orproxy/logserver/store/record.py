@@ -74,6 +74,12 @@ class ExchangeRecord:
         return [str(p.get("file", "")) for p in self._parts.values() if isinstance(p, dict)]
 
     @property
+    def started_at(self) -> float | None:
+        """When the exchange began: the proxy's time, else when its first part arrived."""
+        started = self.proxy.get("started_at")
+        return started if isinstance(started, (int, float)) else self.received_at
+
+    @property
     def received_at(self) -> float | None:
         """When the first part reached the logging server."""
         times = [p["received_at"] for p in self._parts.values()
@@ -177,19 +183,7 @@ class ExchangeRecord:
         its fields alone can be derived now (an exchange in flight listed by its model)."""
         return self.ended("request") and not self.ready and self.needs_derive
 
-    @property
-    def has_request_fields(self) -> bool:
-        """`derived` holds the request's fields (and how to finish them) by the current
-        rules: the final derivation need not read the request again."""
-        derived = self.document.get("derived")
-        return isinstance(derived, dict) and derived.get("version") == derive.VERSION \
-            and derived.get("parts") == ["request"] and derive.REQUEST_GUESS in derived
-
     def unparsed_bytes(self, request_only: bool = False) -> int:
-        """The bytes deriving would parse: the request's alone, or every part's but the
-        request's if its fields are derived already."""
-        if request_only:
-            kinds = {"request"}
-        else:
-            kinds = set(self._parts) - ({"request"} if self.has_request_fields else set())
+        """The bytes deriving would parse: the request's alone, or every part's."""
+        kinds = {"request"} if request_only else set(self._parts)
         return sum(self.part(kind).get("bytes") or 0 for kind in kinds)

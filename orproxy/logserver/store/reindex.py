@@ -5,6 +5,9 @@ The files are the source of truth: every `*_metadata.json` becomes a row, derive
 missing or made by older rules are computed again from the `.bin` files (and stored in the
 metadata file, so the next rebuild is quick), and rows whose files are gone are removed.
 An exchange whose proxy metadata never came (a proxy crash) is indexed from its parts.
+The search texts are not stored anywhere else: they are made again from the `.bin` files.
+Exchanges are walked oldest first, so that a turn derived again finds the turn it
+continues among those walked before it (linking.py, from memory).
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from orproxy.logserver.store.deriving import derive_document
+from orproxy.logserver.store.deriving import derive_document, remember_document, search_text
 from orproxy.logserver.store.index import Index, analyze, delete_rows, upsert_rows
+from orproxy.logserver.store.linking import Linker
 from orproxy.logserver.store.logdir import METADATA_SUFFIX, UUID_RE, LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document
@@ -57,6 +61,8 @@ def reindex(log_dir: LogDir, index: Index,
     result = Result()
     seen: set[str] = set()
     batch: list[dict[str, Any]] = []
+    texts: dict[str, str] = {}
+    linker = Linker()
     for path in log_dir.metadata_files():
         document = run(_load, path)
         if document is None:
@@ -65,22 +71,28 @@ def reindex(log_dir: LogDir, index: Index,
         prefix = os.path.basename(path)[:-len(METADATA_SUFFIX)]
         linked = log_dir.ensure_link(document["id"], prefix)
         if ExchangeRecord(document).needs_derive:
-            derived = run(derive_document, log_dir, document)
+            derivation = run(derive_document, log_dir, document, linker)
             if linked:  # store them: the next rebuild need not parse the bodies again
                 with log_dir.metadata(document["id"], time.time()) as current:
-                    current["derived"] = derived
+                    current["derived"] = derivation.fields
                 document = current
             else:
-                document["derived"] = derived
+                document["derived"] = derivation.fields
+            text = derivation.text
             result.derived += 1
+        else:
+            remember_document(linker, document)
+            text = run(search_text, log_dir, document)
         seen.add(document["id"].lower())
-        batch.append(row_from_document(document))
+        batch.append(row_from_document(document, pricing=index.pricing))
+        if text:
+            texts[document["id"].lower()] = text
         if len(batch) >= BATCH:
-            index.write(upsert_rows, batch)
+            index.write(upsert_rows, batch, texts)
             result.indexed += len(batch)
-            batch = []
+            batch, texts = [], {}
     if batch:
-        index.write(upsert_rows, batch)
+        index.write(upsert_rows, batch, texts)
         result.indexed += len(batch)
     gone = [i for i in index.read(_indexed_ids) if i not in seen and log_dir.read_metadata(i) is None]
     if gone:

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from orproxy.logserver.llm import apis, derive
+from orproxy.logserver.llm.pricing import PRICE_TABLE, REPORTED, Pricing
 from orproxy.logserver.store.record import STATES, ExchangeRecord
+
+DEFAULT_PRICING = Pricing()  # the price table alone (the app's has the prices of config.yaml)
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,22 @@ FIELDS: tuple[Field, ...] = (
     Field("completion_tokens", "int", "Output tokens (reasoning included)."),
     Field("total_tokens", "int", "Total tokens."),
     Field("cached_tokens", "int", "Input tokens read from a prompt cache."),
+    Field("cache_write_tokens", "int", "Input tokens written to a prompt cache (Anthropic)."),
     Field("reasoning_tokens", "int", "Reasoning tokens, when reported."),
-    Field("cost", "float", "Cost reported by the upstream (OpenRouter usage.cost, in credits/USD)."),
+    Field("cost", "float", "Cost in USD: the upstream's own figure when it reports one (OpenRouter "
+          "usage.cost, plus upstream_inference_cost for bring-your-own-key), else computed from "
+          "the price table (genai-prices) or config.yaml's prices for the model that answered."),
+    Field("cost_source", "str", "Where `cost` comes from: reported by the upstream, or an estimate "
+          "from the price table; null when neither knows.", enum=(REPORTED, PRICE_TABLE)),
+    Field("session_id", "str", "The client's session, from a session header it sent (X-Session-Id, "
+          "X-Claude-Code-Session-Id, Codex's session_id...; README, \"Conversations and sessions\")."),
+    Field("conversation_id", "str", "The conversation the exchange is a turn of: the id of its first "
+          "turn (its own id for a first turn)."),
+    Field("previous_id", "str", "The turn this one continues: the exchange whose request messages "
+          "(plus its answer) this request's messages extend, or whose response its Responses API "
+          "`previous_response_id` names."),
+    Field("response_id", "str", "The answer's own id (Responses API `resp_...`)."),
+    Field("turn_key", "str", "A hash of the request's messages: the next turn is found by it.", api=False),
     Field("tokens_per_s", "float", "completion_tokens per second of generation (from the first "
           "byte for a streamed answer, from the request otherwise)."),
     Field("prompt_preview", "str", "The start of the last user message."),
@@ -122,9 +139,10 @@ def _ms(start: Any, end: Any) -> float | None:
     return None
 
 
-def row_from_document(document: dict[str, Any], stored_bytes: int | None = None) -> dict[str, Any]:
+def row_from_document(document: dict[str, Any], stored_bytes: int | None = None,
+                      pricing: Pricing = DEFAULT_PRICING) -> dict[str, Any]:
     """One index row from a metadata document: proxy metadata first, then what the logging
-    server saw itself (part heads), then the derived LLM fields."""
+    server saw itself (part heads), then the derived LLM fields and the cost."""
     record = ExchangeRecord(document)
     proxy, derived = record.proxy, record.derived
     req_head, resp_head = record.head("request"), record.head("response")
@@ -157,6 +175,7 @@ def row_from_document(document: dict[str, Any], stored_bytes: int | None = None)
         row[name] = derived.get(name)
     row["model"] = row["model_answered"] or row["model_requested"]
     row["tokens_per_s"] = _tokens_per_s(proxy, started_at, row["completion_tokens"])
+    row["cost"], row["cost_source"] = pricing.cost(row)
     return {name: convert(row.get(name)) for name, convert in _CONVERTERS}
 
 

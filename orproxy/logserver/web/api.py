@@ -107,7 +107,7 @@ class Api:
         _no_params(_params(environ))
         exchange_id = exchange_id.lower()
         document = self._document(exchange_id)
-        row = self.index.read(query.get_row, exchange_id) or row_from_document(document)
+        row = self.index.read(query.get_row, exchange_id) or row_from_document(document, pricing=self.index.pricing)
         files = {kind: {"name": part.get("file"), "bytes": part.get("bytes"), "complete": part.get("complete"),
                         "url": f"/api/requests/{exchange_id}/{kind}"}
                  for kind, part in ExchangeRecord(document).parts.items() if kind in ("request", "response")}

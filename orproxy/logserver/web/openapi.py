@@ -119,8 +119,39 @@ def event_stream(description: str, events: dict[str, str]) -> dict[str, Any]:
         "schema": {"type": "string"}, "x-events": {name: ref(schema) for name, schema in events.items()}}}}
 
 
+def _diff_schema() -> dict[str, Any]:
+    pieces = {"type": "array", "description": "[op, text] pieces: \"=\" kept, \"-\" removed, \"+\" added.",
+              "items": {"type": "array", "prefixItems": [{"enum": ["=", "-", "+"]}, {"type": "string"}],
+                        "minItems": 2, "maxItems": 2}}
+    index = {"type": ["integer", "null"]}
+    message = {"type": "object", "required": ["op", "from", "to"], "additionalProperties": False,
+               "description": "A run of `count` same messages, or one added, removed or changed "
+                              "(`from`/`to`: its index in the earlier/this request).",
+               "properties": {"op": {"enum": ["same", "added", "removed", "changed"]}, "from": index, "to": index,
+                              "count": {"type": "integer"}, "role": {"type": "string"}, "text": {"type": "string"},
+                              "truncated": {"type": "boolean"}, "answer": {"type": "boolean"}, "diff": pieces}}
+    change = {"type": "object", "required": ["op"], "additionalProperties": False,
+              "properties": {"op": {"enum": ["same", "added", "removed", "changed"]}, "text": {"type": ["string", "null"]},
+                             "diff": pieces}}
+    named = {"type": "object", "required": ["name", "op"], "additionalProperties": False,
+             "properties": {"name": {"type": "string"}, "op": {"enum": ["added", "removed", "changed"]},
+                            "declaration": {}, "diff": pieces, "from": {}, "to": {}}}
+    return _object({
+        "id": {"type": "string"}, "against": {"type": "string", "description": "The exchange compared with."},
+        "against_is": {"enum": ["previous", "given"]},
+        "model": {"type": ["object", "null"], "properties": {"from": {"type": ["string", "null"]},
+                                                             "to": {"type": ["string", "null"]}}},
+        "system": change, "tools": {"type": "array", "items": named},
+        "params": {"type": "array", "items": named}, "messages": {"type": "array", "items": message},
+        "counts": _object({op: {"type": "integer"} for op in ("same", "added", "removed", "changed")})})
+
+
 def _schemas() -> dict[str, Any]:
-    item = _object({f.name: f.schema() for f in API_FIELDS},
+    snippet = {"type": "array", "description": "With `q`, when the whole texts matched: the words around "
+               "the match, in segments (`match` true for the matching words).",
+               "items": _object({"text": {"type": "string"}, "match": {"type": "boolean"}})}
+    item = _object({**{f.name: f.schema() for f in API_FIELDS}, "snippet": snippet},
+                   required=[f.name for f in API_FIELDS],
                    doc="One exchange as a list row. Times are epoch seconds (UTC); durations ms.")
     totals = {
         "count": {"type": "integer"}, "errors": {"type": "integer",
@@ -129,7 +160,8 @@ def _schemas() -> dict[str, Any]:
         **{k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens",
                                             "cached_tokens", "reasoning_tokens", "request_bytes",
                                             "response_bytes")},
-        "cost": _nullable("number", "Sum of reported costs (null when none was reported)."),
+        "cost": _nullable("number", "Sum of the costs, reported or estimated (null when none is known)."),
+        "estimated_cost": _nullable("number", "The part of `cost` estimated from the price table."),
     }
     group = _object({"name": _nullable("string", "The model or route (null: unknown)."), **totals})
     spread = _object({"count": {"type": "integer"},
@@ -178,7 +210,7 @@ def _schemas() -> dict[str, Any]:
             "max_seq": {"type": "integer", "description": "Pass as `updated_after` to poll for changes."},
         }),
         "RequestDetail": _object({
-            **item["properties"],
+            **{f.name: f.schema() for f in API_FIELDS},
             "metadata": {"type": "object", "description":
                          "The exchange's _metadata.json: id, timestamp, rev, parts, proxy, derived."},
             "files": {"type": "object", "additionalProperties": file_ref,
@@ -200,6 +232,7 @@ def _schemas() -> dict[str, Any]:
                            "time": {"type": "number"}, "log_dir": {"type": "string"},
                            "exchanges": {"type": "integer"}, "index_errors": {"type": "integer"}},
                           additional=True),
+        "Diff": _diff_schema(),
         "Deleted": _object({"id": {"type": "string"}, "deleted": {"const": True},
                             "freed_bytes": {"type": "integer"}}),
         **_live_schemas(),

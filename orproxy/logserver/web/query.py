@@ -31,6 +31,8 @@ LIVE_PARAMS = {"since"}  # accepted by the live feed besides the filters (a seq 
 _STATUS_RE = re.compile(r"^([1-5])(?:xx|\d\d)$", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"^[^\x00-\x1f,]{1,200}$")
 _LIKE_ESCAPE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
+_WORD_RE = re.compile(r"\w+")
+SNIPPET_WORDS = 16
 
 
 class ParamError(ValueError):
@@ -44,6 +46,7 @@ class Where:
     clauses: list[str] = field(default_factory=list)
     args: list[Any] = field(default_factory=list)
     models: list[str] | None = None  # an exact `model` filter, kept apart for list_rows
+    search: str | None = None  # the free text's FTS phrase: the listing shows snippets of it
 
     def add(self, clause: str, *args: Any) -> None:
         self.clauses.append(clause)
@@ -51,7 +54,7 @@ class Where:
 
     def flat(self) -> "Where":
         """The same conditions with the model filter as a plain clause."""
-        where = Where(list(self.clauses), list(self.args))
+        where = Where(list(self.clauses), list(self.args), search=self.search)
         if self.models:
             where.add(" OR ".join(["model = ? OR model_requested = ?"] * len(self.models)),
                       *[m for m in self.models for _ in (0, 1)])
@@ -170,7 +173,27 @@ def _q(where: Where, text: str) -> None:
     columns = ("path", "model", "model_requested", "error", "error_message", "route",
                "prompt_preview", "reply_preview")
     clause = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + " OR id LIKE ? ESCAPE '\\'"
-    where.add(clause, *([pattern] * len(columns)), text.lower().translate(_LIKE_ESCAPE) + "%")
+    args = [*([pattern] * len(columns)), text.lower().translate(_LIKE_ESCAPE) + "%"]
+    phrase = fts_phrase(text)
+    if phrase:  # and the whole texts (store/index.py, `texts`)
+        clause += " OR id IN (SELECT id FROM texts WHERE texts MATCH ?)"
+        args.append(phrase)
+    where.search = phrase
+    where.add(clause, *args)
+
+
+def fts_phrase(text: str) -> str | None:
+    """The free text as an FTS5 phrase of its words (punctuation, which the index splits
+    words at, cannot change the query's meaning); None if it has no word."""
+    words = _WORD_RE.findall(text)
+    return '"' + " ".join(words) + '"' if words else None
+
+
+def _exact(name: str) -> Callable[[Where, str], None]:
+    def parse(where: Where, text: str) -> None:
+        values = _values(name, text)
+        where.add(_in(name, values), *values)
+    return parse
 
 
 @dataclass(frozen=True)
@@ -196,8 +219,17 @@ FILTERS: tuple[Param, ...] = (
     Param("since", "Started at or after: epoch seconds, ISO 8601 (no zone means UTC), or "
           "-DURATION before now (-15m, -24h, -7d).", "-24h", _time("since", ">=")),
     Param("until", "Started before (same forms as since).", "2025-09-09T15:00:00Z", _time("until", "<")),
-    Param("q", "Free text, case-insensitive, in path, model, route, error, error message and the "
-          "prompt/reply previews; or the start of the id.", "rate limit", _q),
+    Param("q", "Free text, case-insensitive: its words as a phrase in the whole request and response "
+          "texts (messages, answers, tool calls; a later turn of a conversation holds only its new "
+          "messages) of exchanges that are over, or a substring of the path, model, route, error, "
+          "error message or prompt/reply previews; or the start of the id. The listing's items then "
+          "have a `snippet`.", "rate limit", _q),
+    Param("conversation_id", "The turns of a conversation (the id of its first turn).",
+          "3f2c1a9e-6b1d-4f0e-9c8a-2d7e5b4a1c00", _exact("conversation_id")),
+    Param("session_id", "The exchanges of a client session (a session header the client sent).",
+          "9f10edbb-1407-47e1-9b85-fa634be33732", _exact("session_id")),
+    Param("previous_id", "The turns that continue this exchange.",
+          "3f2c1a9e-6b1d-4f0e-9c8a-2d7e5b4a1c00", _exact("previous_id")),
 )
 _BY_NAME = {p.name: p for p in FILTERS}
 
@@ -292,6 +324,8 @@ def list_rows(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
     more = len(rows) > query.limit
     rows = rows[:query.limit]
     items = [to_api(dict(r)) for r in rows]
+    if query.where.search and items:
+        _add_snippets(conn, items, query.where.search)
     next_cursor = None
     if more and query.updated_after is None:
         next_cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["id"])
@@ -323,3 +357,24 @@ def _newest_first(where: Where, models: list[str] | None, limit: int) -> tuple[s
 def get_row(conn: sqlite3.Connection, exchange_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM exchanges WHERE id = ?", (exchange_id,)).fetchone()
     return dict(row) if row else None
+
+
+def _add_snippets(conn: sqlite3.Connection, items: list[dict[str, Any]], phrase: str) -> None:
+    """Each item found in the texts gets `snippet`: the words around the match, as segments
+    [{"text", "match"}] (a UI shows them without parsing markup)."""
+    ids = [item["id"] for item in items]
+    found = dict(conn.execute(
+        f"SELECT id, snippet(texts, 1, char(2), char(3), '…', {SNIPPET_WORDS}) FROM texts "
+        f"WHERE texts MATCH ? AND rowid IN (SELECT rowid FROM exchanges WHERE {_in('id', ids)})",
+        [phrase, *ids]).fetchall())
+    for item in items:
+        if item["id"] in found:
+            item["snippet"] = _segments(found[item["id"]])
+
+
+def _segments(snippet: str) -> list[dict[str, Any]]:
+    out = []
+    for i, piece in enumerate(re.split("[\x02\x03]", snippet)):
+        if piece:
+            out.append({"text": piece, "match": i % 2 == 1})
+    return out

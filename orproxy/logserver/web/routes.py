@@ -115,6 +115,17 @@ ROUTES: tuple[Route, ...] = (
         description="Headers as lists, bodies decoded (gzip, br, deflate), JSON re-indented, SSE events "
                     "listed and the streamed answer assembled, tool calls included.",
         responses={"200": json_content(ref("Exchange"), "The parsed exchange."), **ERRORS})),
+    Route("/api/requests/{id}/diff", **_get(
+        "get_diff", summary="What changed since the previous turn of the conversation",
+        description="Compares the exchange's request with its previous turn's (`previous_id`), or with "
+                    "`against`'s: messages added, removed (aligned, so one run of unchanged messages "
+                    "stands for any number), changed (a character diff), and the system prompt, tools, "
+                    "model and parameters. The previous turn's answer, repeated in this request, is an "
+                    "added message marked `answer`. A diff is a list of [op, text], op \"=\", \"-\" or \"+\".",
+        parameters=[ID, {"name": "against", "in": "query", "required": False, "schema": {"type": "string"},
+                         "description": "Compare with this exchange instead of the previous turn."}],
+        responses={"200": json_content(ref("Diff"), "The diff."), **ERRORS,
+                   "422": json_content(ref("Error"), "One of the two requests is not a conversation.")})),
     Route("/api/stats", **_get(
         "get_stats", summary="Totals, by model and route, latency and TTFT percentiles",
         parameters=filter_params(), responses={"200": json_content(ref("Stats"), "The statistics."), **ERRORS})),

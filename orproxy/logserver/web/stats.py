@@ -19,6 +19,7 @@ _SUMS = """count(*) AS count,
   sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
   sum(total_tokens) AS total_tokens, sum(cached_tokens) AS cached_tokens,
   sum(reasoning_tokens) AS reasoning_tokens, sum(cost) AS cost,
+  sum(CASE WHEN cost_source = 'price_table' THEN cost END) AS estimated_cost,
   sum(request_bytes) AS request_bytes, sum(response_bytes) AS response_bytes,
   min(started_at) AS first_started_at, max(started_at) AS last_started_at"""
 
@@ -30,7 +31,8 @@ def _totals(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     for key in _INTS:
         out[key] = int(out[key] or 0)
-    out["cost"] = round(out["cost"], 10) if out["cost"] is not None else None
+    for key in ("cost", "estimated_cost"):
+        out[key] = round(out[key], 10) if out[key] is not None else None
     return out
 
 

@@ -4,7 +4,8 @@ tells which API a path, a request, an answer, a stream or one streamed event bel
 Each module says how to recognise its API (`PATHS`, `is_answer`, `is_request`,
 `starts_stream`, `is_event`, `TEXT_SIGN`) and what it knows of it: the answer a stream
 stands for (`assemble`), what one event adds for the live tail (`delta`), the answer's
-fields (`answer_fields`) and which events a skimmed stream must keep (`SKIM_MARKERS`).
+fields (`answer_fields`), which events a skimmed stream must keep (`SKIM_MARKERS`), and
+the request as a conversation (`conversation`, optional).
 The functions here ask the modules in the order of `APIS`, the first that recognises the
 thing wins; derive.py, bodies.py and the tail all come here. Adding an API (Gemini, say)
 is adding a module and naming it in `APIS`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from orproxy.logserver.llm.apis import anthropic, openai_chat, openai_embeddings, openai_responses
+from orproxy.logserver.llm.conversation import Conversation
 from orproxy.logserver.llm.sse import Event
 
 
@@ -95,6 +97,14 @@ def delta(data: Any, event_name: str | None = None) -> dict[str, Any]:
         return {}
     api, kind = found
     return api.delta(data, kind)
+
+
+def conversation(request: Any, api_name: str | None) -> Conversation | None:
+    """The request as a conversation (conversation.py), by its API's module; None for an
+    API without one (embeddings) or a request that is none."""
+    api = named(api_name)
+    make = getattr(api, "conversation", None)
+    return make(request) if make is not None and isinstance(request, dict) else None
 
 
 def skim_markers(head: str) -> tuple[str, ...]:

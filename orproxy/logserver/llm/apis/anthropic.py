@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from orproxy.logserver.llm.conversation import (Conversation, call_part, content_text, media_part, message,
+                                                params_of, result_part, text_part)
 from orproxy.logserver.llm.sse import Event
 from orproxy.logserver.llm.values import as_dict, as_index, as_str, as_text, error_message, preview
 
@@ -137,3 +139,40 @@ def answer_fields(answer: dict[str, Any], out: dict[str, Any]) -> None:
                              if b.get("type") in _TOOL_BLOCKS and isinstance(b.get("name"), str)]
     texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
     out["reply_preview"] = preview("".join(texts))
+
+
+# -- the request as a conversation (conversation.py) --------------------------------------------
+
+_CONVERSATION_KEYS = ("model", "messages", "system", "tools")
+_SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # sent back or not, as the client likes
+
+
+def conversation(request: dict[str, Any]) -> Conversation | None:
+    raw_messages = request.get("messages")
+    if not isinstance(raw_messages, list):
+        return None
+    messages = []
+    for raw in raw_messages:
+        raw = as_dict(raw)
+        content = raw.get("content")
+        blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        found = message(raw.get("role"), [_block_part(as_dict(b)) for b in blocks])
+        if found is not None:
+            messages.append(found)
+    tools = {t["name"]: t for t in request.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str)}
+    return Conversation(content_text(request.get("system")) or None, messages, tools,
+                        as_str(request.get("model")), params_of(request, _CONVERSATION_KEYS))
+
+
+def _block_part(block: dict[str, Any]) -> dict[str, Any] | None:
+    kind = block.get("type")
+    if kind == "text":
+        return text_part(block.get("text"))
+    if kind in _TOOL_BLOCKS:
+        return call_part(block.get("id"), block.get("name"), block.get("input"))
+    if kind == "tool_result" or (isinstance(kind, str) and kind.endswith("_tool_result")):
+        return result_part(block.get("tool_use_id"), block.get("content"), block.get("is_error") is True)
+    if kind in _SKIPPED_BLOCKS or not kind:
+        return None
+    source = as_dict(block.get("source"))
+    return media_part(str(kind), source.get("url") or source.get("file_id") or source.get("data") or block)

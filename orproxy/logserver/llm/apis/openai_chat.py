@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orproxy.logserver.llm.conversation import (Conversation, call_part, content_text, media_part,
+                                                message, params_of, result_part, text_part)
 from orproxy.logserver.llm.sse import Event
 from orproxy.logserver.llm.values import as_dict, as_index, as_str, as_text, preview, text_of
 
@@ -155,3 +157,64 @@ def answer_fields(answer: dict[str, Any], out: dict[str, Any]) -> None:
     out["tool_calls"] = names
     message = as_dict(choices[0].get("message"))
     out["reply_preview"] = preview(text_of(message.get("content")) or as_str(choices[0].get("text")))
+
+
+# -- the request as a conversation (conversation.py) --------------------------------------------
+
+_CONVERSATION_KEYS = ("model", "messages", "tools", "functions")
+_MEDIA = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+
+def conversation(request: dict[str, Any]) -> Conversation | None:
+    raw_messages = request.get("messages")
+    if not isinstance(raw_messages, list):
+        return None
+    system, messages = [], []
+    for raw in raw_messages:
+        raw = as_dict(raw)
+        role = raw.get("role")
+        if role in ("system", "developer"):
+            system.append(content_text(raw.get("content")))
+            continue
+        if role in ("tool", "function"):
+            found = message("tool", [result_part(raw.get("tool_call_id") or raw.get("name"), raw.get("content"))])
+        else:
+            found = message(role, [*_content_parts(raw.get("content")), *_calls(raw)])
+        if found is not None:
+            messages.append(found)
+    tools = {}
+    for tool in request.get("tools") or request.get("functions") or []:
+        tool = as_dict(tool)
+        name = as_dict(tool.get("function")).get("name") or tool.get("name")
+        if isinstance(name, str):
+            tools[name] = tool
+    return Conversation("\n\n".join(t for t in system if t) or None, messages, tools,
+                        as_str(request.get("model")), params_of(request, _CONVERSATION_KEYS))
+
+
+def _content_parts(content: Any) -> list[dict[str, Any] | None]:
+    if not isinstance(content, list):
+        return [text_part(content)]
+    parts = []
+    for part in content:
+        part = as_dict(part)
+        kind = part.get("type")
+        if kind == "text" or kind == "refusal":
+            parts.append(text_part(part.get(kind)))
+        elif kind in _MEDIA:
+            value = as_dict(part.get(kind))
+            parts.append(media_part(_MEDIA[kind], value.get("url") or value.get("file_id")
+                                    or value.get("data") or value.get("file_data")))
+        elif kind:
+            parts.append(media_part(str(kind), part))
+    return parts
+
+
+def _calls(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    calls = [as_dict(c) for c in raw.get("tool_calls") or [] if isinstance(c, dict)]
+    parts = [call_part(c.get("id"), as_dict(c.get("function")).get("name"),
+                       as_dict(c.get("function")).get("arguments")) for c in calls]
+    legacy = as_dict(raw.get("function_call"))
+    if legacy:
+        parts.append(call_part(None, legacy.get("name"), legacy.get("arguments")))
+    return parts

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orproxy.logserver.llm.conversation import (Conversation, call_part, content_text, media_part, message,
+                                                params_of, result_part, text_part)
 from orproxy.logserver.llm.sse import Event
 from orproxy.logserver.llm.values import as_dict, as_index, as_str, as_text, preview, text_of
 
@@ -67,8 +69,69 @@ def delta(data: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def answer_fields(answer: dict[str, Any], out: dict[str, Any]) -> None:
     out["finish_reason"] = as_str(answer.get("status"))
+    out["response_id"] = as_str(answer.get("id"))  # what a next turn's previous_response_id names
     items = [i for i in answer.get("output") or [] if isinstance(i, dict)]
     if "output" in answer:
         out["tool_calls"] = [i["name"] for i in items if i.get("type") == "function_call" and isinstance(i.get("name"), str)]
     texts = [text_of(i.get("content")) for i in items if i.get("type") == "message"]
     out["reply_preview"] = preview(" ".join(t for t in texts if t))
+
+
+# -- the request as a conversation (conversation.py) --------------------------------------------
+
+_CONVERSATION_KEYS = ("model", "input", "instructions", "tools", "previous_response_id")
+_TEXTS = ("input_text", "output_text", "text", "refusal", "summary_text")
+_SKIPPED_ITEMS = ("reasoning", "item_reference")
+
+
+def conversation(request: dict[str, Any]) -> Conversation | None:
+    items = request.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list):
+        return None
+    system, messages = [as_text(request.get("instructions"))], []
+    for item in items:
+        item = as_dict(item)
+        kind = item.get("type") or "message"
+        role = item.get("role")
+        if kind == "message" and role in ("system", "developer"):
+            system.append(content_text(item.get("content")))
+            continue
+        if kind == "message":
+            found = message(role, _content_parts(item.get("content")))
+        elif kind.endswith("_call_output"):
+            found = message("tool", [result_part(item.get("call_id"), item.get("output"))])
+        elif kind in ("function_call", "custom_tool_call"):
+            found = message("assistant", [call_part(item.get("call_id"), item.get("name"),
+                                                    item.get("arguments", item.get("input")))])
+        elif kind in _SKIPPED_ITEMS:
+            continue
+        else:  # a built-in tool's call (web search, code interpreter...): by its id
+            found = message("assistant", [media_part(kind, item.get("call_id") or item.get("id"))])
+        if found is not None:
+            messages.append(found)
+    tools = {}
+    for tool in request.get("tools") or []:
+        tool = as_dict(tool)
+        name = tool.get("name") or tool.get("type")
+        if isinstance(name, str):
+            tools[name] = tool
+    return Conversation("\n\n".join(t for t in system if t) or None, messages, tools,
+                        as_str(request.get("model")), params_of(request, _CONVERSATION_KEYS),
+                        as_str(request.get("previous_response_id")))
+
+
+def _content_parts(content: Any) -> list[dict[str, Any] | None]:
+    if not isinstance(content, list):
+        return [text_part(content)]
+    parts: list[dict[str, Any] | None] = []
+    for part in content:
+        part = as_dict(part)
+        kind = part.get("type")
+        if kind in _TEXTS:
+            parts.append(text_part(part.get("text", part.get("refusal"))))
+        elif kind:
+            parts.append(media_part(str(kind), part.get("image_url") or part.get("file_id")
+                                    or part.get("file_data") or part.get("file_url")))
+    return parts

@@ -1,0 +1,137 @@
+"""Which earlier turn a request continues: looked up among the turns this process derived
+lately, then in the index (llm/conversation.py says what makes one turn continue another).
+
+Memory first, because a conversation's turns follow each other within seconds: the turn
+before is almost always one this process has just derived, and may not be in the index yet
+(its row is written in the next batch). The index answers for turns that another worker
+process derived, or that came before a restart. A rebuild (reindex.py) uses memory alone,
+filled as it walks the exchanges oldest first.
+
+Several turns may share a key: a request sent again after an error, or two agents that
+began alike. The one chosen started before the request and, of those, shares its session,
+was answered without an error, and is the latest.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from gevent.monkey import get_original
+
+from orproxy.logserver.llm.conversation import Conversation
+
+_allocate_lock = get_original("_thread", "allocate_lock")  # a real lock: the deriver's thread links too
+_thread_id = get_original("_thread", "get_ident")
+
+RECENT = 100_000  # turns remembered (about 200 bytes each)
+EARLIER_BY = 1.0  # seconds of clock difference a turn "before" may show (proxy vs server time)
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: str
+    conversation_id: str | None
+    session_id: str | None
+    started_at: float
+    answered: bool  # ended without an error (or not ended yet)
+
+
+@dataclass(frozen=True)
+class Link:
+    previous: Turn
+    new_from: int  # the request's first message that the previous turn did not have
+
+
+class Linker:
+    """Finds the turn a conversation continues; `index` (store/index.py) None: memory only."""
+
+    def __init__(self, index: Any = None, recent: int = RECENT) -> None:
+        self.index = index
+        self.recent = recent
+        self._lock = _allocate_lock()
+        self._loop_thread = _thread_id()
+        self._by_key: OrderedDict[str, dict[str, Turn]] = OrderedDict()
+        self._by_response: OrderedDict[str, Turn] = OrderedDict()
+
+    def remember(self, turn: Turn, turn_key: str | None, response_id: str | None) -> None:
+        """A derived exchange: a later turn may continue it (by its key or its answer's id)."""
+        with self._lock:
+            if turn_key:
+                self._by_key.setdefault(turn_key, {})[turn.id] = turn
+                self._by_key.move_to_end(turn_key)
+                if len(self._by_key) > self.recent:
+                    self._by_key.popitem(last=False)
+            if response_id:
+                self._by_response[response_id] = turn
+                self._by_response.move_to_end(response_id)
+                if len(self._by_response) > self.recent:
+                    self._by_response.popitem(last=False)
+
+    def find(self, conversation: Conversation, started_at: float, session_id: str | None) -> Link | None:
+        """The turn `conversation` continues, and where its new messages start; None if
+        it continues none known (a first turn, or one whose previous turn is not logged)."""
+        if conversation.previous_response_id:
+            with self._lock:
+                turn = self._by_response.get(conversation.previous_response_id)
+            turn = turn or self._read(_turn_by_response, conversation.previous_response_id)
+            return Link(turn, 0) if turn is not None else None
+        candidates = conversation.continuation_candidates()
+        if not candidates:
+            return None
+        with self._lock:
+            turns = {key: list(self._by_key.get(key, {}).values()) for _, key in candidates}
+        found = _best(candidates, turns, started_at, session_id)
+        if found is not None and found.new_from == candidates[0][0]:
+            return found  # the longest prefix is in memory: nothing longer can be in the index
+        for key, indexed in (self._read(_turns_by_key, list(turns)) or {}).items():
+            known = {t.id for t in turns[key]}
+            turns[key] += [t for t in indexed if t.id not in known]
+        return _best(candidates, turns, started_at, session_id)
+
+    def _read(self, fn: Any, *args: Any) -> Any:
+        """A read of the index: on its reader threads from the loop; from the deriver's own
+        thread (a large exchange) on that thread, which may block."""
+        if self.index is None:
+            return None
+        if _thread_id() == self._loop_thread:
+            return self.index.read(fn, *args)
+        return self.index.read_here(fn, *args)
+
+
+def _best(candidates: list[tuple[int, str]], turns: dict[str, list[Turn]], started_at: float,
+          session_id: str | None) -> Link | None:
+    """At the longest prefix that some turn had, the best of those turns (module docstring)."""
+    for i, key in candidates:
+        before = [t for t in turns[key] if t.started_at <= started_at + EARLIER_BY]
+        if before:
+            best = max(before, key=lambda t: (session_id is not None and t.session_id == session_id,
+                                              t.answered, t.started_at))
+            return Link(best, i)
+    return None
+
+
+_TURN_COLUMNS = "id, conversation_id, session_id, started_at, status, error, turn_key"
+
+
+def _turn(row: sqlite3.Row) -> Turn:
+    answered = row["error"] is None and (row["status"] is None or row["status"] < 400)
+    return Turn(row["id"], row["conversation_id"], row["session_id"], row["started_at"] or 0.0, answered)
+
+
+def _turns_by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, list[Turn]]:
+    found: dict[str, list[Turn]] = {}
+    for start in range(0, len(keys), 500):  # within SQLite's bound of parameters
+        chunk = keys[start:start + 500]
+        rows = conn.execute(f"SELECT {_TURN_COLUMNS} FROM exchanges WHERE turn_key IN "
+                            f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+        for row in rows:
+            found.setdefault(row["turn_key"], []).append(_turn(row))
+    return found
+
+
+def _turn_by_response(conn: sqlite3.Connection, response_id: str) -> Turn | None:
+    row = conn.execute(f"SELECT {_TURN_COLUMNS} FROM exchanges WHERE response_id = ? "
+                       "ORDER BY started_at DESC LIMIT 1", (response_id,)).fetchone()
+    return _turn(row) if row is not None else None

@@ -17,6 +17,9 @@ setup(
         "websockets>=13",  # its C unmasking: the WebSocket message log reads client frames fast
         "simple-websocket>=1.0",  # the UI's live feed (/api/live), under pywsgi and gunicorn
         "orjson>=3.9",  # every exchange is JSON several times over: 3-15x the json module (jsoncodec.py)
+        # GET /metrics and the proxy's metrics listener: the text format, its parser (the
+        # tests), and mmap values that sum across gunicorn workers, kept by Prometheus' own
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

@@ -133,8 +133,8 @@ ROUTES: tuple[Route, ...] = (
                     "ingest lag; the index's queue; index and derive errors. Every worker process answers "
                     "with the sums over all of them, each exchange counted once when it is final. With "
                     "--token, a scraper sends it as `Authorization: Bearer <token>` (README: Prometheus).",
-        responses={"200": {"description": "The text exposition format 0.0.4.", "content": {
-            "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}}},
+        responses={"200": {"description": "Prometheus' text exposition format.", "content": {
+            "text/plain": {"schema": {"type": "string"}}}},
             "400": ERRORS["400"], **_GET_ONLY})),
     # Live (live/): the feed and the tail
     Route("/api/live", **_get(

@@ -19,6 +19,9 @@ setup(
         "orjson>=3.9",  # every exchange is JSON several times over: 3-15x the json module (jsoncodec.py)
         "genai-prices>=0.2",  # the price table of every provider, maintained, offline (llm/pricing.py)
         "diff-match-patch>=20230430",  # character diffs of long prompts, bounded in time (llm/diff.py)
+        # GET /metrics and the proxy's metrics listener: the text format, its parser (the
+        # tests), and mmap values that sum across gunicorn workers, kept by Prometheus' own
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

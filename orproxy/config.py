@@ -42,6 +42,8 @@ class Config:
     port: int = 5601
     shutdown_timeout: float = 10.0
     limits: HeadLimits = HeadLimits()
+    metrics_port: int | None = None            # the proxy's own metrics listener; None: off
+    metrics_host: str = "127.0.0.1"            # not server.host: traffic figures stay on this machine
     console: bool = True
     log_file: str | None = None
     server_url: str = "http://localhost:8080"
@@ -207,7 +209,11 @@ def parse_config(data: Any) -> Config:
                               "upstream": lambda v, w: v, "routes": lambda v, w: v, "prices": _prices})
     server = _section(top.get("server"), "server", {
         "port": _port, "host": _str, "shutdown_timeout": _seconds, "max_header_bytes": _count,
-        "max_headers": _count, "head_timeout": _seconds, "idle_timeout": _seconds})
+        "max_headers": _count, "head_timeout": _seconds, "idle_timeout": _seconds,
+        "metrics_port": _port, "metrics_host": _str})
+    if server.get("metrics_port") and server.get("metrics_port") == server.get("port", Config.port):
+        raise ConfigError(f"server.metrics_port: {server['metrics_port']} is server.port already "
+                          "(the metrics need a port of their own)")
     log = _section(top.get("logging"), "logging", {
         "console": _bool, "file": _str, "server_url": _http_url, "enabled": _bool,
         "binary_files": _bool, "redact_headers": _header_list, "default": _bool,
@@ -220,6 +226,8 @@ def parse_config(data: Any) -> Config:
         host=server.get("host", "localhost"),
         port=server.get("port", 5601),
         shutdown_timeout=server.get("shutdown_timeout", 10.0),
+        metrics_port=server.get("metrics_port"),
+        metrics_host=server.get("metrics_host", Config.metrics_host),
         limits=HeadLimits(**{k: server[k] for k in ("max_header_bytes", "max_headers", "head_timeout",
                                                      "idle_timeout") if k in server}),
         console=log.get("console", True),

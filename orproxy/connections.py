@@ -32,13 +32,14 @@ def tls_context() -> ssl.SSLContext:
 
 
 class Connection:
-    """One keep-alive socket to one origin."""
+    """One keep-alive socket to one origin; `pool` is the pool it is leased from while in use."""
 
-    __slots__ = ("sock", "key")
+    __slots__ = ("sock", "key", "pool")
 
     def __init__(self, sock: socket.socket, key: Key) -> None:
         self.sock = sock
         self.key = key
+        self.pool: ConnectionPool | None = None
 
     def is_reusable(self) -> bool:
         """An idle connection is usable only if the peer has neither closed it nor sent bytes.
@@ -50,6 +51,9 @@ class Connection:
         return not poller.poll(0)
 
     def close(self) -> None:
+        if self.pool is not None:  # closed while leased: no longer in use
+            self.pool.in_use -= 1
+            self.pool = None
         try:
             self.sock.close()
         except OSError:
@@ -67,6 +71,7 @@ class ConnectionPool:
     def __init__(self, max_idle: int = 256) -> None:
         self.max_idle = max_idle
         self.idle: dict[Key, deque[Connection]] = {}
+        self.in_use = 0  # connections leased out by get(), not yet put back or closed
         self.tls = tls_context()
 
     def get(self, key: Key, connect_timeout: float, fresh: bool = False) -> tuple[Connection, bool]:
@@ -76,14 +81,22 @@ class ConnectionPool:
         while idle:
             conn = idle.pop()
             if conn.is_reusable():
-                return conn, True
+                return self._lease(conn), True
             conn.close()
-        return self._connect(key, connect_timeout), False
+        return self._lease(self._connect(key, connect_timeout)), False
+
+    def _lease(self, conn: Connection) -> Connection:
+        conn.pool = self
+        self.in_use += 1
+        return conn
 
     def _connect(self, key: Key, timeout: float) -> Connection:
         return Connection(open_connection(*key, timeout, self.tls), key)
 
     def put(self, conn: Connection) -> None:
+        if conn.pool is self:
+            self.in_use -= 1
+            conn.pool = None
         idle = self.idle.setdefault(conn.key, deque())
         if len(idle) < self.max_idle:
             idle.append(conn)

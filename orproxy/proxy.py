@@ -30,6 +30,7 @@ from orproxy.logclient.part import PART_BUDGET
 from orproxy.logclient.sink import LogSink
 from orproxy.logclient.spool import open_spool
 from orproxy.logclient.tee import tee
+from orproxy.proxymetrics import MetricsListener, ProxyCounters, registry_for
 from orproxy.routes import Route
 from orproxy.transport import StreamingAdapter
 from orproxy.websocket import WebSocketProxy, is_websocket_upgrade
@@ -46,13 +47,16 @@ class ProxyApp:
     def limits(self) -> HeadLimits:
         return self.config.limits
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics_ports: int = 1) -> None:
+        """`metrics_ports`: how many ports from server.metrics_port on the metrics listener
+        may try (gunicorn's workers take one each: wsgi.py)."""
         self.config = config
         self.session = requests.Session()
         self.session.trust_env = False  # never proxy env variables: they cost 25% CPU (FACTS.md)
         adapter = StreamingAdapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.pool = adapter.pool
         self.sink = LogSink(config.server_url, adapter, spool=open_spool(config), token=config.log_token) \
             if config.logging_enabled else None
         self.console = ConsoleLog(config.console, config.log_file)
@@ -60,6 +64,12 @@ class ProxyApp:
         if not len(config.routes):  # allowed only with logging.default (config.py)
             print("orproxy: no routes: every request is answered 404 and logged (logging.default)",
                   file=sys.stderr, flush=True)
+        self.counters: ProxyCounters | None = None  # None: no metrics, nothing counted
+        self.metrics: MetricsListener | None = None
+        if config.metrics_port is not None:
+            self.counters = ProxyCounters()
+            self.metrics = MetricsListener(registry_for(self, self.counters), config.metrics_host,
+                                           config.metrics_port, metrics_ports)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         return self.handle(Incoming(environ), start_response)
@@ -69,7 +79,11 @@ class ProxyApp:
         route = exchange.route = self.config.routes.match(incoming.path)
         self.console.request(exchange)
         logged = route.logging if route else self.config.log_unrouted
-        log = ExchangeLog(self.sink if logged else None, exchange, self.config.redact_headers)
+        counters = self.counters
+        if counters is not None:
+            counters.started += 1
+        log = ExchangeLog(self.sink if logged else None, exchange, self.config.redact_headers,
+                          counters.exchange_ended if counters is not None else None)
         called = f"http://{incoming.host}{exchange.target}"
         if route is None:
             log.request_head(exchange.target, incoming.headers, called)
@@ -120,8 +134,10 @@ class ProxyApp:
 
     def malformed_request(self, message: str, status: str = "400 Bad Request") -> bytes:
         """The whole response to a request refused before it could be forwarded."""
-        status_line, headers, body = error_response(BY_STATUS.get(status, "bad_request"), message,
-                                                    str(uuid.uuid4()))
+        code = BY_STATUS.get(status, "bad_request")
+        if self.counters is not None:
+            self.counters.refused(code)
+        status_line, headers, body = error_response(code, message, str(uuid.uuid4()))
         return head(f"HTTP/1.1 {status_line}", [*headers, ("Connection", "close")]) + body
 
     def begin_shutdown(self) -> None:
@@ -137,6 +153,8 @@ class ProxyApp:
         process; a process that exits needs none of it)."""
         if self.sink is not None:
             self.sink.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.session.close()
 
     # --- the response -------------------------------------------------------------------

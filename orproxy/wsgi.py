@@ -13,6 +13,10 @@ from collections.abc import Callable
 
 from orproxy.config import ConfigError, load_config, load_prices
 
+# Each worker's metrics listener takes the first free port from server.metrics_port on,
+# up to this many (proxymetrics.py): worker i of N scrapes at metrics_port + i.
+WORKER_METRICS_PORTS = 64
+
 
 def proxy_app() -> Callable:
     from orproxy.hosting.gunicorn import for_gunicorn
@@ -22,7 +26,7 @@ def proxy_app() -> Callable:
     prepare_process()  # before the app: its log sink sizes itself by the files limit
     path = os.environ.get("ORPROXY_CONFIG", "config.yaml")
     try:
-        return for_gunicorn(ProxyApp(load_config(path)))
+        return for_gunicorn(ProxyApp(load_config(path), metrics_ports=WORKER_METRICS_PORTS))
     except ConfigError as e:
         print(f"orproxy: {e}", file=sys.stderr)
         sys.exit(2)

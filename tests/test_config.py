@@ -67,6 +67,13 @@ def test_defaults():
     route = config.routes.match("/a/b")
     assert (route.connect_timeout, route.read_timeout, config.shutdown_timeout) == (10.0, 600.0, 10.0)
     assert "authorization" in config.redact_headers
+    assert (config.metrics_port, config.metrics_host) == (None, "127.0.0.1")  # no metrics listener
+
+
+def test_the_metrics_listener_is_configured_apart_from_the_server():
+    config = parse_config({"server": {"host": "0.0.0.0", "metrics_port": 9464},
+                           "routes": [{"source": "/a/", "destination": "http://x/"}]})
+    assert (config.host, config.metrics_host, config.metrics_port) == ("0.0.0.0", "127.0.0.1", 9464)
 
 
 @pytest.mark.parametrize("routes", [None, [], {}])
@@ -107,6 +114,10 @@ def test_upstream_timeouts_apply_to_routes_unless_overridden():
     ({"routes": {"or": {"source": "/a/", "destination": 5}}}, "routes.or.destination: 5 is not an http(s) URL"),
     ({"routes": "x"}, "routes:"),
     ([1, 2], "is not a mapping"),
+    ({"server": {"metrics_port": "9464"}}, 'server.metrics_port: "9464" is not a port number (0-65535)'),
+    ({"server": {"metrics_port": True}}, "server.metrics_port: True is not a port number"),
+    ({"server": {"metrics_host": ""}}, 'server.metrics_host: "" is not a non-empty string'),
+    ({"server": {"port": 9464, "metrics_port": 9464}}, "server.metrics_port: 9464 is server.port already"),
 ])
 def test_mistakes_name_the_key_and_what_was_expected(data, message):
     with pytest.raises(ConfigError) as error:
@@ -123,6 +134,8 @@ def run_proxy(*args, cwd=None):
     ("server: [unclosed\n", "config.yaml: invalid YAML (line 2)"),
     ("server:\n  port: 5601\n  bogus: 1\n", "config.yaml: server.bogus: unknown key"),
     ("server:\n  port: 5601\n", "config.yaml: routes: at least one route is required"),
+    ("server:\n  metrics_port: -1\nroutes: [{source: /, destination: 'http://x/'}]\n",
+     "config.yaml: server.metrics_port: -1 is not a port number (0-65535)"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, content, expected):
     (tmp_path / "config.yaml").write_text(content)

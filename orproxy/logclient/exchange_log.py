@@ -10,6 +10,7 @@ with the response head, not before (its file is named by when that came).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from orproxy.exchange import Exchange
@@ -20,11 +21,14 @@ from orproxy.logclient.sink import LogSink
 
 
 class ExchangeLog:
-    __slots__ = ("sink", "exchange", "secrets", "request", "_response", "finished")
+    __slots__ = ("sink", "exchange", "secrets", "request", "_response", "finished", "on_finish")
 
-    def __init__(self, sink: LogSink | None, exchange: Exchange, secrets: frozenset[str]) -> None:
-        """`sink` None: the exchange is not logged (logging off, or its route's `logging: false`)."""
+    def __init__(self, sink: LogSink | None, exchange: Exchange, secrets: frozenset[str],
+                 on_finish: Callable[[Exchange], None] | None = None) -> None:
+        """`sink` None: the exchange is not logged (logging off, or its route's `logging: false`).
+        `on_finish(exchange)` is called once, when it is over (the proxy's metrics count it)."""
         self.sink = sink
+        self.on_finish = on_finish
         self.exchange = exchange
         self.secrets = secrets
         self.request: Part | NullPart = sink.open(exchange.id, "request", exchange.started_at) if sink else NULL_PART
@@ -73,3 +77,5 @@ class ExchangeLog:
         exchange.log_dropped_bytes = self.request.dropped + (self._response.dropped if self._response else 0)
         if self.sink is not None:
             self.sink.send_json(exchange.id, exchange.started_at, {**exchange.metadata(), **extra})
+        if self.on_finish is not None:
+            self.on_finish(exchange)

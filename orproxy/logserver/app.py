@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +22,7 @@ from orproxy.logserver.live.feed import LiveFeed
 from orproxy.logserver.live.tail import Tail
 from orproxy.logserver.live.transports import LiveTransport
 from orproxy.logserver.llm.pricing import Pricing
+from orproxy.logserver.metrics.counting import ExchangeMetrics
 from orproxy.logserver.store.appends import Appends
 from orproxy.logserver.store.batching import BatchingRequestHandler
 from orproxy.logserver.store.deriving import Deriver
@@ -57,6 +59,12 @@ class LogServerApp:
         self.ingest = Ingest(self.log_dir, self.deriver)
         self.ingest.subscribe(lambda record, events: self.index.put(record.document,
                                                                      self.deriver.take_text(record.id)))
+        self.metrics = ExchangeMetrics(
+            os.path.join(self.log_dir.ids, "metrics"), deriving=True,
+            errors=lambda: (self.index.errors, self.deriver.errors),
+            queues=lambda: (self.index.queued, self.ingest.deriving), pricing=self.index.pricing)
+        self.ingest.mark_in_rewrite(self.metrics.mark)  # each exchange counted once (counting.py)
+        self.ingest.subscribe(self.metrics.count)
         self.appends = Appends(self.ingest)
         self.retention = Retention(self.log_dir, self.index, max_age, max_bytes, retention_interval)
         self.sweeper = Sweeper(self.ingest, self.index, stale_after)
@@ -75,6 +83,7 @@ class LogServerApp:
             "live_websocket": live.websocket,
             "live_events": live.events,
             "tail_response": Tail(self.log_dir, self.stopping),
+            "get_metrics": self.metrics.serve,
         }
         unbound = {name for route in ROUTES for name in route.methods.values()} - set(self.handlers)
         assert not unbound, f"routes without a handler: {unbound}"
@@ -107,6 +116,7 @@ class LogServerApp:
             self.retention.close()
             self.sweeper.close()
             self.index.close()
+            self.metrics.close()
             for pool in (self.api.pool, self.deriver.pool):
                 pool.kill()
             self.appends.close()

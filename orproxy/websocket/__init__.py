@@ -41,6 +41,7 @@ class WebSocketProxy:
 
     def __init__(self) -> None:
         self.tls = tls_context()  # the same trust as the HTTP transport
+        self.open_tunnels = 0     # sessions being relayed now (the proxy's metrics)
 
     def serve(self, exchange: Exchange, incoming: Incoming, log: ExchangeLog,
               error: Callable[[str, str], Any]) -> Any:
@@ -90,8 +91,7 @@ class WebSocketProxy:
             log.finish(**({"websocket": session} if session else {}))
         return incoming.handed_over()
 
-    @staticmethod
-    def _tunnel(exchange: Exchange, log: ExchangeLog, client: socket.socket, upstream: socket.socket,
+    def _tunnel(self, exchange: Exchange, log: ExchangeLog, client: socket.socket, upstream: socket.socket,
                 answer: ResponseParser, from_client: bytes, from_upstream: bytes,
                 session: dict[str, Any]) -> None:
         """Relay until the session ends; `session` gets its metadata, even when the server
@@ -100,9 +100,11 @@ class WebSocketProxy:
         messages = MessageLog(log.response, log.sink.budget, extensions) if log.enabled else None
         tunnel = Tunnel(client, upstream, exchange.route.read_timeout, messages.tap if messages else None)
         opened = time.time()
+        self.open_tunnels += 1
         try:
             tunnel.run(from_client, from_upstream)
         finally:
+            self.open_tunnels -= 1
             if messages is not None:
                 messages.finish(DRAIN_TIMEOUT)
             ended = tunnel.ended or "proxy stopped"

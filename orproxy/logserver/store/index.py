@@ -266,6 +266,11 @@ class Index:
                     print(f"orlogserver: index write failed ({len(batch)} rows): {e}", flush=True)
             self._idle.set()
 
+    @property
+    def queued(self) -> int:
+        """Exchanges waiting for the writer thread (the metrics: how far it is behind)."""
+        return len(self._pending)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued row is written (tests, reindex, shutdown)."""
         return self._idle.wait(timeout)

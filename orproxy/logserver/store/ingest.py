@@ -120,6 +120,7 @@ class Ingest:
         self.log_dir = log_dir
         self.deriver = deriver
         self.subscribers: list[Subscriber] = []
+        self.markers: list[Subscriber] = []
         self._deriving: set[str] = set()          # exchanges derived in the background now
         self._deriving_request: set[str] = set()  # ... their request's fields alone
 
@@ -127,6 +128,13 @@ class Ingest:
         """Call `subscriber(record, events)` after every rewrite of a metadata document,
         before any greenlet switch (the record is the document as written)."""
         self.subscribers.append(subscriber)
+
+    def mark_in_rewrite(self, marker: Subscriber) -> None:
+        """Call `marker(record, events)` inside every rewrite, after its changes and derived
+        fields, before the document is written, under the lock that serialises rewrites
+        across processes: what it sets is written with them (the metrics mark an exchange
+        counted once, whichever process rewrites it: logserver/metrics/counting.py)."""
+        self.markers.append(marker)
 
     @property
     def deriving(self) -> int:
@@ -158,6 +166,8 @@ class Ingest:
                 derived = self.deriver.inline(record)  # small: in this same rewrite
                 if derived is not None:
                     document["derived"] = derived
+            for marker in self.markers:
+                marker(record, events)
         for subscriber in self.subscribers:
             subscriber(record, events)
         if self.deriver is not None:

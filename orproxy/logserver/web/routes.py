@@ -136,6 +136,17 @@ ROUTES: tuple[Route, ...] = (
         "get_openapi", summary="This document",
         responses={"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}},
                    "400": ERRORS["400"], **_GET_ONLY})),
+    # Prometheus (logserver/metrics/)
+    Route("/metrics", **_get(
+        "get_metrics", summary="Metrics in Prometheus' text format",
+        description="Exchanges by route, model and status; errors by route and code; duration and "
+                    "time-to-first-token histograms by route; tokens and cost by model; body bytes each way; "
+                    "ingest lag; the index's queue; index and derive errors. Every worker process answers "
+                    "with the sums over all of them, each exchange counted once when it is final. With "
+                    "--token, a scraper sends it as `Authorization: Bearer <token>` (README: Prometheus).",
+        responses={"200": {"description": "Prometheus' text exposition format.", "content": {
+            "text/plain": {"schema": {"type": "string"}}}},
+            "400": ERRORS["400"], **_GET_ONLY})),
     # Live (live/): the feed and the tail
     Route("/api/live", **_get(
         "live_websocket", summary="Live feed of changed rows (WebSocket)",

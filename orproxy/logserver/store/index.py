@@ -47,6 +47,7 @@ _INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("by_route", "route, started_at, id", ""),
     ("by_seq", "seq", ""),
     ("in_flight", "started_at", "state = 'in_flight'"),  # the sweeper's few rows (sweeper.py)
+    ("replays", "replay_of, started_at, id", "replay_of IS NOT NULL"),  # the replay_of filter's few rows
 )
 
 

@@ -262,23 +262,48 @@ def test_the_proxys_own_error_is_a_502_naming_it_and_the_new_exchange(make_proxy
     assert row["replay_of"] == rid and row["error"] == "upstream_unreachable"
 
 
-def test_a_request_logged_with_another_host_is_not_replayed_there(proxy, fake_upstream, api):
-    """The logged URL's host is the Host the client sent: a forged one must not take the
-    caller's key elsewhere."""
-    tag = uuid.uuid4().hex
-    host, port = host_port(proxy.url)
+def forged(proxy, tag, host):
+    """Send a request through the proxy with `Host: host`; its id. The logged URL's host is
+    the Host the client sent."""
     body = b'{"model": "fake/x"}'
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(b"POST %s HTTP/1.1\r\nHost: attacker.example:5601\r\n%s: %s\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n%s" % (CHAT.encode(), RECORD.encode(), tag.encode(), len(body), body))
+    with socket.create_connection(host_port(proxy.url), timeout=10) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (CHAT.encode(), host.encode(), RECORD.encode(), tag.encode(), len(body), body))
         answer = b""
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(65536)
-    rid = next(v for n, v in split_head(answer)[1] if n.lower() == "x-request-id")
-    complete(api, rid)
-    code, answer = replay(api, rid, {"key": new_key()})
-    assert code == 409 and "--replay-via http://attacker.example:5601" in answer["error"]["message"], answer
-    assert len(received(fake_upstream, tag)) == 1
+    return next(v for n, v in split_head(answer)[1] if n.lower() == "x-request-id")
+
+
+def test_only_proxies_on_loopback_or_given_with_replay_via_are_replayed_through(tmp_path, make_proxy, fake_upstream):
+    """A forged Host must not take the caller's key elsewhere. 0.0.0.0 is no loopback
+    address, but Linux connects it to this machine: the proxy, once allowed."""
+    server = LogServer(tmp_path / "logs", tmp_path / "server").start()
+    try:
+        proxy = make_proxy(logging={"server_url": server.url})
+        own, tag = ApiClient(server.url), uuid.uuid4().hex
+        elsewhere = "0.0.0.0:%d" % proxy.port
+        rid = forged(proxy, tag, elsewhere)
+        complete(own, rid)
+        code, answer = replay(own, rid, {"key": new_key()})
+        assert code == 409 and "--replay-via http://%s to replay" % elsewhere in answer["error"]["message"], answer
+        assert len(received(fake_upstream, tag)) == 1
+        server.stop()
+        server.args = ["--replay-via", "http://" + elsewhere]
+        server.start()
+        code, answer = replay(ApiClient(server.url), rid, {})
+        assert code == 201 and answer["sent_to"] == "http://%s%s" % (elsewhere, CHAT), answer
+        assert header(received(fake_upstream, tag)[-1], "X-Orproxy-Replay-Of") == rid
+    finally:
+        server.stop()
+
+
+def test_replay_via_takes_only_an_origin(run_cli):
+    result = run_cli("orlogserver", "--replay-via", "http://proxy.lan:5601/v1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "orlogserver: argument --replay-via: 'http://proxy.lan:5601/v1' is not an http(s) origin such as "
+        "http://proxy.lan:5601 (see --help)"]
 
 
 @pytest.mark.parametrize("headers", [

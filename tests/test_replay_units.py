@@ -145,3 +145,12 @@ def test_replay_via_takes_origins_only():
     for bad in ("proxy.lan:5601", "http://proxy.lan/v1", "http://u@proxy.lan", "ws://proxy.lan", "http://x:99999"):
         with pytest.raises(ValueError):
             parse_origin(bad)
+
+
+def test_a_proxy_not_to_replay_through_is_refused_before_the_key_is_asked_for():
+    def refuse(host, origin):
+        assert (host, origin) == ("proxy.lan", "http://proxy.lan:5601")
+        raise RefusedReplay("not this one")
+    head = logged(called="http://proxy.lan:5601/v1/x?key=****abcd")
+    with pytest.raises(RefusedReplay):
+        plan(head, b"", RID, parse_ask({}), refuse)

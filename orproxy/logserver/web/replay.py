@@ -52,11 +52,11 @@ class Replay:
         """`replay_via`: proxy origins beyond loopback to replay through (parse_origin's)."""
         self.log_dir = log_dir
         self.replay_via = {parse_origin(origin) for origin in replay_via}
-        self.draining: set[gevent.Greenlet] = set()  # the answers still being read
 
     def __call__(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> list[bytes]:
-        for name in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True):
-            raise ParamError(name[:40], "unknown parameter: the replay takes its edits as JSON")
+        unknown = next(iter(parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)), None)
+        if unknown is not None:
+            raise ParamError(unknown[:40], "unknown parameter: the replay takes its edits as JSON")
         try:
             ask = parse_ask(_json_body(environ))
         except BadAsk as e:
@@ -68,16 +68,16 @@ class Replay:
         pool = gevent.get_hub().threadpool  # a large body is read, decoded and parsed off the loop
         try:
             head, body = pool.apply(_logged_request, (self.log_dir, ExchangeRecord(document)))
-            replay = pool.apply(plan, (head, body, exchange_id, ask))
-            self._check_target(replay)
+            replay = pool.apply(plan, (head, body, exchange_id, ask, self._check_origin))
         except RefusedReplay as e:
             raise HttpError("409 Conflict", f"exchange {exchange_id} cannot be replayed: {e}") from None
         return self._send(start_response, exchange_id, replay, ask)
 
-    def _check_target(self, replay: Plan) -> None:
-        if not (is_loopback(replay.host) or replay.origin.lower() in self.replay_via):
-            raise RefusedReplay(f"it was sent to {replay.origin}, not to a proxy on this machine; start "
-                                f"orlogserver with --replay-via {replay.origin} to replay through it")
+    def _check_origin(self, host: str, origin: str) -> None:
+        """Refuse a proxy beyond loopback not given with --replay-via (before the key is asked for)."""
+        if not (is_loopback(host) or origin.lower() in self.replay_via):
+            raise RefusedReplay(f"it was sent to {origin}, not to a proxy on this machine; start "
+                                f"orlogserver with --replay-via {origin} to replay through it")
 
     def _send(self, start_response: Callable, exchange_id: str, replay: Plan, ask: Ask) -> list[bytes]:
         connection_class = http.client.HTTPSConnection if replay.scheme == "https" else http.client.HTTPConnection
@@ -103,7 +103,7 @@ class Replay:
                   "status": response.status, "content_type": response.getheader("Content-Type"),
                   "sent_to": replay.shown_url, "sent_without": replay.sent_without}
         proxy_error = _proxy_error(response)
-        self._drain(conn, response)
+        gevent.spawn(_drain, conn, response)
         if proxy_error is not None:
             code, message = proxy_error
             return json_response(start_response, "502 Bad Gateway", {
@@ -111,21 +111,6 @@ class Replay:
                           "code": code}, **answer})
         return json_response(start_response, "201 Created", answer,
                              [("Location", answer["url"]), ("Cache-Control", "no-store")])
-
-    def _drain(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
-        """Read the rest of the answer in the background: the proxy then completes and logs
-        the exchange, as it would for a client that reads it all."""
-        def drain() -> None:
-            try:
-                while response.read1(BLOCK):
-                    pass
-            except (OSError, http.client.HTTPException, ValueError):
-                pass  # the proxy logs how it ended
-            finally:
-                conn.close()
-                self.draining.discard(greenlet)
-        greenlet = gevent.spawn(drain)
-        self.draining.add(greenlet)
 
 
 def parse_origin(text: str) -> str:
@@ -191,6 +176,18 @@ def _logged_request(log_dir: LogDir, record: ExchangeRecord) -> tuple[Head, byte
     if isinstance(forwarded, int) and forwarded != len(body):  # the log kept less (a truncation marker)
         raise RefusedReplay(f"the log holds {len(body)} bytes of its {forwarded}-byte body")
     return head, body
+
+
+def _drain(conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    """Read the rest of the answer (in the background): the proxy then completes and logs
+    the exchange, as it does for a client that reads it all."""
+    try:
+        while response.read1(BLOCK):
+            pass
+    except (OSError, http.client.HTTPException, ValueError):
+        pass  # the proxy logs how it ended
+    finally:
+        conn.close()
 
 
 def _proxy_error(response: http.client.HTTPResponse) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ is written without any value the caller sent (a key may be pasted into any field
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -130,13 +131,18 @@ class Plan:
     @property
     def origin(self) -> str:
         """scheme://host:port, for messages (holds no secret)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return _origin(self.scheme, self.host, self.port)
 
 
-def plan(head: Head, body: bytes, exchange_id: str, ask: Ask) -> Plan:
+def _origin(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def plan(head: Head, body: bytes, exchange_id: str, ask: Ask,
+         check_origin: Callable[[str, str], None] = lambda host, origin: None) -> Plan:
     """The replay of the logged request (`head`, `body` as logged) with `ask` applied.
-    RefusedReplay if the exchange cannot be replayed, ParamError for a mistake in `ask`."""
+    RefusedReplay if the exchange cannot be replayed (`check_origin(host, origin)` raises
+    it for a proxy not to replay through), ParamError for a mistake in `ask`."""
     called = head.header("x-proxy-path")
     if not called:
         raise RefusedReplay("the logged request has no X-Proxy-Path (it was not logged by orproxy), "
@@ -154,6 +160,7 @@ def plan(head: Head, body: bytes, exchange_id: str, ask: Ask) -> Plan:
         port = url.port or (443 if url.scheme == "https" else 80)
     except ValueError:
         raise RefusedReplay("the logged X-Proxy-Path has an invalid port") from None
+    check_origin(url.hostname, _origin(url.scheme, url.hostname, port))
     method = head.start_line.split(" ", 1)[0]
     if not _TOKEN.fullmatch(method):
         raise RefusedReplay("the logged request has no request line")

@@ -35,6 +35,14 @@ def _port(text: str) -> int:
     raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
 
 
+def _replay_origin(text: str) -> str:
+    from orproxy.logserver.web.replay import parse_origin  # noqa: PLC0415 (the API's imports, only when given)
+    try:
+        return parse_origin(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _fail(prog: str, message: str) -> NoReturn:
     print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(2)
@@ -126,6 +134,10 @@ def logserver_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", metavar="PATH", default=os.environ.get("ORLOGSERVER_CONFIG"),
                         help="read prices of your own (the `prices` section) from this YAML file, e.g. the "
                              "proxy's config.yaml (default: $ORLOGSERVER_CONFIG)")
+    parser.add_argument("--replay-via", action="append", default=[], metavar="ORIGIN",
+                        type=_replay_origin,
+                        help="also replay logged requests through the proxy at this origin, e.g. "
+                             "http://proxy.lan:5601 (repeatable); by default only through proxies on loopback")
     parser.add_argument("--version", action="version", version=f"orlogserver {__version__}")
     args = parser.parse_args(argv)
     prices = ()
@@ -151,7 +163,7 @@ def logserver_main(argv: list[str] | None = None) -> None:
     try:
         app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
                            stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token,
-                           prices=prices)
+                           prices=prices, replay_via=args.replay_via)
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
     except sqlite3.Error as e:

@@ -36,8 +36,9 @@ def logserver_app() -> Callable:
     """The logging server; ORLOGSERVER_LOG_DIR (default logs), retention from
     ORLOGSERVER_MAX_AGE (e.g. 7d) and ORLOGSERVER_MAX_BYTES (e.g. 10G), and
     ORLOGSERVER_STALE_AFTER (e.g. 15m), as --max-age, --max-bytes and --stale-after;
-    ORLOGSERVER_TOKEN and ORLOGSERVER_ALLOWED_HOSTS (comma-separated) as --token and
-    --allowed-host, ORLOGSERVER_CONFIG (prices of your own) as --config. Bound beyond loopback without a token, it refuses every request.
+    ORLOGSERVER_TOKEN, ORLOGSERVER_ALLOWED_HOSTS and ORLOGSERVER_REPLAY_VIA (both
+    comma-separated) as --token, --allowed-host and --replay-via, ORLOGSERVER_CONFIG (prices of
+    your own) as --config. Bound beyond loopback without a token, it refuses every request.
     Create it in each worker (no --preload): it starts threads."""
     log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
@@ -45,6 +46,7 @@ def logserver_app() -> Callable:
     from orproxy.hosting.server import prepare_process
     from orproxy.logserver.app import LogServerApp
     from orproxy.logserver.web.guard import token_problem
+    from orproxy.logserver.web.replay import parse_origin
     from orproxy.logserver.web.units import parse_duration, parse_size
 
     prepare_process()
@@ -75,4 +77,11 @@ def logserver_app() -> Callable:
         except ConfigError as e:
             print(f"orlogserver: ORLOGSERVER_CONFIG: {e}", file=sys.stderr)
             sys.exit(4)
-    return for_gunicorn(LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token, prices=prices))
+    via = [o.strip() for o in os.environ.get("ORLOGSERVER_REPLAY_VIA", "").split(",") if o.strip()]
+    try:
+        via = [parse_origin(origin) for origin in via]
+    except ValueError as e:
+        print(f"orlogserver: ORLOGSERVER_REPLAY_VIA: {e}", file=sys.stderr)
+        sys.exit(4)
+    return for_gunicorn(LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token, replay_via=via,
+                                      prices=prices))

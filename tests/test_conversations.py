@@ -226,6 +226,7 @@ def test_the_diff_against_the_previous_turn_shows_the_new_messages_and_the_answe
     agent = Agent(agent_proxy)
     agent.say("please use tool grep on the repo")
     agent.give_tool_results()
+    rows(api, agent.ids)
     diff = api.ok("/api/requests/%s/diff" % agent.ids[1])
     assert (diff["against"], diff["against_is"]) == (agent.ids[0], "previous")
     assert [(m["op"], m.get("role"), m.get("answer", False)) for m in diff["messages"]] == [

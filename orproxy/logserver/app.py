@@ -37,6 +37,7 @@ from orproxy.logserver.web.api import Api
 from orproxy.logserver.web.conversations import Diffs
 from orproxy.logserver.web.guard import Guard
 from orproxy.logserver.web.query import ParamError
+from orproxy.logserver.web.replay import Replay
 from orproxy.logserver.web.replies import HttpError, error_response, json_response
 from orproxy.logserver.web.routes import ROUTES, match, not_found
 from orproxy.logserver.web.static import StaticFiles
@@ -51,7 +52,8 @@ class LogServerApp:
     def __init__(self, log_dir: str, max_age: float | None = None, max_bytes: int | None = None,
                  retention_interval: float = 60.0, stale_after: float = STALE_AFTER,
                  allowed_hosts: Iterable[str] = (), token: str | None = None,
-                 prices: tuple[ModelPrice, ...] = ()) -> None:
+                 prices: tuple[ModelPrice, ...] = (),
+                 replay_via: Iterable[str] = ()) -> None:
         self.guard = Guard(allowed_hosts, token)
         self.log_dir = LogDir(log_dir)
         self.index = Index(self.log_dir.path, pricing=Pricing(prices))
@@ -84,6 +86,7 @@ class LogServerApp:
             "live_events": live.events,
             "tail_response": Tail(self.log_dir, self.stopping),
             "get_metrics": self.metrics.serve,
+            "replay_request": Replay(self.log_dir, replay_via),
         }
         unbound = {name for route in ROUTES for name in route.methods.values()} - set(self.handlers)
         assert not unbound, f"routes without a handler: {unbound}"

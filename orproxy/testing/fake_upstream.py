@@ -32,6 +32,7 @@ Endpoints (``...`` is any prefix; query parameters in brackets):
   GET  .../break?after=N      announces more than it sends, then drops the connection
                               [framing=length|chunked, delay_ms=0, rst=1 for a reset]
   GET  /__control/stats       counters (exact path); /__control/reset zeroes them
+  GET  /__control/received    requests sent with ``X-Fake-Record: <tag>`` [tag]   (recorder)
 
 Every streamed event's JSON carries the wall-clock ``time.time_ns()`` at which it was
 written (``orproxy_sent_ns`` for the LLM shapes, ``sent_ns`` for ``/sse``), so a client
@@ -49,7 +50,7 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from orproxy.testing import agent_api, http_endpoints, llm_api, misbehaving
+from orproxy.testing import agent_api, http_endpoints, llm_api, misbehaving, recorder
 from orproxy.testing.answers import STATS, BadParam, error, json_response, reset_stats
 
 __all__ = ["serve", "make_server", "application", "STATS"]
@@ -153,8 +154,11 @@ class FakeHandler(WSGIHandler):
 def control(environ, start_response, action):
     if action == "stats":
         return json_response(start_response, "200 OK", dict(STATS))
+    if action == "received":
+        return recorder.received(environ, start_response)
     if action == "reset":
         reset_stats()
+        recorder.forget()
         return json_response(start_response, "200 OK", dict(STATS))
     return error(start_response, 404, "no control action %r" % action)
 
@@ -183,6 +187,9 @@ def application(environ, start_response):
         if path.startswith("/__control/"):  # not counted: "requests" are what the proxy sent
             return control(environ, start_response, path[len("/__control/"):])
         STATS["requests"] += 1
+        tag = environ.get("HTTP_X_FAKE_RECORD")
+        if tag:
+            recorder.record(environ, tag)
         if "/agent/" in path:
             return agent_api.application(environ, start_response)
         if path.endswith("/chat/completions"):

@@ -8,6 +8,7 @@ head larger than `MAX_HEAD` is not a head, and a body is decoded only up to a li
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,10 @@ from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024
 READ_BLOCK = 256 * 1024
+# Sent by the logging server with a replayed request (web/replay.py); the proxy forwards and
+# logs it as any header, so the new exchange's own request file says what it replays.
+REPLAY_OF_HEADER = "X-Orproxy-Replay-Of"
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 Headers = list[tuple[str, str]]
 
@@ -55,11 +60,24 @@ class Head:
                 out["path"] = split.path + (f"?{split.query}" if split.query else "")
             elif len(parts) > 1:
                 out["path"] = parts[1]
+            replay_of = self.replay_of()
+            if replay_of:
+                out["replay_of"] = replay_of
         for key, name in (("content_type", "content-type"), ("content_encoding", "content-encoding")):
             value = self.header(name)
             if value:
                 out[key] = value
         return out
+
+    def replay_of(self) -> str | None:
+        """The id of the exchange this request replays (REPLAY_OF_HEADER), if it is a UUID.
+        A head without a request line (the Go proxy logs only the header lines) may have
+        it as its first line, which parse_head took for the start line."""
+        value = self.header(REPLAY_OF_HEADER)
+        if value is None:
+            name, sep, rest = self.start_line.partition(":")
+            value = rest.strip() if sep and name.strip().lower() == REPLAY_OF_HEADER.lower() else None
+        return value.lower() if value is not None and _UUID_RE.fullmatch(value) else None
 
 
 def parse_head(data: bytes) -> Head | None:

@@ -4,23 +4,34 @@
 export const FILTERS = ["q", "model", "route", "status", "state", "method", "since"];
 
 export class ApiError extends Error {
-  constructor(status, message, parameter) {
+  constructor(status, message, parameter, data) {
     super(message);
     this.status = status;
     this.parameter = parameter;
+    this.data = data; // the whole answer (a failed replay names the new exchange in it)
   }
 }
 
-export async function getJson(path, params) {
-  const query = params ? new URLSearchParams(params).toString() : "";
-  const resp = await fetch(path + (query ? `?${query}` : ""), { headers: { Accept: "application/json" } });
+async function answer(resp) {
   let data = null;
   try { data = await resp.json(); } catch (_) { data = null; }
   if (!resp.ok) {
     const error = (data && data.error) || {};
-    throw new ApiError(resp.status, error.message || `${resp.status} ${resp.statusText}`, error.parameter);
+    throw new ApiError(resp.status, error.message || `${resp.status} ${resp.statusText}`, error.parameter, data);
   }
   return data;
+}
+
+export async function getJson(path, params) {
+  const query = params ? new URLSearchParams(params).toString() : "";
+  return answer(await fetch(path + (query ? `?${query}` : ""), { headers: { Accept: "application/json" } }));
+}
+
+export async function postJson(path, payload) {
+  return answer(await fetch(path, {
+    method: "POST", body: JSON.stringify(payload),
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+  }));
 }
 
 /** Only the filters that are set, as query parameters. */
@@ -40,4 +51,5 @@ export const getRequest = (id) => getJson(`/api/requests/${encodeURIComponent(id
 export const getExchange = (id) => getJson(`/api/requests/${encodeURIComponent(id)}/exchange`);
 export const getStats = (filters) => getJson("/api/stats", filterParams(filters || {}));
 export const rawUrl = (id, kind) => `/api/requests/${encodeURIComponent(id)}/${kind}`;
+export const replayRequest = (id, ask) => postJson(`/api/requests/${encodeURIComponent(id)}/replay`, ask);
 export const tailUrl = (id) => `/api/requests/${encodeURIComponent(id)}/tail`;

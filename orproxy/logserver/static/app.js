@@ -17,7 +17,7 @@ const OPEN_DELAY_MS = 120; // j/k with the detail open: open the row once the ke
 const state = { filters: {}, cursor: null, loadToken: 0, loadingMore: false, statsTimer: null, statsAt: 0 };
 const form = $("#filters");
 const list = new RequestList($("#requests"), { onOpen: (id) => openDetail(id, true), onSelect: selectionMoved });
-const detail = new DetailView($("#detail"), { onClose: () => closeDetail(true) });
+const detail = new DetailView($("#detail"), { onClose: () => closeDetail(true), onOpen: (id) => openDetail(id, true) });
 const feed = new LiveFeed({ onMessage: liveMessage, onStatus: liveStatus });
 const known = { models: new Set(), routes: new Set() };
 

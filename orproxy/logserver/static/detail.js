@@ -1,4 +1,4 @@
-// The detail view of one exchange: a summary, actions (copy as curl, raw downloads),
+// The detail view of one exchange: a summary, actions (replay, copy as curl, raw downloads),
 // and tabs: Conversation, Response, Request, Events, Metadata. An exchange still in
 // flight is followed live (tail.js): its answer and raw body grow as tokens arrive.
 
@@ -9,6 +9,7 @@ import { jsonView } from "./jsontree.js";
 import { headersTable, messageView, eventsView, bodyView } from "./message.js";
 import { requestTurns, answerTurns, offeredTools, requestParams, renderTurn, liveAnswer } from "./conversation.js";
 import { curlCommand } from "./curl.js";
+import { cannotReplay, openReplay } from "./replay.js";
 import { followTail } from "./tail.js";
 
 export const TABS = ["conversation", "response", "request", "events", "metadata"];
@@ -20,9 +21,10 @@ function chip(label, value, title) {
 }
 
 export class DetailView {
-  constructor(root, { onClose }) {
+  constructor(root, { onClose, onOpen }) {
     this.root = root;
     this.onClose = onClose;
+    this.onOpen = onOpen;     // open another exchange (a replay, the exchange it replays)
     this.id = null;
     this.row = null;
     this.view = null;
@@ -243,6 +245,10 @@ export class DetailView {
       chip("cost", r.cost != null ? fmt.cost(r.cost) : null),
       chip("finish", r.finish_reason),
       chip("error", r.error_message, r.error_message),
+      r.replay_of ? h("button.chip", {
+        type: "button", title: `A replay of ${r.replay_of}: open it`, "data-testid": "replay-of",
+        onclick: () => this.onOpen(r.replay_of),
+      }, h("span.chip-label", "replay of"), " ", h("span.chip-value.mono", r.replay_of.slice(0, 8))) : null,
       h("button.chip.chip-id", {
         type: "button", title: "Copy the id (X-Request-Id)",
         onclick: async () => toast(await copyText(r.id) ? "Id copied" : "Copy failed"),
@@ -251,7 +257,13 @@ export class DetailView {
 
   _actions() {
     const files = this.files || {};
+    const unreplayable = this.view ? cannotReplay(this.view) : "Loading…";
     return h("div.d-actions",
+      h("button.small", {
+        type: "button", title: unreplayable || "Send the request again through the proxy, edited or not, with your key",
+        disabled: !!unreplayable, "data-testid": "replay",
+        onclick: () => openReplay(this.id, this.view, { onSent: (id) => this.onOpen(id) }),
+      }, "Replay"),
       h("button.small", {
         type: "button", title: "Copy the request as a curl command (secrets stay masked)",
         disabled: !this.view || !this.view.request,

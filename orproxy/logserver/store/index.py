@@ -35,7 +35,7 @@ from gevent.threadpool import ThreadPool
 from orproxy.logserver.llm.pricing import Pricing
 from orproxy.logserver.store.schema import COLUMNS, DEFAULT_PRICING, FIELDS, row_from_document
 
-SCHEMA_VERSION = 4  # 3: incomplete_reason, and the in_flight index; 4: conversations, cost, texts
+SCHEMA_VERSION = 5  # 3: incomplete_reason, and the in_flight index; 4: conversations, cost, texts; 5: replay_of
 FILENAME = "index.sqlite3"
 READERS = 4
 ANALYZE_EVERY = 20_000  # rows written
@@ -56,6 +56,7 @@ _INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("by_session", "session_id, started_at", "session_id IS NOT NULL"),
     ("by_turn_key", "turn_key", "turn_key IS NOT NULL"),  # a next turn finds this one (linking.py)
     ("by_response_id", "response_id", "response_id IS NOT NULL"),
+    ("replays", "replay_of, started_at, id", "replay_of IS NOT NULL"),  # the replay_of filter's few rows
 )
 
 

@@ -60,6 +60,8 @@ FIELDS: tuple[Field, ...] = (
     Field("path", "str", "The path and query the client called."),
     Field("route", "str", "The name of the route that matched."),
     Field("upstream_url", "str", "The URL the request went to."),
+    Field("replay_of", "str", "The exchange this one replays (POST /api/requests/{id}/replay), "
+          "from its request's X-Orproxy-Replay-Of header."),
     Field("client_addr", "str", "The client's address."),
     Field("status", "int", "HTTP status the client got."),
     Field("error", "str", "The proxy's error code (no_route, upstream_unreachable, upstream_timeout, "
@@ -161,6 +163,7 @@ def row_from_document(document: dict[str, Any], stored_bytes: int | None = None,
         "path": record.request_path(),
         "route": proxy.get("route"),
         "upstream_url": proxy.get("upstream_url"),
+        "replay_of": req_head.get("replay_of"),
         "client_addr": proxy.get("client_addr"),
         "status": proxy.get("status") or resp_head.get("status"),
         "error": proxy.get("error"),

@@ -140,6 +140,11 @@ def _api(where: Where, text: str) -> None:
     where.add(_in("api", values), *values)
 
 
+def _replay_of(where: Where, text: str) -> None:
+    values = [v.lower() for v in _values("replay_of", text)]
+    where.add(_in("replay_of", values), *values)
+
+
 def _state(where: Where, text: str) -> None:
     values = _values("state", text)
     for v in values:
@@ -213,6 +218,8 @@ FILTERS: tuple[Param, ...] = (
           "model requested; a trailing `*` matches a prefix.", "anthropic/claude-*", _model),
     Param("provider", "Provider(s) as the upstream named them (OpenRouter).", "Anthropic", _provider),
     Param("api", ", ".join(api.NAME for api in apis.APIS) + ".", "anthropic", _api),
+    Param("replay_of", "The replays of these exchanges (ids, comma-separated).",
+          "4f2cb051-6ec2-490c-b30c-ace08281d76c", _replay_of),
     Param("state", "in_flight, complete, incomplete; comma-separated.", "in_flight", _state),
     Param("streamed", "Only streamed (true) or only non-streamed (false) responses.", "true",
           _bool("streamed", "streamed")),

@@ -19,6 +19,7 @@ from typing import Any
 from orproxy.logserver.store.logdir import KINDS, UUID_RE
 from orproxy.logserver.web.openapi import (ERRORS, ID, event_stream, filter_params, json_content,
                                            list_params, live_params, ref)
+from orproxy.logserver.web.replay import OPERATION as REPLAY
 from orproxy.logserver.web.replies import HttpError
 
 
@@ -126,6 +127,7 @@ ROUTES: tuple[Route, ...] = (
                          "description": "Compare with this exchange instead of the previous turn."}],
         responses={"200": json_content(ref("Diff"), "The diff."), **ERRORS,
                    "422": json_content(ref("Error"), "One of the two requests is not a conversation.")})),
+    Route("/api/requests/{id}/replay", {"POST": "replay_request"}, {"POST": REPLAY}),  # replay.py
     Route("/api/stats", **_get(
         "get_stats", summary="Totals, by model and route, latency and TTFT percentiles",
         parameters=filter_params(), responses={"200": json_content(ref("Stats"), "The statistics."), **ERRORS})),

@@ -83,6 +83,15 @@ def test_a_binary_body_is_base64_but_a_character_cut_by_the_limit_is_not():
     assert "only the first 1024 bytes" in cut["comment"]
 
 
+def test_valid_utf8_with_control_characters_is_base64_but_tabs_and_newlines_are_text():
+    times = {"started_at": T0, "first_byte_at": T0 + 0.1, "ended_at": T0 + 0.3}
+    zeros = _entry(REQUEST, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"\0" * 1000, times)
+    content = zeros["response"]["content"]
+    assert content["encoding"] == "base64" and base64.b64decode(content["text"]) == b"\0" * 1000
+    lines = _entry(REQUEST, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\na\tb\r\nc\n", times)
+    assert lines["response"]["content"]["text"] == "a\tb\r\nc\n" and "encoding" not in lines["response"]["content"]
+
+
 def test_the_request_url_and_query_come_from_the_called_url():
     entry = _entry(REQUEST, None, state="in_flight")
     request = entry["request"]

@@ -66,8 +66,12 @@ def entry_bytes(log_dir: LogDir, row: dict[str, Any], document: dict[str, Any] |
     if document is None:
         return None
     record = ExchangeRecord(document)
-    return jsoncodec.dumps(har_entry(document, row, _part(log_dir, record, "request"),
-                                     _part(log_dir, record, "response")))
+    try:
+        entry = har_entry(document, row, _part(log_dir, record, "request"), _part(log_dir, record, "response"))
+    except Exception as e:  # damaged files: this entry says so, and the export goes on
+        entry = har_entry(document, row, None, None)
+        entry["comment"] = f"its files could not be read: {type(e).__name__}: {e}"
+    return jsoncodec.dumps(entry)
 
 
 def _rows(index: Index, where: Where, limit: int | None) -> Iterator[dict[str, Any]]:

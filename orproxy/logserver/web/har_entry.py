@@ -7,7 +7,7 @@ choices follow what HAR readers expect (Chrome's and mitmproxy's exports):
 - `request.url` is the URL the client called (the logged `X-Proxy-Path`, which is left
   out of the headers: it was never sent); headers are as logged, secrets masked.
 - `response.content.text` is the body decoded from its Content-Encoding; base64, with
-  `content.encoding: "base64"`, when it is not UTF-8 text.
+  `content.encoding: "base64"`, when it is not UTF-8 text or holds control characters.
 - `timings`: `wait` from the request to the first response byte (the API's `ttft_ms`;
   a WebSocket's 101), `receive` from there to the end; the proxy does not time DNS,
   connect, TLS or the upload on their own, so `blocked`, `dns`, `connect`, `ssl` are -1
@@ -24,6 +24,7 @@ orproxy's own fields start with an underscore (the spec's rule for custom fields
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -36,6 +37,7 @@ from orproxy.logserver.store.record import ExchangeRecord
 BODY_LIMIT = 8 * 1024 * 1024  # decoded bytes of each body put in an entry (as the exchange view)
 MAX_SSE_EVENTS = 20_000
 CALLED_URL = "x-proxy-path"
+CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 but tab, LF, CR: JSON's \u00XX escapes
 WS_OPCODES = {"text": 1, "binary": 2, "close": 8, "ping": 9, "pong": 10}  # RFC 6455 5.2, as Chrome
 
 
@@ -50,16 +52,19 @@ def _pairs(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
 
 def _text(body: Body) -> tuple[str, str | None]:
     """The decoded body as HAR text: UTF-8, else base64 (and its encoding's name). A last
-    character cut in two by the limit is dropped, not a reason for base64."""
+    character cut in two by the limit is dropped, not a reason for base64. Control
+    characters (NUL, ...) make it base64 too: not text, and JSON writes each in 6 bytes,
+    so 8 MiB of zeros would be a 48 MiB entry (base64 keeps any body within 4/3)."""
     data = body.data
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError as e:
-        if body.truncated and e.start >= len(data) - 3:
-            try:
-                return data[:e.start].decode("utf-8"), None
-            except UnicodeDecodeError:
-                pass
+    if not CONTROL.search(data):
+        try:
+            return data.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            if body.truncated and e.start >= len(data) - 3:
+                try:
+                    return data[:e.start].decode("utf-8"), None
+                except UnicodeDecodeError:
+                    pass
     return base64.b64encode(data).decode("ascii"), "base64"
 
 

@@ -132,7 +132,7 @@ def _har_schemas() -> dict[str, Any]:
                                    "`<code> <reason>`."}})
     content = {"type": "object", "required": ["size", "mimeType"], "description":
                "HAR's content; `text` decoded from the Content-Encoding (base64 with `encoding` when not "
-               "UTF-8), at most the first 8 MiB decoded.",
+               "UTF-8 text or it holds control characters), at most the first 8 MiB decoded.",
                "properties": {"size": {"type": "integer"}, "mimeType": {"type": "string"},
                               "text": {"type": "string"}, "encoding": {"const": "base64"},
                               "_sseEvents": {"type": "array", "items": sse_event,

@@ -86,7 +86,7 @@ def _raw_file(kind: str) -> dict[str, Any]:
 
 _HAR_DOC = ("HTTP Archive 1.2 (`log.creator.name` orproxy), a download (Content-Disposition). Headers "
             "and bodies as logged, secrets masked; `response.content.text` decoded from its "
-            "Content-Encoding (base64 when not UTF-8), each body up to 8 MiB decoded (`_truncated` and "
+            "Content-Encoding (base64 when not UTF-8 text), each body up to 8 MiB decoded (`_truncated` and "
             "the entry's `comment` say when cut); SSE events in `response.content._sseEvents`, a "
             "WebSocket session's messages in `_webSocketMessages`; orproxy's fields start with `_`.")
 

@@ -35,6 +35,7 @@ setup(
             "playwright>=1.40",              # the UI in Debian's chromium (never `playwright install`)
             "hypothesis>=6.100",             # property tests of the parsers (tests/test_fuzz.py, make fuzz)
             "h11>=0.14",                     # the in-process wire tests read the proxy's answers with it
+            "haralyzer>=2.4",                # a HAR reader of its own reads the HAR export back (tests/test_har.py)
         ],
     },
     entry_points={

@@ -50,6 +50,15 @@ export const listRequests = (filters, cursor, limit = 100) =>
 export const getRequest = (id) => getJson(`/api/requests/${encodeURIComponent(id)}`);
 export const getExchange = (id) => getJson(`/api/requests/${encodeURIComponent(id)}/exchange`);
 export const getStats = (filters) => getJson("/api/stats", filterParams(filters || {}));
+/** A HAR 1.2 download of every exchange that `params` (GET /api/requests' filters, e.g.
+ * filterParams(filters), or {conversation_id: id} for a conversation) match, newest first. */
+export function harUrl(params) {
+  const query = new URLSearchParams(params || {}).toString();
+  return `/api/har${query ? `?${query}` : ""}`;
+}
+
+/** A HAR 1.2 download of one exchange. */
+export const exchangeHarUrl = (id) => `/api/requests/${encodeURIComponent(id)}/har`;
 export const rawUrl = (id, kind) => `/api/requests/${encodeURIComponent(id)}/${kind}`;
 export const replayRequest = (id, ask) => postJson(`/api/requests/${encodeURIComponent(id)}/replay`, ask);
 export const tailUrl = (id) => `/api/requests/${encodeURIComponent(id)}/tail`;

@@ -4,7 +4,7 @@
 
 import { $, h, fill } from "./dom.js";
 import * as fmt from "./format.js";
-import { FILTERS, filterParams, listRequests, getStats } from "./api.js";
+import { FILTERS, filterParams, harUrl, listRequests, getStats } from "./api.js";
 import { RequestList } from "./list.js";
 import { DetailView, TABS } from "./detail.js";
 import { LiveFeed } from "./live.js";
@@ -54,6 +54,7 @@ function showFilters() {
   }
   const active = FILTERS.some((n) => state.filters[n]);
   $("#clear-filters").hidden = !active;
+  $("#download-har").href = harUrl(filterParams(state.filters)); // the list as shown
 }
 
 function readFilters() {

@@ -4,7 +4,7 @@
 
 import { h, fill, copyText, toast } from "./dom.js";
 import * as fmt from "./format.js";
-import { getExchange, getRequest, rawUrl } from "./api.js";
+import { exchangeHarUrl, getExchange, getRequest, rawUrl } from "./api.js";
 import { jsonView } from "./jsontree.js";
 import { headersTable, messageView, eventsView, bodyView } from "./message.js";
 import { requestTurns, answerTurns, offeredTools, requestParams, renderTurn, liveAnswer } from "./conversation.js";
@@ -276,6 +276,8 @@ export class DetailView {
         class: this.view && !files.request ? "disabled" : null }, "Raw request"),
       h("a.button.small", { href: rawUrl(this.id, "response"), download: files.response ? files.response.name || "" : "",
         class: this.view && !files.response ? "disabled" : null }, "Raw response"),
+      h("a.button.small", { href: exchangeHarUrl(this.id), download: `orproxy-${this.id.slice(0, 8)}.har`,
+        title: "This exchange as a HAR 1.2 file (secrets stay masked)", "data-testid": "detail-har" }, "Download HAR"),
       h("button.small", {
         type: "button", title: "Copy a link to this view",
         onclick: async () => toast(await copyText(location.href) ? "Link copied" : "Copy failed"),

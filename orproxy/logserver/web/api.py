@@ -1,6 +1,7 @@
 """The REST API under `/api/`: the list of exchanges (filters, cursor pagination), one
 exchange (its row, metadata and files; DELETE removes it), its raw files (followed while
-they grow), its parsed view, statistics, health, and the OpenAPI document. The handlers
+they grow), its parsed view, HAR exports (har.py), statistics, health, and the OpenAPI
+document. The handlers
 are named in the route table (routes.py), which app.py dispatches from.
 
 Index reads and file parsing run on threads (index.py, a small pool here), never on the
@@ -26,7 +27,7 @@ from orproxy.logserver.store.index import Index, delete_rows
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
-from orproxy.logserver.web import openapi, query, stats
+from orproxy.logserver.web import har, openapi, query, stats
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, json_response
 from orproxy.logserver.web.routes import openapi_paths
@@ -70,7 +71,7 @@ class Api:
                 "get_request_file": lambda env, sr, exchange_id: self.raw(env, sr, exchange_id, "request"),
                 "get_response_file": lambda env, sr, exchange_id: self.raw(env, sr, exchange_id, "response"),
                 "get_exchange": self.exchange, "get_stats": self.stats, "get_health": self.health,
-                "get_openapi": self.openapi}
+                "get_openapi": self.openapi, "get_request_har": self.har_one, "get_har": self.har_many}
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -136,6 +137,22 @@ class Api:
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                                   ("Cache-Control", "no-store")])
         return [body]
+
+    def har_one(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> Iterator[bytes]:
+        _no_params(_params(environ))
+        exchange_id = exchange_id.lower()
+        document = self._document(exchange_id)
+        row = to_api(self.index.read(query.get_row, exchange_id) or row_from_document(document))
+        entry = self.pool.apply(har.entry_bytes, (self.log_dir, row, document))
+        start_response("200 OK", har.headers(f"orproxy-{exchange_id[:8]}.har"))
+        return har.document(iter([entry]))
+
+    def har_many(self, environ: dict[str, Any], start_response: Callable) -> Iterator[bytes]:
+        params = _params(environ)
+        where = query.parse_filters(params, {har.LIMIT_PARAM})
+        limit = har.parse_limit(params)
+        start_response("200 OK", har.headers(time.strftime("orproxy-%Y-%m-%d_%H-%M-%S.har")))
+        return har.export(self.index, self.log_dir, lambda fn, *args: self.pool.apply(fn, args), where, limit)
 
     def raw(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,
             kind: str) -> Iterator[bytes] | list[bytes]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from orproxy import __version__
 from orproxy.logserver.llm import derive
+from orproxy.logserver.store.record import STATES
 from orproxy.logserver.store.schema import API_FIELDS
 from orproxy.logserver.web.query import DEFAULT_LIMIT, FILTERS, LIVE_PARAMS, MAX_LIMIT
 from orproxy.logserver.web.stats import PERCENTILES
@@ -111,6 +112,59 @@ def _live_schemas() -> dict[str, Any]:
                                                 "server stopping"]},
                             "bytes": _nullable("integer", "The response part's size, once it has ended.")},
                            required=["reason"], doc="The last event: close the EventSource."),
+    }
+
+
+def _har_schemas() -> dict[str, Any]:
+    """The HAR export's document, as far as orproxy adds to HAR 1.2 (its own fields start
+    with an underscore, the spec's rule); the rest is the spec's
+    (http://www.softwareishard.com/blog/har-12-spec/)."""
+    sse_event = _object({"event": {"type": "string", "description": "The event's type (`message` when "
+                                   "the stream named none, as EventSource)."},
+                         "data": {"type": "string"}, "id": {"type": "string"},
+                         "complete": {"const": False, "description": "A last event the stream never ended."}},
+                        required=["event", "data"])
+    ws_message = _object({"type": {"enum": ["send", "receive"], "description": "send: from the client."},
+                          "time": {"type": "number", "description": "When the proxy had the message (epoch s)."},
+                          "opcode": {"enum": [1, 2, 8, 9, 10], "description": "RFC 6455: text, binary, close, "
+                                     "ping, pong."},
+                          "data": {"type": "string", "description": "Text; base64 for binary; a close's "
+                                   "`<code> <reason>`."}})
+    content = {"type": "object", "required": ["size", "mimeType"], "description":
+               "HAR's content; `text` decoded from the Content-Encoding (base64 with `encoding` when not "
+               "UTF-8 text or it holds control characters), at most the first 8 MiB decoded.",
+               "properties": {"size": {"type": "integer"}, "mimeType": {"type": "string"},
+                              "text": {"type": "string"}, "encoding": {"const": "base64"},
+                              "_sseEvents": {"type": "array", "items": sse_event,
+                                             "description": "A text/event-stream body's events, in order."},
+                              "_truncated": {"const": True, "description": "The body was cut at 8 MiB decoded."}}}
+    entry = {"type": "object", "required": ["startedDateTime", "time", "request", "response", "cache", "timings",
+                                            "_requestId", "_state", "_exchange"],
+             "description": "One exchange (HAR 1.2 entry). `timings.wait` runs to the first response byte, "
+                            "`receive` from there to the end; `comment` says what is missing.",
+             "properties": {
+                 "startedDateTime": {"type": "string"}, "time": {"type": "number"},
+                 "request": {"type": "object", "description": "`url` is the URL the client called; headers as "
+                             "logged (secrets masked)."},
+                 "response": {"type": "object", "properties": {"content": content}},
+                 "cache": {"type": "object"}, "timings": {"type": "object"}, "comment": {"type": "string"},
+                 "_requestId": {"type": "string", "description": "The X-Request-Id."},
+                 "_state": {"enum": list(STATES), "description": "As the list's `state`: an exchange in "
+                            "flight is exported with what has arrived."},
+                 "_incompleteReason": _nullable("string"),
+                 "_exchange": ref("RequestItem"),
+                 "_resourceType": {"const": "websocket"},
+                 "_webSocketMessages": {"type": "array", "items": ws_message,
+                                        "description": "A WebSocket session's messages (Chrome's form)."}}}
+    return {
+        "Har": _object({"log": {
+            "type": "object", "required": ["version", "creator", "entries"], "properties": {
+                "version": {"const": "1.2"},
+                "creator": _object({"name": {"const": "orproxy"}, "version": {"type": "string"}}),
+                "pages": {"type": "array", "maxItems": 0},
+                "entries": {"type": "array", "items": ref("HarEntry"), "description": "Newest first, as the list."},
+                "comment": {"type": "string"}}}}, doc="A HAR 1.2 document."),
+        "HarEntry": entry,
     }
 
 
@@ -236,6 +290,7 @@ def _schemas() -> dict[str, Any]:
         "Deleted": _object({"id": {"type": "string"}, "deleted": {"const": True},
                             "freed_bytes": {"type": "integer"}}),
         **_live_schemas(),
+        **_har_schemas(),
     }
 
 

@@ -85,6 +85,18 @@ def _raw_file(kind: str) -> dict[str, Any]:
             "schema": {"type": "string", "format": "binary"}}}}, **ERRORS})
 
 
+_HAR_DOC = ("HTTP Archive 1.2 (`log.creator.name` orproxy), a download (Content-Disposition). Headers "
+            "and bodies as logged, secrets masked; `response.content.text` decoded from its "
+            "Content-Encoding (base64 when not UTF-8 text), each body up to 8 MiB decoded (`_truncated` and "
+            "the entry's `comment` say when cut); SSE events in `response.content._sseEvents`, a "
+            "WebSocket session's messages in `_webSocketMessages`; orproxy's fields start with `_`.")
+
+
+def _har_content(description: str) -> dict[str, Any]:
+    return {"description": description, "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": ref("Har")}}}
+
+
 _STATIC = {"GET": "static", "HEAD": "static"}
 _INDEX = {"GET": "index", "HEAD": "index"}
 _GET_ONLY = {"405": ERRORS["405"]}
@@ -128,6 +140,18 @@ ROUTES: tuple[Route, ...] = (
         responses={"200": json_content(ref("Diff"), "The diff."), **ERRORS,
                    "422": json_content(ref("Error"), "One of the two requests is not a conversation.")})),
     Route("/api/requests/{id}/replay", {"POST": "replay_request"}, {"POST": REPLAY}),  # replay.py
+    Route("/api/requests/{id}/har", **_get(
+        "get_request_har", summary="The exchange as a HAR 1.2 document", parameters=[ID],
+        description=_HAR_DOC + " Takes no query parameters.",
+        responses={"200": _har_content("A HAR document with one entry."), **ERRORS})),
+    Route("/api/har", **_get(
+        "get_har", summary="Every matching exchange as a HAR 1.2 document (streamed)",
+        description=_HAR_DOC + " Takes the filters of GET /api/requests; written entry by entry "
+                    "(chunked), newest first, so an export of any size never sits in memory.",
+        parameters=[*filter_params(), {
+            "name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+            "description": "At most this many entries, the newest (default: every match)."}],
+        responses={"200": _har_content("A HAR document, one entry per matching exchange."), **ERRORS})),
     Route("/api/stats", **_get(
         "get_stats", summary="Totals, by model and route, latency and TTFT percentiles",
         parameters=filter_params(), responses={"200": json_content(ref("Stats"), "The statistics."), **ERRORS})),

@@ -277,3 +277,21 @@ def test_diff_mistakes_are_json_errors(agent_proxy, api, make_proxy, fake_upstre
     api.wait_row(plain, derived_done)
     status, body = api.get("/api/requests/%s/diff" % first, against=plain)
     assert status == 422 and "not a conversation" in body["error"]["message"]
+
+
+def test_a_prompt_sent_many_times_keeps_only_its_latest_turns_in_memory():
+    """An eval loop sends one prompt over and over: the linker keeps the latest few turns
+    of a key, not all of them, and still links a continuation to the latest."""
+    from orproxy.logserver.llm import apis
+    from orproxy.logserver.store.linking import PER_KEY, Linker, Turn
+
+    first = apis.conversation({"model": "m", "messages": [{"role": "user", "content": "same"}]}, "openai")
+    linker = Linker()
+    for i in range(PER_KEY * 5):
+        linker.remember(Turn("id-%d" % i, "id-%d" % i, None, float(i), True), first.turn_key, None)
+    assert len(linker._by_key[first.turn_key]) == PER_KEY
+    second = apis.conversation({"model": "m", "messages": [
+        {"role": "user", "content": "same"}, {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "more"}]}, "openai")
+    link = linker.find(second, started_at=1e9, session_id=None)
+    assert link is not None and link.previous.id == "id-%d" % (PER_KEY * 5 - 1)

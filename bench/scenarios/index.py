@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -35,7 +36,7 @@ from gevent.pool import Pool
 from bench.procs import Proc
 from bench.report import Row
 from bench.scenarios.registry import scenario
-from orproxy.testing.seed_logs import BASE_TIME, seed
+from orproxy.testing.seed_logs import BASE_TIME, VOCABULARY, corpus, seed
 
 TARGET_MS = 50.0
 TARGET_RATE = 500
@@ -61,12 +62,13 @@ def index_scenario(ctx):
     os.makedirs(work)
     ctx.progress("index: seeding %s exchanges into %s" % (format(o["count"], ","), log_dir))
     t = time.monotonic()
-    seed(log_dir, o["count"], bins=False)
+    seed(log_dir, o["count"], texts=True)  # chat texts in the parts: the search index is fed
     ctx.progress("index: seeded in %.1f s; orlogserver --reindex" % (time.monotonic() - t))
     t = time.monotonic()
     subprocess.run(ctx.args.logserver_cmd_argv + ["--reindex", "--log-dir", log_dir],
                    check=True, stdout=subprocess.DEVNULL)
     reindex_s = time.monotonic() - t
+    sizes = _index_sizes(log_dir)
     proc = Proc("index-orlogserver", ctx.args.logserver_cmd_argv + [
         "--port", "0", "--log-dir", log_dir], work, cpus=ctx.cpus_proxy, cwd=work).start()
     ctx.extra_procs.append(proc)
@@ -88,9 +90,15 @@ def index_scenario(ctx):
     ctx.progress("index: in-process pipeline")
     pipes = {"files + metadata updates only": pipeline(o["burst"], False),
              "files + metadata + index + derive": pipeline(o["burst"], True)}
-    ctx.results["index"] = {"count": o["count"], "reindex_s": reindex_s, "queries": queries,
+    ctx.results["index"] = {"count": o["count"], "reindex_s": reindex_s, "sizes": sizes, "queries": queries,
                             "ingest": runs, "pipeline": pipes, "options": o}
-    ctx.rows += _rows(ctx, o["count"], reindex_s, queries, runs, pipes)
+    ctx.rows += _rows(ctx, o["count"], reindex_s, sizes, queries, runs, pipes)
+
+
+def _phrase() -> str:
+    """Two adjacent words of the seeded corpus, somewhere in the middle."""
+    text = corpus()
+    return " ".join(text[len(text) // 2:].split(" ")[1:3])
 
 
 def _queries(port: int, count: int) -> dict[str, dict[str, str]]:
@@ -104,7 +112,11 @@ def _queries(port: int, count: int) -> dict[str, dict[str, str]]:
                                             "until": "2025-10-10T00:00:00Z"},
         "route + status class": {"route": "anthropic", "status": "5xx"},
         "errors (error=any)": {"error": "any"},
-        "free text q=rate limit": {"q": "rate limit"},
+        "free text q=rate limit (no exchange has it)": {"q": "rate limit"},
+        "free text, the commonest word": {"q": VOCABULARY[0]},
+        "free text, a rare word": {"q": VOCABULARY[5000]},
+        "free text, a two-word phrase": {"q": _phrase()},
+        "free text + model": {"q": VOCABULARY[50], "model": "anthropic/claude-sonnet-4"},
         "state=in_flight (rare)": {"state": "in_flight"},
         "page 20 (cursor)": None,
         "stats: 6 h window": {"since": str(mid - DAY / 8), "until": str(mid + DAY / 8)},
@@ -119,13 +131,28 @@ def _queries(port: int, count: int) -> dict[str, dict[str, str]]:
     return queries
 
 
-def _rows(ctx, seeded: int, reindex_s: float, queries: dict, runs: dict, pipes: dict) -> list[Row]:
+def _index_sizes(log_dir: str) -> dict[str, float]:
+    """MB of the log dir's files, of the index file, and of the search texts it holds."""
+    path = os.path.join(log_dir, ".ids", "index.sqlite3")
+    logs = sum(e.stat().st_size for e in os.scandir(log_dir) if e.is_file())
+    conn = sqlite3.connect(path)
+    try:
+        text = conn.execute("SELECT coalesce(sum(length(body)), 0) FROM texts").fetchone()[0]
+    finally:
+        conn.close()
+    index = sum(os.path.getsize(path + tail) for tail in ("", "-wal") if os.path.exists(path + tail))
+    return {"logs_mb": logs / 1e6, "index_mb": index / 1e6, "search_text_mb": text / 1e6}
+
+
+def _rows(ctx, seeded: int, reindex_s: float, sizes: dict, queries: dict, runs: dict, pipes: dict) -> list[Row]:
     """The figures in the orproxy column: it is orproxy's logging server."""
     g = "index of %s exchanges (orlogserver)" % format(seeded, ",")
 
     def row(metric, value, unit="", goal=None):
         return Row(g, metric, unit, {"orproxy": value}, kind="info", goal=goal)
-    rows = [row("orlogserver --reindex", reindex_s, "s"), row("  reindexed per second", seeded / reindex_s)]
+    rows = [row("orlogserver --reindex", reindex_s, "s"), row("  reindexed per second", seeded / reindex_s),
+            row("log dir / index file (search text in it), MB", "%.0f / %.0f (%.0f)" % (
+                sizes["logs_mb"], sizes["index_mb"], sizes["search_text_mb"]))]
     for name, r in queries.items():
         rows.append(row("%s: p50 / p99 / max, ms%s" % (name, "" if r["rows"] is None else " (%d rows)" % r["rows"]),
                         "%.2f / %.2f / %.2f" % (r["p50"], r["p99"], r["max"])))
@@ -155,11 +182,12 @@ class Conn:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
+        self.host = f"127.0.0.1:{port}"  # the logging server answers only its own hosts
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
     def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = f"{method} {target} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n\r\n"
         self.sock.sendall(head.encode() + body)
         while b"\r\n\r\n" not in self.buf:
             self._more()

@@ -3,7 +3,10 @@
 Used by the index tests (1,000 exchanges, then checked filter by filter) and by the
 benchmark's index scenario (100,000). Deterministic for a given seed. Each exchange gets its
 metadata file (with the proxy's metadata and the derived LLM fields already in it, as
-after a live run), its `.ids` link, and, unless `bins=False`, small `.bin` parts.
+after a live run), its `.ids` link, and, unless `bins=False`, small `.bin` parts: filler
+bytes, or with `texts=True` real HTTP messages whose chat bodies hold words (a Zipf-like
+draw from a made-up vocabulary, so that a search finds common words often and rare ones
+seldom), for the full-text index.
 
     python -m orproxy.testing.seed_logs DIR [--count N] [--seed S]
     (then: orlogserver --reindex --log-dir DIR)
@@ -11,6 +14,8 @@ after a live run), its `.ids` link, and, unless `bins=False`, small `.bin` parts
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import random
@@ -122,15 +127,62 @@ def write_exchange(log_dir: str, document: dict[str, Any], bins: bool = True) ->
                 f.write(b"x" * part["bytes"])
 
 
+_SYLLABLES = ("ka", "lo", "mi", "ren", "tus", "pa", "vel", "or", "shi", "na", "dor", "ex", "qui", "bra", "zu")
+VOCABULARY = ["".join(random.Random(n).choices(_SYLLABLES, k=2 + n % 3)) + str(n) for n in range(20_000)]
+
+
+@functools.lru_cache(maxsize=1)
+def corpus() -> str:
+    """4 MB of words, drawn with word n n times rarer than the first (made once)."""
+    weights = itertools.accumulate(1.0 / (rank + 1) for rank in range(len(VOCABULARY)))
+    return " ".join(random.Random(0).choices(VOCABULARY, cum_weights=list(weights), k=500_000))
+
+
+def _words(rng: random.Random, size: int) -> str:
+    """`size` characters of text, a slice of the corpus at a random place."""
+    text = corpus()
+    start = rng.randrange(len(text) - size)
+    return text[start:start + size]
+
+
+def write_text_parts(log_dir: str, document: dict[str, Any], rng: random.Random) -> None:
+    """Real request and response messages for `document`'s parts (texts=True), sized as its
+    proxy metadata says, within 8 KB of prompt and 2 KB of answer (9 KB of text on average)."""
+    proxy = document.get("proxy") or {}
+    derived = document.get("derived") or {}
+    parts = document["parts"]
+    prompt = _words(rng, min(proxy.get("request_bytes") or 2000, 8000))
+    body = json.dumps({"model": derived.get("model_requested") or "gpt-4o-mini", "stream": bool(proxy.get("streamed")),
+                       "messages": [{"role": "system", "content": "You are helpful."},
+                                    {"role": "user", "content": prompt}]}).encode()
+    request = (f"POST {parts['request']['head']['path']} HTTP/1.1\r\nHost: upstream\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    answer = _words(rng, min(proxy.get("response_bytes") or 500, 2000))
+    if parts["response"]["head"]["content_type"] == "text/event-stream":
+        chunks = [answer[k:k + 400] for k in range(0, len(answer), 400)]
+        payload = "".join("data: %s\n\n" % json.dumps({"choices": [{"delta": {"content": c}}]}) for c in chunks)
+        response = ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + payload + "data: [DONE]\n\n").encode()
+    else:
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]})
+        response = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + payload).encode()
+    for kind, data in (("request", request), ("response", response)):
+        with open(os.path.join(log_dir, parts[kind]["file"]), "wb") as f:
+            f.write(data)
+        parts[kind]["bytes"] = len(data)
+
+
 def seed(log_dir: str, count: int, seed_value: int = 1, bins: bool = True,
-         base_time: float = BASE_TIME) -> list[dict[str, Any]]:
+         base_time: float = BASE_TIME, texts: bool = False) -> list[dict[str, Any]]:
     """Write `count` exchanges into `log_dir`; returns their documents."""
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)
     rng = random.Random(seed_value)
+    text_rng = random.Random(seed_value + 1)  # the other fields stay as without texts
     documents = []
     for i in range(count):
         document = make_document(i, rng, base_time)
-        write_exchange(log_dir, document, bins)
+        if texts:
+            write_text_parts(log_dir, document, text_rng)
+        write_exchange(log_dir, document, bins and not texts)
         documents.append(document)
     return documents
 
@@ -141,8 +193,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-bins", action="store_true", help="metadata files only")
+    ap.add_argument("--texts", action="store_true", help="parts with chat texts, for the search index")
     args = ap.parse_args()
-    seed(args.log_dir, args.count, args.seed, not args.no_bins)
+    seed(args.log_dir, args.count, args.seed, not args.no_bins, texts=args.texts)
     print(f"wrote {args.count} exchanges into {args.log_dir}")
 
 

@@ -21,8 +21,8 @@ REQUEST_CHARS = 192 * 1024  # of the new messages (or the request body)
 RESPONSE_CHARS = 64 * 1024  # of the answer (or the response body)
 # A text field of an LLM answer or event, its JSON string literal captured
 _TEXT_FIELD_RE = re.compile(
-    r'"(content|text|delta|partial_json|arguments|thinking|reasoning|reasoning_content|refusal)"'
-    r'\s*:\s*"((?:[^"\\]|\\.)*)"')
+    r'"(?=[ctdpar])(content|text|delta|partial_json|arguments|thinking|reasoning|reasoning_content|refusal)"'
+    r'\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')  # the literal's loop unrolled: runs, not chars
 _NOISE_KEYS = frozenset(("id", "object", "type", "role", "model", "finish_reason", "stop_reason",
                          "created", "system_fingerprint", "tool_call_id", "call_id", "signature"))
 

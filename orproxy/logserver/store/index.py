@@ -54,7 +54,7 @@ _INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("in_flight", "started_at", "state = 'in_flight'"),  # the sweeper's few rows (sweeper.py)
     ("by_conversation", "conversation_id, started_at", "conversation_id IS NOT NULL"),
     ("by_session", "session_id, started_at", "session_id IS NOT NULL"),
-    ("by_turn_key", "turn_key", "turn_key IS NOT NULL"),  # a next turn finds this one (linking.py)
+    ("by_turn_key_time", "turn_key, started_at", "turn_key IS NOT NULL"),  # a next turn finds this one (linking.py)
     ("by_response_id", "response_id", "response_id IS NOT NULL"),
     ("replays", "replay_of, started_at, id", "replay_of IS NOT NULL"),  # the replay_of filter's few rows
 )

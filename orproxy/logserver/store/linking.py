@@ -25,7 +25,9 @@ from orproxy.logserver.llm.conversation import Conversation
 _allocate_lock = get_original("_thread", "allocate_lock")  # a real lock: the deriver's thread links too
 _thread_id = get_original("_thread", "get_ident")
 
-RECENT = 100_000  # turns remembered (about 200 bytes each)
+RECENT = 100_000  # keys remembered (a few turns of about 200 bytes each)
+PER_KEY = 8       # turns remembered, and read from the index, per key: the latest (an eval
+                  # loop may send one prompt a million times; the latest few decide)
 EARLIER_BY = 1.0  # seconds of clock difference a turn "before" may show (proxy vs server time)
 
 
@@ -59,7 +61,11 @@ class Linker:
         """A derived exchange: a later turn may continue it (by its key or its answer's id)."""
         with self._lock:
             if turn_key:
-                self._by_key.setdefault(turn_key, {})[turn.id] = turn
+                same = self._by_key.setdefault(turn_key, {})
+                same.pop(turn.id, None)
+                same[turn.id] = turn
+                if len(same) > PER_KEY:
+                    del same[next(iter(same))]
                 self._by_key.move_to_end(turn_key)
                 if len(self._by_key) > self.recent:
                     self._by_key.popitem(last=False)
@@ -121,13 +127,13 @@ def _turn(row: sqlite3.Row) -> Turn:
 
 
 def _turns_by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, list[Turn]]:
+    """The latest PER_KEY turns of each key (index by_turn_key_time: a few steps each)."""
     found: dict[str, list[Turn]] = {}
-    for start in range(0, len(keys), 500):  # within SQLite's bound of parameters
-        chunk = keys[start:start + 500]
-        rows = conn.execute(f"SELECT {_TURN_COLUMNS} FROM exchanges WHERE turn_key IN "
-                            f"({', '.join('?' * len(chunk))})", chunk).fetchall()
-        for row in rows:
-            found.setdefault(row["turn_key"], []).append(_turn(row))
+    for key in keys:
+        rows = conn.execute(f"SELECT {_TURN_COLUMNS} FROM exchanges WHERE turn_key = ? "
+                            "ORDER BY started_at DESC LIMIT ?", (key, PER_KEY)).fetchall()
+        if rows:
+            found[key] = [_turn(row) for row in rows]
     return found
 
 

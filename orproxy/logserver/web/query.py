@@ -181,7 +181,7 @@ def _q(where: Where, text: str) -> None:
     args = [*([pattern] * len(columns)), text.lower().translate(_LIKE_ESCAPE) + "%"]
     phrase = fts_phrase(text)
     if phrase:  # and the whole texts (store/index.py, `texts`)
-        clause += " OR id IN (SELECT id FROM texts WHERE texts MATCH ?)"
+        clause += " OR rowid IN (SELECT rowid FROM texts WHERE texts MATCH ?)"  # rowid: the row's own
         args.append(phrase)
     where.search = phrase
     where.add(clause, *args)

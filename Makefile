@@ -17,7 +17,7 @@ $(STAMP): setup.py
 # The logging server in the background, the proxy in the foreground; Ctrl-C stops both.
 run: install
 	@trap 'kill $$logserver 2>/dev/null; wait $$logserver 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/orlogserver --log-dir logs & logserver=$$!; \
+	$(BIN)/orlogserver --log-dir logs --config config.yaml & logserver=$$!; \
 	$(BIN)/orproxy --config config.yaml
 
 test: install

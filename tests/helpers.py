@@ -359,3 +359,16 @@ def start_gunicorn(name, app, workdir, worker="gevent", workers=2, args=(), env=
         return None
     process.start(ready, timeout)
     return process
+
+
+def socket_inodes(pid):
+    """The inodes of the sockets process ``pid`` holds open (from /proc/PID/fd)."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes

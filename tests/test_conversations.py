@@ -2,7 +2,6 @@
 conversations with the fake upstream's agent endpoints (orproxy/testing/agent_api.py) in
 the three API shapes, JSON and streamed, and the index links their turns."""
 import json
-import time
 
 import pytest
 import requests

@@ -5,7 +5,6 @@ when configured (its counts, errors, open streams, and its spool while the loggi
 is away). Each test has a logging server of its own: its counters start at zero."""
 import http.client
 import json
-import os
 import re
 import socket
 import time
@@ -17,7 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import STARTUP_TIMEOUT, LogServer
-from helpers import free_port, http_request, start_gunicorn, wait_until
+from helpers import free_port, http_request, socket_inodes, start_gunicorn, wait_until
 from log_helpers import send
 
 TOKEN = "metrics-token-123"
@@ -261,14 +260,7 @@ def test_under_gunicorn_every_worker_answers_the_same_exact_counts(make_proxy, f
 
 def listening_ports(pid):
     """The TCP ports process ``pid`` listens on (from /proc: its sockets in state LISTEN)."""
-    inodes = set()
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:

@@ -6,7 +6,6 @@ no file and no server output."""
 import gzip
 import json
 import socket
-import time
 import uuid
 
 import pytest

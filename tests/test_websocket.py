@@ -28,7 +28,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 from conftest import SERVERS, build_config, start_proxy
-from helpers import ServerProcess, http_json, join_messages, wait_until
+from helpers import ServerProcess, http_json, join_messages, socket_inodes, wait_until
 
 
 
@@ -214,14 +214,7 @@ def server_pid(proxy):
 
 def tunnel_sockets(pid, proxy_port, upstream_port):
     """The connected TCP sockets of ``pid`` to clients of the proxy or to the upstream."""
-    inodes = set()
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     found = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:

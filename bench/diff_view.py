@@ -10,7 +10,7 @@ last turn:
   the second turn (`?against=`, the worst case: nearly every message is new), the median
   of --rounds calls each;
 - the Diff tab of the exchange view in headless Chromium (playwright), opened as a user
-  does and then showing the worst case in the same panel, the medians of the UI's own measures (diffview.js): `orproxy:diff-fetch` (the API call as the page sees it),
+  does and then compared with the second turn (its "Compare with" field), the medians of the UI's own measures (diffview.js): `orproxy:diff-fetch` (the API call as the page sees it),
   `orproxy:diff-render` (building the DOM and inserting it), `orproxy:diff-layout` (that
   plus style and layout) and `orproxy:diff-frame` (up to the next frame).
 
@@ -154,18 +154,9 @@ def api_times(logserver: str, last: str, against: str | None, rounds: int) -> tu
 
 
 MEASURES = ("orproxy:diff-fetch", "orproxy:diff-render", "orproxy:diff-layout", "orproxy:diff-frame")
-# The worst case has no button in the UI: the page's own module shows it, as the tab does.
-SHOW_AGAINST = """async ([id, against]) => {
-  performance.clearMeasures();
-  const { showDiff } = await import("/static/diffview.js");
-  const panel = document.querySelector('[data-panel="diff"]');
-  await showDiff(panel, id, { against, onOpen: () => {}, isCurrent: () => true });
-}"""
-
-
 def browser_times(logserver: str, last: str, against: str, rounds: int) -> list[dict[str, float]]:
-    """The medians of the UI's measures: the Diff tab as a user opens it, then the diff
-    against `against` in the same panel."""
+    """The medians of the UI's measures: the Diff tab as a user opens it, then compared
+    with exchange `against` (its "Compare with" field)."""
     from playwright.sync_api import sync_playwright
     tab: dict[str, list[float]] = {name: [] for name in MEASURES}
     worst: dict[str, list[float]] = {name: [] for name in MEASURES}
@@ -189,7 +180,9 @@ def browser_times(logserver: str, last: str, against: str, rounds: int) -> list[
             wait_done()
             for name in MEASURES:
                 tab[name].append(page.evaluate(read, name))
-            page.evaluate(SHOW_AGAINST, [last, against])
+            page.evaluate("performance.clearMeasures()")
+            page.get_by_test_id("diff-against").fill(against)
+            page.get_by_test_id("diff-compare").click()
             wait_done()
             for name in MEASURES:
                 worst[name].append(page.evaluate(read, name))

@@ -12,7 +12,7 @@ import { requestTurns, answerTurns, offeredTools, requestParams, renderTurn, liv
 import { curlCommand } from "./curl.js";
 import { cannotReplay, openReplay } from "./replay.js";
 import { followTail } from "./tail.js";
-import { showDiff } from "./diffview.js";
+import { fillDiffTab } from "./diffview.js";
 
 /** The tabs keys 1-5 show (app.js); "d" shows the Diff. */
 export const TABS = ["conversation", "response", "request", "events", "metadata"];
@@ -185,7 +185,7 @@ export class DetailView {
     const events = view && view.response && view.response.body && view.response.body.events;
     const available = {
       conversation: !!turns,
-      diff: !!(this.row && this.row.previous_id),
+      diff: !!turns, // against the previous turn, or any exchange given
       response: true,
       request: true,
       events: !!(events && events.length) && !this._following(), // partial while it streams
@@ -242,7 +242,8 @@ export class DetailView {
   _fillLazy(panel) {
     delete panel.dataset.lazy;
     const token = this.token;
-    showDiff(panel, this.id, { onOpen: (id) => this.onOpen(id), isCurrent: () => token === this.token });
+    fillDiffTab(panel, this.id, { hasPrevious: !!(this.row && this.row.previous_id),
+      onOpen: (id) => this.onOpen(id), isCurrent: () => token === this.token });
   }
 
   _summary() {

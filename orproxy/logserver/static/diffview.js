@@ -147,6 +147,35 @@ export function diffView(diff, { onOpen }) {
     messages.length ? section("Messages", messages) : null);
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** The Diff tab of exchange `id`: against its previous turn when it has one, and a field
+ * to compare it with any other exchange (an id, as the id chip copies it). */
+export function fillDiffTab(panel, id, { hasPrevious, onOpen, isCurrent }) {
+  const field = h("input.diff-against", { type: "text", spellcheck: "false", placeholder: "another exchange's id",
+    "aria-label": "Compare with exchange", "data-testid": "diff-against" });
+  const result = h("div.diff-result");
+  const compare = (against) => showDiff(result, id, { against, onOpen, isCurrent });
+  const form = h("form.diff-bar", {
+    onsubmit: (e) => {
+      e.preventDefault();
+      const against = field.value.trim();
+      if (against && !UUID.test(against)) {
+        field.classList.add("invalid");
+        fill(result, h("div.d-error", { "data-testid": "diff-error" }, "An exchange id is a UUID (the id chip copies it)."));
+        return;
+      }
+      field.classList.remove("invalid");
+      compare(against || null);
+    },
+  }, h("span.muted", "Compare with "), field,
+  h("button.small", { type: "submit", "data-testid": "diff-compare" }, "Compare"),
+  hasPrevious ? h("span.muted", " (empty: the previous turn)") : null);
+  fill(panel, form, result);
+  if (hasPrevious) compare(null);
+  else fill(result, h("div.muted", "This exchange continues no earlier turn: give the id of one to compare it with."));
+}
+
 /** Fetch and show the diff of exchange `id` in `panel`. It is timed for
  * bench/diff_view.py: performance.measure "orproxy:diff-fetch" (the API call),
  * "orproxy:diff-render" (the DOM built and inserted), "orproxy:diff-layout" (that plus

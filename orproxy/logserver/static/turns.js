@@ -172,7 +172,7 @@ export class ConversationView {
       h("td.t-sum-cost.num", totals.costView()),
       h("td.t-links",
         h("a", { href: `?conversation_id=${encodeURIComponent(this.id)}&id=${encodeURIComponent(row.id)}`,
-          dataset: { tab: "conversation" }, title: "Open this turn's exchange" }, "exchange"),
+          dataset: { tab: "conversation" }, title: "Open this turn's exchange" }, "open"),
         row.previous_id ? h("a", { href: `?conversation_id=${encodeURIComponent(this.id)}&id=${encodeURIComponent(row.id)}`,
           dataset: { tab: "diff" }, title: "What changed since the previous turn" }, "diff") : null));
     return tr;

@@ -1,7 +1,9 @@
 // The REST API as the UI uses it (the server documents it at /api/openapi.json).
 
-/** The filters the UI offers: the names of GET /api/requests' query parameters. */
-export const FILTERS = ["q", "model", "route", "status", "state", "method", "since"];
+/** The filters the UI offers: the names of GET /api/requests' query parameters. The last
+ * two have no field in the form: a chip sets them (the conversation view, a session). */
+export const FILTERS = ["q", "model", "route", "status", "state", "method", "since", "conversation_id", "session_id"];
+export const SCOPES = ["conversation_id", "session_id"];
 
 export class ApiError extends Error {
   constructor(status, message, parameter, data) {
@@ -49,6 +51,9 @@ export const listRequests = (filters, cursor, limit = 100) =>
 
 export const getRequest = (id) => getJson(`/api/requests/${encodeURIComponent(id)}`);
 export const getExchange = (id) => getJson(`/api/requests/${encodeURIComponent(id)}/exchange`);
+/** What changed since the previous turn (or since exchange `against`): llm/diff.py. */
+export const getDiff = (id, against) =>
+  getJson(`/api/requests/${encodeURIComponent(id)}/diff`, against ? { against } : null);
 export const getStats = (filters) => getJson("/api/stats", filterParams(filters || {}));
 /** A HAR 1.2 download of every exchange that `params` (GET /api/requests' filters, e.g.
  * filterParams(filters), or {conversation_id: id} for a conversation) match, newest first. */

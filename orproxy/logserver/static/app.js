@@ -1,11 +1,13 @@
-// The logging UI: wires the filters (kept in the URL), the list, the live feed, the
-// detail view and the keyboard together. No framework and no build step: ES modules
+// The logging UI: wires the filters (kept in the URL), the list, the conversation view
+// (the list's place while a conversation_id is chosen), the live feed, the detail view
+// and the keyboard together. No framework and no build step: ES modules
 // served as they are by orlogserver.
 
 import { $, h, fill } from "./dom.js";
 import * as fmt from "./format.js";
-import { FILTERS, filterParams, harUrl, listRequests, getStats } from "./api.js";
+import { FILTERS, SCOPES, filterParams, harUrl, listRequests, getStats } from "./api.js";
 import { RequestList } from "./list.js";
+import { ConversationView } from "./turns.js";
 import { DetailView, TABS } from "./detail.js";
 import { LiveFeed } from "./live.js";
 
@@ -16,8 +18,9 @@ const OPEN_DELAY_MS = 120; // j/k with the detail open: open the row once the ke
 
 const state = { filters: {}, cursor: null, loadToken: 0, loadingMore: false, statsTimer: null, statsAt: 0 };
 const form = $("#filters");
-const list = new RequestList($("#requests"), { onOpen: (id) => openDetail(id, true), onSelect: selectionMoved });
-const detail = new DetailView($("#detail"), { onClose: () => closeDetail(true), onOpen: (id) => openDetail(id, true) });
+const list = new RequestList($("#requests"), { onOpen: (id) => openDetail(id, true), onSelect: selectionMoved, onScope: scopeTo });
+const turns = new ConversationView($("#turns"), { onOpen: openTurn, onClose: () => scopeTo("conversation_id", ""), onScope: scopeTo });
+const detail = new DetailView($("#detail"), { onClose: () => closeDetail(true), onOpen: (id) => openDetail(id, true), onScope: scopeTo });
 const feed = new LiveFeed({ onMessage: liveMessage, onStatus: liveStatus });
 const known = { models: new Set(), routes: new Set() };
 
@@ -55,6 +58,48 @@ function showFilters() {
   const active = FILTERS.some((n) => state.filters[n]);
   $("#clear-filters").hidden = !active;
   $("#download-har").href = harUrl(filterParams(state.filters)); // the list as shown
+  showScopes();
+}
+
+// -- conversation and session (filters without a field: chips set them) ---------------
+
+const SCOPE_NAMES = { conversation_id: "conversation", session_id: "session" };
+
+/** The scope chips in the filter bar, and the conversation view in the list's place. */
+function showScopes() {
+  fill($("#scopes"), SCOPES.filter((name) => state.filters[name]).map((name) =>
+    h("span.chip.scope", { "data-testid": `scope-${name}` },
+      h("span.chip-label", SCOPE_NAMES[name]), " ",
+      h("span.chip-value.mono", { title: state.filters[name] }, state.filters[name].slice(0, 12)),
+      h("button.chip-clear", { type: "button", title: `Show every ${SCOPE_NAMES[name]}`, "aria-label": `Clear the ${SCOPE_NAMES[name]} filter`,
+        onclick: () => scopeTo(name, "") }, "✕"))));
+  const conversation = state.filters.conversation_id;
+  document.body.classList.toggle("conversation-open", !!conversation);
+  if (!conversation) turns.close();
+  else if (turns.id !== conversation) turns.load(conversation);
+}
+
+/** Show one conversation (its turns alone) or one session (within the other filters);
+ * "" leaves it. A new history entry: Back returns to the list as it was. */
+function scopeTo(name, value) {
+  if (name === "conversation_id" && value) {
+    for (const other of FILTERS) state.filters[other] = "";
+  }
+  if (name === "session_id" && value) state.filters.conversation_id = "";
+  state.filters[name] = value || "";
+  showFilters();
+  writeUrl(true);
+  loadList();
+}
+
+/** A turn of the conversation view: open it (on tab `tab`, if given). */
+function openTurn(id, tab) {
+  if (tab) detail.tab = tab;
+  if (detail.id === id && detail.showTab) {
+    detail.showTab(tab || detail.tab);
+    return;
+  }
+  openDetail(id, true);
 }
 
 function readFilters() {
@@ -89,10 +134,11 @@ async function loadList() {
   list.emptyText = filtered ? "Nothing matches these filters."
     : "No requests yet. Send one through the proxy and it shows up here at once.";
   list.setRows(page.items, page.has_more);
+  page.items.forEach((row) => turns.upsert(row)); // the newest turns, should they be newer than its own load
   state.trimmed = false;
   page.items.forEach(learn);
   state.cursor = page.next_cursor;
-  if (detail.id) list.select(detail.id, { scroll: false });
+  if (detail.id) { list.select(detail.id, { scroll: false }); turns.select(detail.id, { scroll: false }); }
   feed.start(filterParams(state.filters), page.max_seq);
   refreshStats(true);
   fillPage();
@@ -143,10 +189,11 @@ function liveMessage(message) {
   } else if (message.type === "rows") {
     for (const row of message.items) {
       list.upsert(row);
+      turns.upsert(row);
       detail.update(row);
       learn(row);
     }
-    for (const id of message.removed) list.remove(id); // no longer matches the filters, or deleted
+    for (const id of message.removed) { list.remove(id); turns.remove(id); } // no longer matches, or deleted
     for (const id of message.deleted || []) detail.deleted(id);
     if (list.rows.size > MAX_ROWS && list.trim(MAX_ROWS)) {
       state.cursor = null; // the next page would start after rows no longer shown
@@ -154,6 +201,7 @@ function liveMessage(message) {
       fillPage();
     }
     if (detail.id && list.selected !== detail.id) list.select(detail.id, { scroll: false });
+    if (detail.id && turns.selected !== detail.id) turns.select(detail.id, { scroll: false });
     refreshStats(false);
   } else if (message.type === "reset") {
     loadList();
@@ -212,7 +260,8 @@ function openDetail(id, push) {
   clearTimeout(openTimer);
   document.body.classList.add("detail-open");
   list.select(id, { scroll: false });
-  detail.open(id, list.get(id));
+  turns.select(id, { scroll: false });
+  detail.open(id, list.get(id) || turns.get(id));
   writeUrl(push);
 }
 
@@ -221,8 +270,18 @@ function closeDetail(push) {
   detail.close();
   document.body.classList.remove("detail-open");
   writeUrl(push);
-  const tr = list.selected && list.rows.get(list.selected);
-  if (tr) tr.tr.scrollIntoView({ block: "nearest" });
+  const tr = turns.isOpen ? turns.selected && turns.trs.get(turns.selected) : list.selected && list.rows.get(list.selected)?.tr;
+  if (tr) tr.scrollIntoView({ block: "nearest" });
+}
+
+/** The rows the keyboard moves over: the conversation's turns, or the list. */
+function rowsShown() {
+  return turns.isOpen ? turns : list;
+}
+
+function moveSelection(step) {
+  const id = rowsShown().move(step);
+  if (turns.isOpen && id) selectionMoved(id); // the list calls it itself
 }
 
 function selectionMoved(id) {
@@ -241,21 +300,26 @@ document.addEventListener("keydown", (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (typing(e.target)) {
     if (e.key === "Escape") e.target.blur();
-    else if (e.key === "ArrowDown" && e.target.tagName === "INPUT") { e.target.blur(); list.move(1); e.preventDefault(); }
+    else if (e.key === "ArrowDown" && e.target.tagName === "INPUT") { e.target.blur(); moveSelection(1); e.preventDefault(); }
     return;
   }
   if ((e.key === "Enter" || e.key === " ") && e.target.closest && e.target.closest("button, a, summary")) return;
   const help = $("#help");
   switch (e.key) {
-    case "j": case "ArrowDown": list.move(1); break;
-    case "k": case "ArrowUp": list.move(-1); break;
+    case "j": case "ArrowDown": moveSelection(1); break;
+    case "k": case "ArrowUp": moveSelection(-1); break;
     case "Enter": case "o":
-      if (list.selected) openDetail(list.selected, !detail.isOpen);
+      if (rowsShown().selected) openDetail(rowsShown().selected, !detail.isOpen);
       break;
     case "Escape":
       if (!help.hidden) help.hidden = true;
       else if (detail.isOpen) closeDetail(true);
+      else if (turns.isOpen) scopeTo("conversation_id", "");
       else list.select(null);
+      break;
+    case "d":
+      if (!detail.isOpen || !detail.showTab) return;
+      detail.showTab("diff");
       break;
     case "/": $("#f-q").focus(); $("#f-q").select(); break;
     case "?": help.hidden = !help.hidden; break;

@@ -1,6 +1,7 @@
 // The detail view of one exchange: a summary, actions (replay, copy as curl, raw downloads),
-// and tabs: Conversation, Response, Request, Events, Metadata. An exchange still in
-// flight is followed live (tail.js): its answer and raw body grow as tokens arrive.
+// and tabs: Conversation, Diff (against the previous turn, diffview.js), Response,
+// Request, Events, Metadata. An exchange still in flight is followed live (tail.js): its
+// answer and raw body grow as tokens arrive.
 
 import { h, fill, copyText, toast } from "./dom.js";
 import * as fmt from "./format.js";
@@ -11,9 +12,13 @@ import { requestTurns, answerTurns, offeredTools, requestParams, renderTurn, liv
 import { curlCommand } from "./curl.js";
 import { cannotReplay, openReplay } from "./replay.js";
 import { followTail } from "./tail.js";
+import { fillDiffTab } from "./diffview.js";
 
+/** The tabs keys 1-5 show (app.js); "d" shows the Diff. */
 export const TABS = ["conversation", "response", "request", "events", "metadata"];
-const TAB_NAMES = { conversation: "Conversation", response: "Response", request: "Request", events: "Events", metadata: "Metadata" };
+const ORDER = ["conversation", "diff", "response", "request", "events", "metadata"];
+const TAB_NAMES = { conversation: "Conversation", diff: "Diff", response: "Response", request: "Request", events: "Events", metadata: "Metadata" };
+const TAB_KEYS = { conversation: "1", diff: "d", response: "2", request: "3", events: "4", metadata: "5" };
 
 function chip(label, value, title) {
   if (value === null || value === undefined || value === "" || value === fmt.NONE) return null;
@@ -21,10 +26,11 @@ function chip(label, value, title) {
 }
 
 export class DetailView {
-  constructor(root, { onClose, onOpen }) {
+  constructor(root, { onClose, onOpen, onScope }) {
     this.root = root;
     this.onClose = onClose;
     this.onOpen = onOpen;     // open another exchange (a replay, the exchange it replays)
+    this.onScope = onScope;   // filter on a conversation_id or session_id (app.js)
     this.id = null;
     this.row = null;
     this.view = null;
@@ -91,10 +97,12 @@ export class DetailView {
   update(row) {
     if (row.id !== this.id || (this.row && (this.row.seq ?? 0) > (row.seq ?? 0))) return;
     const wasInFlight = this.row && this.row.state === "in_flight";
+    const linked = !(this.row && this.row.previous_id) && row.previous_id; // derived after it ended
     this.row = { ...this.row, ...row };
     const summary = this.root.querySelector(".d-summary");
     if (summary) summary.replaceWith(this._summary());
     if (wasInFlight && row.state !== "in_flight" && !this.tail) this.open(this.id, this.row);
+    else if (linked && this.view && !this.tail) this._render(false); // now it has a Diff tab
   }
 
   /** The live feed says exchange `id` was deleted (here, or by retention): if it is the
@@ -177,6 +185,7 @@ export class DetailView {
     const events = view && view.response && view.response.body && view.response.body.events;
     const available = {
       conversation: !!turns,
+      diff: !!turns, // against the previous turn, or any exchange given
       response: true,
       request: true,
       events: !!(events && events.length) && !this._following(), // partial while it streams
@@ -205,21 +214,36 @@ export class DetailView {
     const show = (name) => {
       tab = name;
       for (const b of nav.children) b.setAttribute("aria-selected", String(b.dataset.tab === name));
-      for (const p of panels.children) p.hidden = p.dataset.panel !== name;
+      for (const p of panels.children) {
+        p.hidden = p.dataset.panel !== name;
+        if (!p.hidden && p.dataset.lazy) this._fillLazy(p);
+      }
     };
-    TABS.forEach((name, i) => {
+    ORDER.forEach((name) => {
       if (!available[name]) return;
       const label = name === "events" ? `${TAB_NAMES[name]} (${events.length})` : TAB_NAMES[name];
       nav.append(h("button.tab", {
-        type: "button", role: "tab", dataset: { tab: name }, title: `${TAB_NAMES[name]} (${i + 1})`,
+        type: "button", role: "tab", dataset: { tab: name }, title: `${TAB_NAMES[name]} (${TAB_KEYS[name]})`,
         onclick: () => { this.tab = name; show(name); },
       }, label));
+      if (name === "diff") {
+        panels.append(h("section.panel", { dataset: { panel: name, lazy: "diff" }, role: "tabpanel" }));
+        return;
+      }
       panels.append(h("section.panel", { dataset: { panel: name }, role: "tabpanel" }, this._panel(name, turns)));
     });
     this.showTab = (name) => { if (available[name]) { this.tab = name; show(name); } };
     fill(this.root, h("div.d-sticky", head, nav), panels);
     show(tab);
     if (this.live) this._showLive();
+  }
+
+  /** A tab whose content is fetched when first shown (the diff). */
+  _fillLazy(panel) {
+    delete panel.dataset.lazy;
+    const token = this.token;
+    fillDiffTab(panel, this.id, { hasPrevious: !!(this.row && this.row.previous_id),
+      onOpen: (id) => this.onOpen(id), isCurrent: () => token === this.token });
   }
 
   _summary() {
@@ -242,9 +266,18 @@ export class DetailView {
       chip("TTFT", fmt.duration(r.ttft_ms)),
       chip("tokens", tokens),
       chip("tok/s", r.tokens_per_s != null ? fmt.rate(r.tokens_per_s) : null),
-      chip("cost", r.cost != null ? fmt.cost(r.cost) : null),
+      chip("cost", r.cost != null ? fmt.costView(r.cost, r.cost_source) : null),
       chip("finish", r.finish_reason),
       chip("error", r.error_message, r.error_message),
+      r.conversation_id ? h("button.chip", {
+        type: "button", "data-testid": "open-conversation",
+        title: r.previous_id ? "A later turn of a conversation: show all its turns" : "The first turn of a conversation: show all its turns",
+        onclick: () => this.onScope("conversation_id", r.conversation_id),
+      }, h("span.chip-label", "conversation"), " ", h("span.chip-value.mono", r.conversation_id.slice(0, 8))) : null,
+      r.session_id ? h("button.chip", {
+        type: "button", "data-testid": "open-session", title: `Every exchange of client session ${r.session_id}`,
+        onclick: () => this.onScope("session_id", r.session_id),
+      }, h("span.chip-label", "session"), " ", h("span.chip-value.mono", r.session_id.slice(0, 12))) : null,
       r.replay_of ? h("button.chip", {
         type: "button", title: `A replay of ${r.replay_of}: open it`, "data-testid": "replay-of",
         onclick: () => this.onOpen(r.replay_of),

@@ -1,6 +1,8 @@
 // Numbers, times and sizes as the list and the detail view show them: short, aligned,
 // and never "NaN" or "undefined" (a missing value is an en dash).
 
+import { h } from "./dom.js";
+
 export const NONE = "–";
 
 const pad = (n, w = 2) => String(n).padStart(w, "0");
@@ -70,6 +72,24 @@ export function cost(c) {
   if (c >= 1) return `$${c.toFixed(2)}`;
   if (c >= 0.01) return `$${c.toFixed(3)}`;
   return `$${c.toPrecision(2)}`;
+}
+
+export const ESTIMATED = "estimated from the price table";
+
+/** A row's cost as text: "≈$0.012" when it was estimated from the price table
+ * (`cost_source` "price_table"), "$0.012" when the upstream reported it. */
+export function costText(c, source) {
+  if (typeof c !== "number") return NONE;
+  return source === "price_table" ? `≈${cost(c)}` : cost(c);
+}
+
+/** The cost as a node: an estimate is marked, and says so in its title. */
+export function costView(c, source) {
+  if (source === "price_table" && typeof c === "number") {
+    return h("span.cost-estimated", { title: ESTIMATED }, costText(c, source));
+  }
+  return h("span.cost", { title: typeof c === "number" && source === "reported" ? "reported by the upstream" : null },
+    costText(c, source));
 }
 
 /** 42.5 tokens/s; whole numbers from 100 on. */

@@ -20,6 +20,22 @@ function timeParts(t) {
   return [main, ms ? h("span.ms", ms) : null];
 }
 
+/** Where the search matched (`snippet`: [{text, match}]), the matches in <mark>. */
+export function snippetView(snippet) {
+  return h("span.snippet", { "data-testid": "snippet" },
+    snippet.map((piece) => (piece.match ? h("mark", piece.text) : piece.text)));
+}
+
+/** A link to the row's conversation; a click filters on it (app.js) rather than open the row. */
+function conversationLink(row) {
+  const turn = row.previous_id ? "a later turn" : "its first turn";
+  return h("a.row-scope", {
+    href: `?conversation_id=${encodeURIComponent(row.conversation_id)}`,
+    dataset: { scope: "conversation_id", value: row.conversation_id },
+    title: `Open the conversation (this is ${turn})`, "aria-label": "Open the conversation",
+  }, row.previous_id ? "⤷" : "◆");
+}
+
 function cells(row, now) {
   const inFlight = row.state === "in_flight";
   const elapsed = inFlight && typeof row.started_at === "number" ? Math.max(0, now - row.started_at * 1000) : null;
@@ -36,8 +52,10 @@ function cells(row, now) {
     h("td.c-time", { title: fmt.fullTime(row.started_at) }, ...timeParts(row.started_at)),
     h("td.c-method", row.method || ""),
     h("td.c-path", { title: row.path || "" },
+      row.conversation_id ? conversationLink(row) : null,
       h("span.path", row.path || ""),
-      row.prompt_preview ? h("span.preview", row.prompt_preview) : null),
+      row.snippet ? snippetView(row.snippet)
+        : row.prompt_preview ? h("span.preview", row.prompt_preview) : null),
     h("td.c-route", row.route || ""),
     h("td.c-model", { title: row.model_requested && row.model_answered && row.model_requested !== row.model_answered
       ? `${row.model_requested} → ${row.model_answered}` : model }, model,
@@ -47,15 +65,16 @@ function cells(row, now) {
       : fmt.duration(row.duration_ms)),
     h("td.c-ttft.num", fmt.duration(row.ttft_ms)),
     h("td.c-tok.num", { title: tokTitle }, fmt.tokens(row)),
-    h("td.c-cost.num", fmt.cost(row.cost)),
+    h("td.c-cost.num", fmt.costView(row.cost, row.cost_source)),
     h("td.c-size.num", { title: `request ${fmt.bytes(row.request_bytes)}, response ${fmt.bytes(row.response_bytes)}` },
       fmt.bytes(row.response_bytes ?? row.stored_bytes)),
   ];
 }
 
 export class RequestList {
-  /** onOpen(id): Enter or a click; onSelect(id): the selection moved. */
-  constructor(table, { onOpen, onSelect }) {
+  /** onOpen(id): Enter or a click; onSelect(id): the selection moved; onScope(name,
+   * value): a conversation link was clicked (filter on it). */
+  constructor(table, { onOpen, onSelect, onScope }) {
     this.table = table;
     this.body = table.tBodies[0];
     this.onOpen = onOpen;
@@ -66,6 +85,12 @@ export class RequestList {
     this.clockOffset = 0;    // server time - browser time, ms
     this.emptyText = "No requests yet.";
     this.body.addEventListener("click", (e) => {
+      const scope = e.target.closest("[data-scope]");
+      if (scope && onScope) {
+        e.preventDefault();
+        onScope(scope.dataset.scope, scope.dataset.value);
+        return;
+      }
       const tr = e.target.closest("tr[data-id]");
       if (!tr) return;
       this.select(tr.dataset.id, { scroll: false });
@@ -116,6 +141,7 @@ export class RequestList {
     const known = this.rows.get(row.id);
     if (known) {
       if ((known.row.seq ?? 0) > (row.seq ?? 0)) return; // an older change arriving late
+      if (!row.snippet && known.row.snippet) row = { ...row, snippet: known.row.snippet }; // the feed has none
       const tr = this._tr(row);
       known.tr.replaceWith(tr);
       this.rows.set(row.id, { row, tr });

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test fuzz bench clean
+.PHONY: install run test fuzz bench bench-peers clean
 
 install: $(STAMP)
 
@@ -30,5 +30,10 @@ fuzz: install
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# The same with the peer proxies claude-tap and mitmdump beside the others, pip-installed
+# into a venv of their own (bench/.peers-venv), e.g. BENCH_ARGS='--only latency'.
+bench-peers: install
+	$(BIN)/python bench/run.py --install-peers $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) bench/.peers-venv build *.egg-info .pytest_cache

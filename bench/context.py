@@ -28,6 +28,7 @@ class Bench:
         self.t0 = time.monotonic()
         self.results, self.rows, self.notes, self.timings = {}, [], [], {}
         self.all_targets = []
+        self.scenario = None  # the one running now (run_all sets it)
         self.overlaps = 0  # measurements started before the proxies were idle
         self.upstream = None
         self.extra_procs = []  # processes a scenario starts itself (gunicorn and its logserver)
@@ -51,7 +52,9 @@ class Bench:
 
     @property
     def targets(self):
-        return [t for t in self.all_targets if t.available]
+        """The available targets that take part in the scenario running now."""
+        return [t for t in self.all_targets if t.available
+                and (t.scenarios is None or self.scenario in t.scenarios)]
 
     # -- output ------------------------------------------------------------------------
     def progress(self, msg):
@@ -113,7 +116,9 @@ class Bench:
             self.note("%s %s" % (t.name, t.note))
 
     def server_pids(self):
-        return [proc.pid for t in self.targets for proc in t.roles().values()
+        """Every running target's processes, those sitting a scenario out too (their CPU
+        is the run's, not other work's)."""
+        return [proc.pid for t in self.all_targets if t.available for proc in t.roles().values()
                 if proc is not None and proc.alive()]
 
     def load_loop(self, t, concurrency, duration, after_warmup=lambda: None):

@@ -1,10 +1,12 @@
 """orproxy benchmark: direct vs orproxy (logging on) vs nginx, side by side in one run.
 
     .venv/bin/python bench/run.py [--quick] [--json OUT] [--only latency,rps,...] [--install]
+                                  [--peers] [--install-peers]
 
 Starts the fake upstream, orproxy with its logging server, and nginx (when installed),
 pins the proxies to CPU 0 and the upstream and load generator to CPU 1, runs the
-scenarios of bench/scenarios/, prints a table and saves JSON. See bench/README.md.
+scenarios of bench/scenarios/, prints a table and saves JSON. With --peers also
+claude-tap and mitmdump (from their own venv, bench/.peers-venv). See bench/README.md.
 """
 from gevent import monkey
 
@@ -29,10 +31,13 @@ from bench.context import Bench  # noqa: E402
 from bench.procs import StartError, raise_nofile  # noqa: E402
 from bench.scenarios import SCENARIOS, run_all  # noqa: E402
 from bench.scenarios.index import OPTIONS as INDEX_OPTIONS  # noqa: E402
-from bench.targets import Direct, Nginx, Orproxy, Upstream  # noqa: E402
+from bench.targets import PEERS_VENV, ClaudeTap, Direct, Mitmdump, Nginx, Orproxy, Upstream  # noqa: E402
 
 DEFAULT_JSON = os.path.join(REPO, "bench", "results", "latest.json")
 TARGETS = ("direct", "orproxy", "nginx")
+PEERS = ("claude-tap", "mitmdump")  # with --peers
+# Pinned so that runs compare (mitmproxy 12 needs Python 3.12: 11.0.2 is the last for 3.11).
+PEER_PACKAGES = ("claude-tap==0.1.146", "mitmproxy==11.0.2")
 NOISY_CORES = 0.3  # other work above this during a measurement is named in the notes
 # The fake upstream's listen queue (the kernel caps it at net.core.somaxconn). With gevent's
 # default of 128, a proxy that opens upstream connections faster than the upstream accepts
@@ -69,6 +74,23 @@ def install_tools(need):
     return None
 
 
+def install_peers():
+    """pip install the peers into a venv of their own, bench/.peers-venv: their
+    dependencies (aiohttp, mitmproxy's pinned cryptography...) must not touch the project's."""
+    pip = os.path.join(PEERS_VENV, "bin", "pip")
+    try:
+        if not os.path.exists(pip):
+            subprocess.run([sys.executable, "-m", "venv", PEERS_VENV], check=True,
+                           capture_output=True, text=True, timeout=300)
+        subprocess.run([pip, "install", "-q", "--disable-pip-version-check"] + list(PEER_PACKAGES),
+                       check=True, capture_output=True, text=True, timeout=900)
+    except subprocess.CalledProcessError as e:
+        return "installing the peers failed: %s" % (e.stderr or "").strip()[-300:]
+    except (OSError, subprocess.SubprocessError) as e:
+        return "installing the peers failed: %s" % e
+    return None
+
+
 def fs_type(path):
     best, kind = "", "?"
     with open("/proc/mounts") as f:
@@ -94,7 +116,13 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes and counts: a smoke run of about 1.5 minutes")
     ap.add_argument("--json", default=DEFAULT_JSON, metavar="PATH", help="where to save results (default bench/results/latest.json)")
     ap.add_argument("--only", metavar="LIST", help="comma-separated scenarios to run")
-    ap.add_argument("--targets", default=",".join(TARGETS), metavar="LIST", help="comma-separated subset of " + ",".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(TARGETS), metavar="LIST",
+                    help="comma-separated subset of " + ",".join(TARGETS + PEERS))
+    ap.add_argument("--peers", action="store_true",
+                    help="also the peer proxies %s, in scenarios latency and rps" % " and ".join(PEERS))
+    ap.add_argument("--install-peers", action="store_true",
+                    help="pip install the peers into bench/.peers-venv first (%s); implies --peers"
+                    % ", ".join(PEER_PACKAGES))
     ap.add_argument("--held-streams", type=int, metavar="N",
                     help="streams of scenario streams10k (default 10,000, quick 500; by default "
                     "lowered to what the open-files limit lets every process hold; given, it is not)")
@@ -132,7 +160,9 @@ def parse_args(argv=None):
     for name in ("upstream_cmd", "proxy_cmd", "logserver_cmd", "gunicorn_cmd"):
         setattr(args, name + "_argv", command(getattr(args, name)))
     args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    bad = [n for n in args.target_names if n not in TARGETS]
+    if args.peers or args.install_peers:
+        args.target_names += [n for n in PEERS if n not in args.target_names]
+    bad = [n for n in args.target_names if n not in TARGETS + PEERS]
     if bad:
         ap.error("unknown target(s): %s" % ", ".join(bad))
     return args
@@ -146,19 +176,23 @@ def command(text):
 
 def main(argv=None):
     args = parse_args(argv)
-    install_note = None
+    install_notes = []
     if args.install:
         need = [p for p in ("nginx", "wrk") if not shutil.which(p) and not os.path.exists("/usr/sbin/" + p)]
         if need:
             print("installing %s from Debian packages..." % " ".join(need), file=sys.stderr, flush=True)
-            install_note = install_tools(need)
+            install_notes.append(install_tools(need))
+    if args.install_peers:
+        print("installing %s into %s..." % (" ".join(PEER_PACKAGES), os.path.relpath(PEERS_VENV)),
+              file=sys.stderr, flush=True)
+        install_notes.append(install_peers())
     # Children inherit the open-file limit: 10,000 streams need some 20,000 sockets in a
     # proxy (client and upstream side) and 10,000 in the upstream and in this process.
     nofile = raise_nofile()
     ctx = Bench(args)
     ctx.nofile = nofile
-    if install_note:
-        ctx.note(install_note)
+    for n in filter(None, install_notes):
+        ctx.note(n)
     if ctx.pinned:
         os.sched_setaffinity(0, {1})  # this process is the load generator
     load_start = loadavg()
@@ -192,8 +226,9 @@ def run(ctx, args, load_start):
             return 1
         makers = {"direct": lambda: Direct(ctx),
                   "orproxy": lambda: Orproxy(ctx, args.proxy_cmd_argv, args.logserver_cmd_argv),
-                  "nginx": lambda: Nginx(ctx)}
-        for name in TARGETS:
+                  "nginx": lambda: Nginx(ctx),
+                  "claude-tap": lambda: ClaudeTap(ctx), "mitmdump": lambda: Mitmdump(ctx)}
+        for name in TARGETS + PEERS:
             if name in args.target_names:
                 t = makers[name]()
                 ctx.all_targets.append(t)
@@ -212,8 +247,10 @@ def run(ctx, args, load_start):
 
 def finish(ctx, args, upstream, load_start):
     elapsed = time.monotonic() - ctx.t0
-    names = [t.name for t in ctx.all_targets if getattr(t, "started", False)]
-    proxies = [n for n in names if n not in ("direct", "nginx")]
+    started = [t for t in ctx.all_targets if getattr(t, "started", False)]
+    names = [t.name for t in started]
+    # the peers, like nginx, are references: no ratio columns of their own
+    proxies = [t.name for t in started if t.is_proxy and t.name != "nginx"]
     pin = ("proxies + logging server on CPU 0, upstream + load generator on CPU 1 (taskset)"
            if ctx.pinned else "not pinned")
     wrk = load.wrk_version() if ctx.use_wrk else None

@@ -1,6 +1,7 @@
 """What the benchmark measures against: the fake upstream itself (direct), orproxy with
-its logging server, nginx as a plain reverse proxy. Each target starts its processes,
-says where to send requests, and names the processes whose memory is reported.
+its logging server, nginx as a plain reverse proxy, and with --peers two other logging
+proxies (claude-tap, mitmdump). Each target starts its processes, says where to send
+requests, and names the processes whose memory is reported.
 A target that cannot start is kept with a note, and the scenarios skip it.
 """
 import os
@@ -12,6 +13,8 @@ import time
 from bench.procs import Proc, StartError, free_port, tree
 
 API = "/v1"  # every request goes to {target}/v1/...; the proxy route is source "/v1/"
+# The peers' own venv (run.py --install-peers): their dependencies stay out of the project's.
+PEERS_VENV = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".peers-venv")
 
 
 class Upstream:
@@ -33,6 +36,7 @@ class Target:
     host = "127.0.0.1"
     is_proxy = True       # gets ratio columns against direct and nginx
     has_logserver = False
+    scenarios = None      # names of the scenarios it takes part in; None: all
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -303,6 +307,87 @@ class Nginx(Target):
 
     def roles(self):
         return {"proxy": self.proc}
+
+
+class Peer(Target):
+    """Another proxy from the peers venv, one process pinned to the proxy CPU, run as its
+    user would run it. A reference column like nginx (no ratio columns of its own), in
+    the scenarios of plain chat completions only: the others' paths and bodies (SSE,
+    GiB transfers, 10,000 streams) test what these tools were not made for."""
+
+    is_proxy = False
+    scenarios = ("latency", "rps")
+    binary = "?"  # in the peers venv's bin/
+    about = ""    # its note once up
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.proc = None
+
+    def argv(self, upstream, port, d):
+        raise NotImplementedError
+
+    def env(self, d):
+        return None
+
+    def start(self, upstream):
+        exe = os.path.join(PEERS_VENV, "bin", self.binary)
+        if not os.path.exists(exe):
+            self.note = "not installed (run with --install-peers, or make bench-peers)"
+            return
+        d = os.path.join(self.ctx.workdir, self.name)
+        os.makedirs(d, exist_ok=True)
+        port = free_port()
+        self.proc = Proc(self.name, [exe] + self.argv(upstream, port, d), self.ctx.workdir,
+                         cpus=self.ctx.cpus_proxy, env=self.env(d), cwd=d)
+        try:
+            self.proc.start()
+            self.port = self.proc.wait_port(port)
+        except StartError as e:
+            self.note = "failed to start: %s" % e
+            self.stop()
+            return
+        self.available = True
+        self.note = self.about
+        self.version = _version([exe])
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop()
+
+    def roles(self):
+        return {"proxy": self.proc}
+
+
+class ClaudeTap(Peer):
+    """claude-tap's reverse proxy alone (--tap-no-launch: no agent CLI started, no
+    dashboard), its upstream given by --tap-target; it records every exchange (headers,
+    parsed bodies) and two log lines in a SQLite file, kept on the run dir's tmpfs."""
+
+    name = "claude-tap"
+    binary = "claude-tap"
+    about = "reverse proxy, every exchange recorded in SQLite (on tmpfs)"
+
+    def argv(self, upstream, port, d):
+        return ["--tap-no-launch", "--tap-no-live", "--tap-no-open", "--tap-host", "127.0.0.1",
+                "--tap-port", str(port), "--tap-target", upstream.url, "--tap-output-dir", d]
+
+    def env(self, d):
+        return dict(os.environ, CLOUDTAP_DB=os.path.join(d, "traces.db"))
+
+
+class Mitmdump(Peer):
+    """mitmproxy's mitmdump in reverse-proxy mode, quiet, with its defaults otherwise:
+    bodies buffered whole, no flow file (-w) and no flow kept once answered (only
+    mitmweb and the console keep a list of flows); its CA files in the run dir, not ~."""
+
+    name = "mitmdump"
+    binary = "mitmdump"
+    about = "reverse proxy, quiet, flows neither saved nor kept"
+
+    def argv(self, upstream, port, d):
+        return ["--mode", "reverse:" + upstream.url, "--listen-host", "127.0.0.1",
+                "--listen-port", str(port), "-q", "--set", "confdir=" + d]
 
 
 def _version(argv):

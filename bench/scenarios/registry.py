@@ -46,6 +46,7 @@ def run_all(ctx, names):
         s = SCENARIOS[name]
         t0 = time.monotonic()
         ctx.progress("== %s: %s" % (name, s.help))
+        ctx.scenario = name
         ctx.probe()
         try:
             s.func(ctx)

@@ -61,3 +61,42 @@ def test_masking_is_case_insensitive_and_configurable():
                                                              ("X-Custom-Token", "0123456789abcdef")]
     assert masked(headers, frozenset({"x-custom-token"}))[1] == ("X-Custom-Token", "****cdef")
 
+
+
+# -- the free-text search's SQL and snippets (web/textsearch.py) -----------------------------
+
+def _texts_db(bodies):
+    import sqlite3
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE exchanges (id TEXT)")
+    conn.execute("CREATE VIRTUAL TABLE texts USING fts5(id UNINDEXED, body)")
+    for i, body in enumerate(bodies, 1):
+        conn.execute("INSERT INTO exchanges (rowid, id) VALUES (?, ?)", (i, "e%d" % i))
+        conn.execute("INSERT INTO texts (rowid, id, body) VALUES (?, ?, ?)", (i, "e%d" % i, body))
+    return conn
+
+
+def test_a_common_phrase_is_checked_row_by_row_and_a_rare_one_matched_as_a_set():
+    from orproxy.logserver.web import textsearch
+    conn = _texts_db(["common words here"] * 1500 + ["a rare one"])
+    clauses = ["status = 200", textsearch.MATCHING]
+    common = textsearch.fit(conn, clauses, textsearch.to_phrase("common words"))
+    rare = textsearch.fit(conn, clauses, textsearch.to_phrase("rare"))
+    assert rare == clauses and common[0] == clauses[0] and common[1].startswith("EXISTS")
+    for phrase, expected in (("common words", 1500), ("rare", 1)):
+        for where in (clauses[1:], common[1:]):
+            found = conn.execute("SELECT count(*) FROM exchanges WHERE " + where[0],
+                                 (textsearch.to_phrase(phrase),)).fetchone()[0]
+            assert found == expected, (phrase, where)
+
+
+def test_a_snippet_shows_the_match_in_its_own_case_with_words_around_it():
+    from orproxy.logserver.web import textsearch
+    conn = _texts_db(["lorem ipsum " * 20 + "open SRC/App.py\nnow " + "dolor sit " * 20, "café"])
+    items = [{"id": "e1"}, {"id": "e2"}, {"id": "e3"}]
+    textsearch.add_snippets(conn, items, textsearch.to_phrase("src app.py"))
+    snippet = items[0]["snippet"]
+    assert {"text": "SRC/App.py", "match": True} in snippet
+    text = "".join(piece["text"] for piece in snippet)
+    assert text.startswith("…") and text.endswith("…") and "\n" not in text and " now dolor" in text
+    assert len(text) < 200 and "snippet" not in items[1] and "snippet" not in items[2]

@@ -23,6 +23,7 @@ from orproxy.logserver.llm import apis
 from orproxy.logserver.store.index import last_seq
 from orproxy.logserver.store.record import STATES
 from orproxy.logserver.store.schema import to_api
+from orproxy.logserver.web import textsearch
 from orproxy.logserver.web.units import parse_time
 
 DEFAULT_LIMIT = 50
@@ -31,18 +32,6 @@ LIVE_PARAMS = {"since"}  # accepted by the live feed besides the filters (a seq 
 _STATUS_RE = re.compile(r"^([1-5])(?:xx|\d\d)$", re.IGNORECASE)
 _TOKEN_RE = re.compile(r"^[^\x00-\x1f,]{1,200}$")
 _LIKE_ESCAPE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
-_WORD_RE = re.compile(r"\w+")
-_TOKEN_WORD_RE = re.compile(r"[^\W_]+")  # a word as FTS5's unicode61 tokenizer splits them
-SNIPPET_CHARS = 80  # of text on each side of a match
-# A search of the texts, two ways (`_fit_search`): the set of matching rows, or a check of
-# each row as the newest-first scan meets it. The set is best for a rare word, the check
-# for a common one: its newest 50 are found after a few hundred rows, while its set would
-# be tens of thousands of rows built first (100 ms at 100,000 exchanges).
-_FTS_SET = "rowid IN (SELECT rowid FROM texts WHERE texts MATCH ?)"
-_FTS_EACH = "EXISTS (SELECT 1 FROM texts WHERE texts MATCH ? AND texts.rowid = exchanges.rowid)"
-COMMON_SHARE = 20  # a phrase in more than 1 in 20 exchanges is common
-
-
 class ParamError(ValueError):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")
@@ -187,19 +176,12 @@ def _q(where: Where, text: str) -> None:
                "prompt_preview", "reply_preview")
     clause = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + " OR id LIKE ? ESCAPE '\\'"
     args = [*([pattern] * len(columns)), text.lower().translate(_LIKE_ESCAPE) + "%"]
-    phrase = fts_phrase(text)
+    phrase = textsearch.to_phrase(text)
     if phrase:  # and the whole texts (store/index.py, `texts`)
-        clause += " OR " + _FTS_SET
+        clause += " OR " + textsearch.MATCHING
         args.append(phrase)
     where.search = phrase
     where.add(clause, *args)
-
-
-def fts_phrase(text: str) -> str | None:
-    """The free text as an FTS5 phrase of its words (punctuation, which the index splits
-    words at, cannot change the query's meaning); None if it has no word."""
-    words = _WORD_RE.findall(text)
-    return '"' + " ".join(words) + '"' if words else None
 
 
 def _exact(name: str) -> Callable[[Where, str], None]:
@@ -326,7 +308,7 @@ def list_rows(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
         where.add("seq > ?", query.updated_after)
         sql, args = f"SELECT * FROM exchanges{where.sql()} ORDER BY seq ASC LIMIT ?", [*where.args, limit]
     else:
-        where = _fit_search(conn, Where(list(query.where.clauses), list(query.where.args)), query.where.search)
+        where = Where(textsearch.fit(conn, query.where.clauses, query.where.search), list(query.where.args))
         if query.cursor:
             where.add("(started_at, id) < (?, ?)", *query.cursor)
         sql, args = _newest_first(where, query.where.models, limit)
@@ -340,7 +322,7 @@ def list_rows(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
     rows = rows[:query.limit]
     items = [to_api(dict(r)) for r in rows]
     if query.where.search and items:
-        _add_snippets(conn, items, query.where.search)
+        textsearch.add_snippets(conn, items, query.where.search)
     next_cursor = None
     if more and query.updated_after is None:
         next_cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["id"])
@@ -372,47 +354,3 @@ def _newest_first(where: Where, models: list[str] | None, limit: int) -> tuple[s
 def get_row(conn: sqlite3.Connection, exchange_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM exchanges WHERE id = ?", (exchange_id,)).fetchone()
     return dict(row) if row else None
-
-
-def _fit_search(conn: sqlite3.Connection, where: Where, phrase: str | None) -> Where:
-    """`where` with its text search as a per-row check if the phrase is common (the
-    constants above say why); a count of at most 1 in COMMON_SHARE rows tells."""
-    if not phrase:
-        return where
-    rows = conn.execute("SELECT coalesce(max(rowid), 0) FROM exchanges").fetchone()[0]
-    bound = max(rows // COMMON_SHARE, 1000)
-    found = conn.execute("SELECT count(*) FROM (SELECT 1 FROM texts WHERE texts MATCH ? LIMIT ?)",
-                         (phrase, bound)).fetchone()[0]
-    if found < bound:
-        return where
-    return Where([c.replace(_FTS_SET, _FTS_EACH) for c in where.clauses], where.args, where.models, phrase)
-
-
-def _add_snippets(conn: sqlite3.Connection, items: list[dict[str, Any]], phrase: str) -> None:
-    """Each item found in the texts gets `snippet`: the words around the match, as segments
-    [{"text", "match"}] (a UI shows them without parsing markup). Cut here from the stored
-    text, not by FTS5's snippet(), which tokenises each whole text again: 20 ms a page."""
-    ids = [item["id"] for item in items]
-    texts = dict(conn.execute(f"SELECT id, (SELECT body FROM texts WHERE texts.rowid = exchanges.rowid) "
-                              f"FROM exchanges WHERE {_in('id', ids)}", ids).fetchall())
-    words = _TOKEN_WORD_RE.findall(phrase)
-    pattern = re.compile(r"(?<![^\W_])" + r"[\W_]+".join(map(re.escape, words)) + r"(?![^\W_])",
-                         re.IGNORECASE) if words else None
-    for item in items:
-        text = texts.get(item["id"])
-        found = pattern.search(text) if text and pattern else None
-        if found:  # (a match the index made by folding accents has none here: no snippet)
-            item["snippet"] = _snippet(text, found.start(), found.end())
-
-
-def _snippet(text: str, start: int, end: int) -> list[dict[str, Any]]:
-    """The match and about SNIPPET_CHARS around it, cut at spaces, whitespace made one space."""
-    before, after = text[max(start - SNIPPET_CHARS, 0):start], text[end:end + SNIPPET_CHARS]
-    if start > SNIPPET_CHARS and " " in before:
-        before = "…" + before[before.index(" ") + 1:]
-    if end + SNIPPET_CHARS < len(text) and " " in after:
-        after = after[:after.rindex(" ")] + "…"
-    pieces = [(" ".join(before.split()) + (" " if before[-1:].isspace() else ""), False),
-              (text[start:end], True),
-              ((" " if after[:1].isspace() else "") + " ".join(after.split()), False)]
-    return [{"text": piece, "match": match} for piece, match in pieces if piece]

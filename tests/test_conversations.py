@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from api_helpers import ApiClient, derived_done
+from helpers import wait_until
 
 AGENT_ROUTE = "agent"
 
@@ -183,6 +184,34 @@ def test_interleaved_agents_keep_their_own_conversations(agent_proxy, api):
             == set(agent.ids)
 
 
+def test_turns_logged_out_of_order_through_two_proxy_workers_are_linked_all_the_same(
+        make_proxy, fake_upstream, api):
+    """Each gunicorn worker of the proxy logs over its own connection, so a fast agent's
+    turn is often logged before the turn it continues (about half of them, measured with
+    two workers): it is linked when that turn's log arrives (relinking.py). Two rounds of
+    the same agents: each run's turns also begin like the earlier run's."""
+    proxy = make_proxy(routes=[{"source": "/v1/", "destination": fake_upstream.url + "/agent/v1/"}],
+                       gunicorn="orproxy.worker.GeventWorker", workers=2)
+    runs = []
+    for _ in range(2):
+        for n in range(12):
+            agent = Agent(proxy)
+            agent.say("please use tool read_file on file%d.py" % n)
+            agent.give_tool_results()
+            agent.say("and now %d?" % n)
+            runs.append(agent.ids)
+
+    def linked():
+        for ids in runs:
+            found = [api.ok("/api/requests/" + i) for i in ids]
+            if [r["previous_id"] for r in found] != [None, *ids[:-1]] or \
+                    {r["conversation_id"] for r in found} != {ids[0]}:
+                return False
+        return True
+    rows(api, [i for ids in runs for i in ids])
+    wait_until(linked, 30, 0.5, "every turn linked to the one before it")
+
+
 @pytest.mark.parametrize("header", ["X-Claude-Code-Session-Id", "session_id", "X-OpenCode-Session"])
 def test_agent_cli_session_headers_become_the_session_id(agent_proxy, api, header):
     answer = requests.post(agent_proxy.url + "/v1/chat/completions", headers={header: "cli-session-42"},
@@ -294,3 +323,26 @@ def test_a_prompt_sent_many_times_keeps_only_its_latest_turns_in_memory():
         {"role": "user", "content": "more"}]}, "openai")
     link = linker.find(second, started_at=1e9, session_id=None)
     assert link is not None and link.previous.id == "id-%d" % (PER_KEY * 5 - 1)
+
+
+def test_of_two_alike_turns_the_one_whose_answer_is_sent_back_is_continued():
+    """Two runs began with the same prompt: a next turn continues the run whose answer it
+    sends back, not the latest; an answer neither gave leaves the link to be looked for again."""
+    from orproxy.logserver.llm import apis
+    from orproxy.logserver.store.linking import Linker, Turn
+
+    asked = {"role": "user", "content": "same"}
+    first = apis.conversation({"model": "m", "messages": [asked]}, "openai")
+    answer_a = apis.answer_key({"choices": [{"message": {"role": "assistant", "content": "A"}}]}, "openai")
+    answer_b = apis.answer_key({"choices": [{"message": {"role": "assistant", "content": "B"}}]}, "openai")
+    linker = Linker()
+    linker.remember(Turn("run-a", "run-a", None, 1.0, True, answer_a), first.turn_key, None)
+    linker.remember(Turn("run-b", "run-b", None, 2.0, True, answer_b), first.turn_key, None)
+    for answer, expected in (("A", "run-a"), ("B", "run-b")):
+        later = apis.conversation({"model": "m", "messages": [
+            asked, {"role": "assistant", "content": answer}, {"role": "user", "content": "more"}]}, "openai")
+        link = linker.find(later, started_at=3.0, session_id=None)
+        assert (link.previous.id, link.sure) == (expected, True)
+    unknown = apis.conversation({"model": "m", "messages": [
+        asked, {"role": "assistant", "content": "C"}, {"role": "user", "content": "more"}]}, "openai")
+    assert linker.find(unknown, started_at=3.0, session_id=None).sure is False  # looked for again later

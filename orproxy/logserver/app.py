@@ -31,6 +31,7 @@ from orproxy.logserver.store.ingest import BadInput, Ingest
 from orproxy.logserver.store.linking import Linker
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.reindex import reindex
+from orproxy.logserver.store.relinking import Relinker
 from orproxy.logserver.store.retention import Retention
 from orproxy.logserver.store.sweeper import STALE_AFTER, Sweeper
 from orproxy.logserver.web.api import Api
@@ -59,6 +60,7 @@ class LogServerApp:
         self.index = Index(self.log_dir.path, pricing=Pricing(prices))
         self.deriver = Deriver(self.log_dir, Linker(self.index))
         self.ingest = Ingest(self.log_dir, self.deriver)
+        self.deriver.on_unlinked = Relinker(self.ingest, self.deriver.linker).watch
         self.ingest.subscribe(lambda record, events: self.index.put(record.document,
                                                                      self.deriver.take_text(record.id)))
         self.metrics = ExchangeMetrics(

@@ -36,7 +36,7 @@ FIELDS = ("api", "provider", "model_requested", "model_answered", "stream", "mes
           "tools_offered", "tool_calls", "finish_reason", "prompt_tokens", "completion_tokens",
           "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost",
           "error_message", "prompt_preview", "reply_preview", "response_id",
-          "session_id", "turn_key", "conversation_id", "previous_id")
+          "session_id", "turn_key", "answer_key", "conversation_id", "previous_id")
 
 
 REQUEST_GUESS = "request_api"  # kept beside the request's fields: see request_fields()
@@ -82,6 +82,7 @@ def answer_fields(requested: dict[str, Any], response: ParsedBody | None,
     if api is not None:
         api.answer_fields(answer, out)
     out.update(usage_fields(as_dict(answer.get("usage"))))
+    out["answer_key"] = apis.answer_key(answer, out["api"])
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from orproxy.logserver.llm.bodies import ParsedBody, parse_body
 from orproxy.logserver.llm.conversation import Conversation
 from orproxy.logserver.llm.httpfile import Message
 from orproxy.logserver.llm.session import session_id
-from orproxy.logserver.store.linking import Linker, Turn
+from orproxy.logserver.store.linking import Clue, Linker, Turn, clue
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 
@@ -42,6 +43,7 @@ TEXTS_KEPT = 1_000                # search texts waiting for the index (normally
 class Derivation:
     fields: dict[str, Any]   # the `derived` entry of the metadata document
     text: str | None = None  # the search text, once the exchange is over
+    unlinked: Clue | None = None  # a continuation whose previous turn is not known yet
 
 
 def derive_request_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -> Derivation:
@@ -64,7 +66,7 @@ def derive_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -
     path = record.request_path(request.head if request else None)
     parsed_request = parse_body(request) if request else None
     requested = derive.request_fields(parsed_request, path)
-    conversation, new_from = _link(record, request, parsed_request, requested, linker)
+    conversation, new_from, unlinked = _link(record, request, parsed_request, requested, linker)
     response = log_dir.read_part(record, "response", DERIVE_LIMIT)
     fields = derive.answer_fields(requested, parse_body(response, skim=True) if response else None, path)
     for name in ("session_id", "turn_key", "conversation_id", "previous_id", "new_from"):
@@ -74,38 +76,38 @@ def derive_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -
     response_text = response.body.data.decode("utf-8", "replace") if response else None
     text = searchtext.exchange_text(conversation, new_from, parsed_request, response_text,
                                     llm=fields.get("api") is not None)
-    return Derivation({"version": derive.VERSION, "parts": record.ended_parts, "at": time.time(), **fields}, text)
+    return Derivation({"version": derive.VERSION, "parts": record.ended_parts, "at": time.time(), **fields},
+                      text, unlinked)
 
 
 def _link(record: ExchangeRecord, request: Message | None, parsed: ParsedBody | None,
-          fields: dict[str, Any], linker: Linker) -> tuple[Conversation | None, int]:
-    """Put the request's session and place in a conversation in `fields` (the link found
-    at the request's end is kept); returns the conversation and where its new messages start."""
+          fields: dict[str, Any], linker: Linker) -> tuple[Conversation | None, int, Clue | None]:
+    """Put the request's session and place in a conversation in `fields`; returns the
+    conversation, where its new messages start, and its clue if the turn it continues may
+    not be known yet."""
     body = parsed.json if parsed is not None and parsed.kind == "json" else None
     fields["session_id"] = session_id(request.head if request else None, body)
     conversation = apis.conversation(body, fields.get("api"))
     if conversation is None or not conversation.messages:
-        return conversation, 0
+        return conversation, 0, None
     fields["turn_key"] = conversation.turn_key
-    earlier = record.derived
-    if earlier.get("version") == derive.VERSION and earlier.get("previous_id"):
-        fields.update(previous_id=earlier["previous_id"], conversation_id=earlier.get("conversation_id"),
-                      new_from=earlier.get("new_from") or 0)
+    found, unlinked = clue(conversation), None
+    link = linker.follow(found, record.started_at or time.time(), fields["session_id"]) if found else None
+    if link is None:
+        fields.update(previous_id=None, conversation_id=record.id, new_from=0)
     else:
-        link = linker.find(conversation, record.started_at or time.time(), fields["session_id"])
-        if link is None:
-            fields.update(previous_id=None, conversation_id=record.id, new_from=0)
-        else:
-            fields.update(previous_id=link.previous.id, new_from=link.new_from,
-                          conversation_id=link.previous.conversation_id or link.previous.id)
+        fields.update(previous_id=link.previous.id, new_from=link.new_from,
+                      conversation_id=linker.conversation_of(link.previous))
+    if found is not None and (link is None or not link.sure):
+        unlinked = found  # the turn it continues may be logged later (relinking.py)
     _remember(linker, record, fields, True)
-    return conversation, fields["new_from"]
+    return conversation, fields["new_from"], unlinked
 
 
 def _remember(linker: Linker, record: ExchangeRecord, fields: dict[str, Any], answered: bool) -> None:
     if fields.get("turn_key") or fields.get("response_id"):
         turn = Turn(record.id, fields.get("conversation_id"), fields.get("session_id"),
-                    record.started_at or time.time(), answered)
+                    record.started_at or time.time(), answered, fields.get("answer_key"))
         linker.remember(turn, fields.get("turn_key"), fields.get("response_id"))
 
 
@@ -139,6 +141,9 @@ class Deriver:
     def __init__(self, log_dir: LogDir, linker: Linker | None = None) -> None:
         self.log_dir = log_dir
         self.linker = linker if linker is not None else Linker()
+        # Told of a turn derived before the turn it continues (relinking.py), if set
+        # (id, started_at, session_id, clue, the previous_id found, or None)
+        self.on_unlinked: Callable[[str, float, str | None, Clue, str | None], None] | None = None
         self.pool = ThreadPool(1)  # also rebuilds the index (app.py): files are read there
         self.errors = 0
         self._texts: OrderedDict[str, str] = OrderedDict()
@@ -165,6 +170,10 @@ class Deriver:
             print(f"orlogserver: deriving fields of {record.id} failed: {e!r}", file=sys.stderr)
             parts = ["request"] if request_only else sorted(record.parts)
             return {"version": derive.VERSION, "parts": parts, "error": repr(e)}
+        if derivation.unlinked is not None and self.on_unlinked is not None:
+            fields = derivation.fields
+            self.on_unlinked(record.id, record.started_at or time.time(), fields.get("session_id"),
+                             derivation.unlinked, fields.get("previous_id"))
         if derivation.text is not None:
             self._texts[record.id] = derivation.text
             if len(self._texts) > TEXTS_KEPT:  # an exchange deleted before its rewrite

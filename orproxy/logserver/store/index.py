@@ -56,6 +56,7 @@ _INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("by_session", "session_id, started_at", "session_id IS NOT NULL"),
     ("by_turn_key_time", "turn_key, started_at", "turn_key IS NOT NULL"),  # a next turn finds this one (linking.py)
     ("by_response_id", "response_id", "response_id IS NOT NULL"),
+    ("by_previous", "previous_id", "previous_id IS NOT NULL"),  # a relinked turn's followers (relinking.py)
     ("replays", "replay_of, started_at, id", "replay_of IS NOT NULL"),  # the replay_of filter's few rows
 )
 

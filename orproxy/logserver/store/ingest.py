@@ -205,7 +205,7 @@ class Ingest:
             derived = self.deriver.compute(record)
         finally:
             self._deriving.discard(exchange_id)
-        self._amend(exchange_id, lambda d: d.update(derived=derived))
+        self.amend(exchange_id, lambda d: d.update(derived=derived))
 
     def _derive_request(self, record: ExchangeRecord) -> None:
         assert self.deriver is not None
@@ -217,9 +217,9 @@ class Ingest:
         def change(current: dict[str, Any]) -> None:
             if "derived" not in current:  # not if the whole exchange was derived meanwhile
                 current["derived"] = derived
-        self._amend(record.id, change)
+        self.amend(record.id, change)
 
-    def _amend(self, exchange_id: str, change: Change) -> None:
+    def amend(self, exchange_id: str, change: Change) -> None:
         """Store derived fields, unless the exchange is gone (deleted meanwhile)."""
         if self.log_dir.exists(exchange_id):
             self._update(exchange_id, time.time(), change, DerivedAmended())

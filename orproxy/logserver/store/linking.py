@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gevent.monkey import get_original
@@ -38,12 +38,37 @@ class Turn:
     session_id: str | None
     started_at: float
     answered: bool  # ended without an error (or not ended yet)
+    answer_key: str | None = None  # its answer's first message (conversation.py), once known
 
 
 @dataclass(frozen=True)
 class Link:
     previous: Turn
     new_from: int  # the request's first message that the previous turn did not have
+    sure: bool = True  # it is the turn just before, and its answer is the one sent back (if known)
+
+
+@dataclass(frozen=True)
+class Clue:
+    """What a request says of the turn it continues: the response it names (Responses
+    API), or the keys of its message prefixes, longest first (conversation.py)."""
+    previous_response_id: str | None
+    candidates: list[tuple[int, str]]
+    sent_back: dict[int, str] = field(default_factory=dict)  # key of the answer at each candidate
+
+    @property
+    def longest(self) -> int:
+        """new_from of a link to the turn just before (0 for a named response)."""
+        return self.candidates[0][0] if self.candidates else 0
+
+
+def clue(conversation: Conversation) -> Clue | None:
+    """None for a request that continues nothing (a first turn)."""
+    if conversation.previous_response_id:
+        return Clue(conversation.previous_response_id, [])
+    candidates = conversation.continuation_candidates()
+    sent_back = {i: conversation.messages[i].key for i, _ in candidates}
+    return Clue(None, candidates, sent_back) if candidates else None
 
 
 class Linker:
@@ -56,6 +81,7 @@ class Linker:
         self._loop_thread = _thread_id()
         self._by_key: OrderedDict[str, dict[str, Turn]] = OrderedDict()
         self._by_response: OrderedDict[str, Turn] = OrderedDict()
+        self._merged: OrderedDict[str, str] = OrderedDict()  # conversation ids found to be others'
 
     def remember(self, turn: Turn, turn_key: str | None, response_id: str | None) -> None:
         """A derived exchange: a later turn may continue it (by its key or its answer's id)."""
@@ -78,23 +104,44 @@ class Linker:
     def find(self, conversation: Conversation, started_at: float, session_id: str | None) -> Link | None:
         """The turn `conversation` continues, and where its new messages start; None if
         it continues none known (a first turn, or one whose previous turn is not logged)."""
-        if conversation.previous_response_id:
+        found = clue(conversation)
+        return self.follow(found, started_at, session_id) if found is not None else None
+
+    def follow(self, clue_found: Clue, started_at: float, session_id: str | None) -> Link | None:
+        """`find` for a request's clue (relinking.py asks again later)."""
+        if clue_found.previous_response_id:
             with self._lock:
-                turn = self._by_response.get(conversation.previous_response_id)
-            turn = turn or self._read(_turn_by_response, conversation.previous_response_id)
+                turn = self._by_response.get(clue_found.previous_response_id)
+            turn = turn or self._read(_turn_by_response, clue_found.previous_response_id)
             return Link(turn, 0) if turn is not None else None
-        candidates = conversation.continuation_candidates()
-        if not candidates:
-            return None
+        candidates = clue_found.candidates
         with self._lock:
             turns = {key: list(self._by_key.get(key, {}).values()) for _, key in candidates}
-        found = _best(candidates, turns, started_at, session_id)
-        if found is not None and found.new_from == candidates[0][0]:
+        found = _best(clue_found, turns, started_at, session_id)
+        if found is not None and found.sure:
             return found  # the longest prefix is in memory: nothing longer can be in the index
         for key, indexed in (self._read(_turns_by_key, list(turns)) or {}).items():
             known = {t.id for t in turns[key]}
             turns[key] += [t for t in indexed if t.id not in known]
-        return _best(candidates, turns, started_at, session_id)
+        return _best(clue_found, turns, started_at, session_id)
+
+    def conversation_of(self, turn: Turn) -> str:
+        """The conversation `turn` belongs to, after any merge (`merge`)."""
+        conversation_id = turn.conversation_id or turn.id
+        with self._lock:
+            for _ in range(100):  # a chain of merges, never a cycle (bounded all the same)
+                if conversation_id not in self._merged:
+                    break
+                conversation_id = self._merged[conversation_id]
+        return conversation_id
+
+    def merge(self, conversation_id: str, into: str) -> None:
+        """Conversation `conversation_id` turned out to continue `into` (relinking.py):
+        turns remembered as of the one are of the other from now on."""
+        with self._lock:
+            self._merged[conversation_id] = into
+            if len(self._merged) > self.recent:
+                self._merged.popitem(last=False)
 
     def _read(self, fn: Any, *args: Any) -> Any:
         """A read of the index: on its reader threads from the loop; from the deriver's own
@@ -106,24 +153,28 @@ class Linker:
         return self.index.read_here(fn, *args)
 
 
-def _best(candidates: list[tuple[int, str]], turns: dict[str, list[Turn]], started_at: float,
-          session_id: str | None) -> Link | None:
-    """At the longest prefix that some turn had, the best of those turns (module docstring)."""
-    for i, key in candidates:
+def _best(found: Clue, turns: dict[str, list[Turn]], started_at: float, session_id: str | None) -> Link | None:
+    """At the longest prefix that some turn had, the best of those turns (module docstring).
+    Sure: at the longest prefix of all, by a turn whose answer is the one sent back (or not known)."""
+    for i, key in found.candidates:
         before = [t for t in turns[key] if t.started_at <= started_at + EARLIER_BY]
         if before:
-            best = max(before, key=lambda t: (session_id is not None and t.session_id == session_id,
+            sent_back = found.sent_back.get(i)
+            best = max(before, key=lambda t: (t.answer_key is not None and t.answer_key == sent_back,
+                                              session_id is not None and t.session_id == session_id,
                                               t.answered, t.started_at))
-            return Link(best, i)
+            sure = i == found.longest and best.answer_key in (None, sent_back)
+            return Link(best, i, sure)
     return None
 
 
-_TURN_COLUMNS = "id, conversation_id, session_id, started_at, status, error, turn_key"
+_TURN_COLUMNS = "id, conversation_id, session_id, started_at, status, error, turn_key, answer_key"
 
 
 def _turn(row: sqlite3.Row) -> Turn:
     answered = row["error"] is None and (row["status"] is None or row["status"] < 400)
-    return Turn(row["id"], row["conversation_id"], row["session_id"], row["started_at"] or 0.0, answered)
+    return Turn(row["id"], row["conversation_id"], row["session_id"], row["started_at"] or 0.0, answered,
+                row["answer_key"])
 
 
 def _turns_by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, list[Turn]]:
@@ -134,6 +185,18 @@ def _turns_by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, list[T
                             "ORDER BY started_at DESC LIMIT ?", (key, PER_KEY)).fetchall()
         if rows:
             found[key] = [_turn(row) for row in rows]
+    return found
+
+
+def followers(conn: sqlite3.Connection, exchange_id: str, most: int = 10_000) -> list[tuple[str, str | None]]:
+    """The indexed turns that continue `exchange_id`, and theirs, and so on: (id, conversation_id)."""
+    found: list[tuple[str, str | None]] = []
+    ids = [exchange_id]
+    while ids and len(found) < most:
+        rows = conn.execute(f"SELECT id, conversation_id FROM exchanges WHERE previous_id IN "
+                            f"({', '.join('?' * len(ids))})", ids).fetchall()[:500]
+        found += [(row[0], row[1]) for row in rows]
+        ids = [row[0] for row in rows]
     return found
 
 

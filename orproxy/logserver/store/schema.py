@@ -105,6 +105,7 @@ FIELDS: tuple[Field, ...] = (
           "`previous_response_id` names."),
     Field("response_id", "str", "The answer's own id (Responses API `resp_...`)."),
     Field("turn_key", "str", "A hash of the request's messages: the next turn is found by it.", api=False),
+    Field("answer_key", "str", "A hash of the answer's first message: the next turn sends it back.", api=False),
     Field("tokens_per_s", "float", "completion_tokens per second of generation (from the first "
           "byte for a streamed answer, from the request otherwise)."),
     Field("prompt_preview", "str", "The start of the last user message."),

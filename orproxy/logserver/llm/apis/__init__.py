@@ -107,6 +107,17 @@ def conversation(request: Any, api_name: str | None) -> Conversation | None:
     return make(request) if make is not None and isinstance(request, dict) else None
 
 
+def answer_key(answer: Any, api_name: str | None) -> str | None:
+    """The key (conversation.py) of the first message of an answer as its client will send
+    it back in the next turn: what tells that turn which of several alike turns it continues."""
+    api = named(api_name)
+    sent_back = getattr(api, "answer_messages", None)
+    if sent_back is None or not isinstance(answer, dict):
+        return None
+    found = conversation(sent_back(answer), api_name)
+    return found.messages[0].key if found is not None and found.messages else None
+
+
 def skim_markers(head: str) -> tuple[str, ...]:
     """Which events in the middle of a long stream the derived fields need, by the API
     its first events (`head`, raw text) show; every API's markers when none is shown."""

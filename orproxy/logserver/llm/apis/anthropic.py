@@ -147,6 +147,12 @@ _CONVERSATION_KEYS = ("model", "messages", "system", "tools")
 _SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # sent back or not, as the client likes
 
 
+def answer_messages(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer as the request a client sends it back in (its `messages`)."""
+    content = answer.get("content")
+    return {"messages": [{"role": "assistant", "content": content}]} if isinstance(content, list) else {}
+
+
 def conversation(request: dict[str, Any]) -> Conversation | None:
     raw_messages = request.get("messages")
     if not isinstance(raw_messages, list):

@@ -165,6 +165,13 @@ _CONVERSATION_KEYS = ("model", "messages", "tools", "functions")
 _MEDIA = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
 
+def answer_messages(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer as the request a client sends it back in (its `messages`)."""
+    choices = answer.get("choices")
+    message = as_dict(choices[0]).get("message") if isinstance(choices, list) and choices else None
+    return {"messages": [message]} if isinstance(message, dict) else {}
+
+
 def conversation(request: dict[str, Any]) -> Conversation | None:
     raw_messages = request.get("messages")
     if not isinstance(raw_messages, list):

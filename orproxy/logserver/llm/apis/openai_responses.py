@@ -84,6 +84,12 @@ _TEXTS = ("input_text", "output_text", "text", "refusal", "summary_text")
 _SKIPPED_ITEMS = ("reasoning", "item_reference")
 
 
+def answer_messages(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer as the request a client sends it back in (its `input` items)."""
+    output = answer.get("output")
+    return {"input": output} if isinstance(output, list) else {}
+
+
 def conversation(request: dict[str, Any]) -> Conversation | None:
     items = request.get("input")
     if isinstance(items, str):

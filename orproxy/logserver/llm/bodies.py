@@ -24,6 +24,12 @@ class ParsedBody:
     json: Any = None                    # the parsed value when kind == "json"
     stream: Stream | None = None        # events when kind is "sse" or "ndjson"
     assembled: dict[str, Any] | None = None  # a streamed LLM answer, put together
+    skimmed: bool = False               # a long stream parsed in part: the answer is not whole
+
+    @property
+    def whole_answer(self) -> bool:
+        """Whether `answer` is the whole answer (not skimmed, not cut at the event limit)."""
+        return not self.skimmed and not (self.stream is not None and self.stream.truncated)
 
     @property
     def answer(self) -> Any:
@@ -75,10 +81,11 @@ def parse_body(message: Message | None, max_events: int = MAX_EVENTS, skim: bool
         except ValueError:
             return ParsedBody("text", text)  # cut short, or not JSON after all
     if kind == "sse":
-        if skim and len(text) > SKIM_OVER:
+        skimmed = skim and len(text) > SKIM_OVER
+        if skimmed:
             text = skim_sse(text, SKIM_HEAD, SKIM_TAIL, apis.skim_markers)
         stream = parse_sse(text, max_events)
-        return ParsedBody("sse", text, stream=stream, assembled=apis.assemble(stream.events))
+        return ParsedBody("sse", text, stream=stream, assembled=apis.assemble(stream.events), skimmed=skimmed)
     if kind == "ndjson":
         stream = parse_ndjson(text, max_events)
         return ParsedBody("ndjson", text, stream=stream, assembled=apis.assemble(stream.events))

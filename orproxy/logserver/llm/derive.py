@@ -82,7 +82,7 @@ def answer_fields(requested: dict[str, Any], response: ParsedBody | None,
     if api is not None:
         api.answer_fields(answer, out)
     out.update(usage_fields(as_dict(answer.get("usage"))))
-    out["answer_key"] = apis.answer_key(answer, out["api"])
+    out["answer_key"] = apis.answer_key(answer, out["api"]) if response is not None and response.whole_answer else None
     return out
 
 

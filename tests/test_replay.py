@@ -152,7 +152,9 @@ def test_replay_of_is_kept_by_a_rebuild_of_the_index_from_the_files(tmp_path, ma
         own = ApiClient(server.url)
         row = own.wait_row(answer["id"], lambda r: r["replay_of"] == rid, timeout=20)
         assert row["metadata"]["parts"]["request"]["head"]["replay_of"] == rid
-        assert [i["id"] for i in own.ok("/api/requests", replay_of=rid.upper())["items"]] == [answer["id"]]
+        # the row above may come from the files while the rebuild is still going: the list waits for it
+        wait_until(lambda: [i["id"] for i in own.ok("/api/requests", replay_of=rid.upper())["items"]]
+                   == [answer["id"]], 20, 0.1, "the replay listed by replay_of")
     finally:
         server.stop()
 

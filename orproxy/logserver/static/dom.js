@@ -75,3 +75,11 @@ export function toast(message) {
   setTimeout(() => box.classList.add("gone"), 1600);
   setTimeout(() => box.remove(), 2000);
 }
+
+/** The id `step` rows from `selected` in `ids` (j/k, arrows), kept within the list; the
+ * first (or last) when nothing is selected; null for an empty list. */
+export function stepped(ids, selected, step) {
+  if (!ids.length) return null;
+  const i = ids.indexOf(selected);
+  return ids[i < 0 ? (step > 0 ? 0 : ids.length - 1) : Math.min(ids.length - 1, Math.max(0, i + step))];
+}

@@ -1,7 +1,7 @@
 // The request list: one table row per exchange, newest first, updated in place by the
 // live feed; the selection and its keyboard movement live here too.
 
-import { h, fill } from "./dom.js";
+import { h, fill, stepped } from "./dom.js";
 import * as fmt from "./format.js";
 
 const older = (a, b) => a.started_at < b.started_at || (a.started_at === b.started_at && a.id < b.id);
@@ -198,13 +198,11 @@ export class RequestList {
 
   /** Move the selection by `step` rows (j/k, arrows); returns the new id. */
   move(step) {
-    const ids = this.ids();
-    if (!ids.length) return null;
-    let i = ids.indexOf(this.selected);
-    i = i < 0 ? (step > 0 ? 0 : ids.length - 1) : Math.min(ids.length - 1, Math.max(0, i + step));
-    this.select(ids[i]);
-    this.onSelect(ids[i]);
-    return ids[i];
+    const id = stepped(this.ids(), this.selected, step);
+    if (id === null) return null;
+    this.select(id);
+    this.onSelect(id);
+    return id;
   }
 
   /** Refresh the running durations of exchanges in flight. */

@@ -3,7 +3,7 @@
 // it. A turn opens in the detail view, on its Conversation or its Diff tab. The live feed
 // (app.js) adds and updates turns as they happen, so the totals grow with the agent run.
 
-import { h, fill } from "./dom.js";
+import { h, fill, stepped } from "./dom.js";
 import * as fmt from "./format.js";
 import { harUrl, listRequests } from "./api.js";
 
@@ -213,11 +213,8 @@ export class ConversationView {
   }
 
   move(step) {
-    const ids = this.ids();
-    if (!ids.length) return null;
-    let i = ids.indexOf(this.selected);
-    i = i < 0 ? (step > 0 ? 0 : ids.length - 1) : Math.min(ids.length - 1, Math.max(0, i + step));
-    this.select(ids[i]);
-    return ids[i];
+    const id = stepped(this.ids(), this.selected, step);
+    if (id !== null) this.select(id);
+    return id;
   }
 }

@@ -107,4 +107,5 @@ def derived_done(row):
     metadata = row.get("metadata", {})
     derived = metadata.get("derived") or {}
     return (row["state"] == "complete" and "response" in (derived.get("parts") or [])
-            and row["rev"] == metadata.get("rev"))
+            and row["rev"] == metadata.get("rev")
+            and row.get("seq") is not None)  # an indexed row (before, the API builds it from the file)

@@ -48,14 +48,27 @@ def add_snippets(conn: sqlite3.Connection, items: list[dict[str, Any]], phrase: 
     ids = [item["id"] for item in items]
     texts = dict(conn.execute(f"SELECT id, (SELECT body FROM texts WHERE texts.rowid = exchanges.rowid) "
                               f"FROM exchanges WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall())
-    words = _TOKEN_WORD_RE.findall(phrase)
-    pattern = re.compile(r"(?<![^\W_])" + r"[\W_]+".join(map(re.escape, words)) + r"(?![^\W_])",
-                         re.IGNORECASE) if words else None
+    words = [word.lower() for word in _TOKEN_WORD_RE.findall(phrase)]
+    if not words:
+        return
+    pattern = re.compile(r"[\W_]+".join(map(re.escape, words)))  # a literal first: a fast scan
     for item in items:
         text = texts.get(item["id"])
-        found = pattern.search(text) if text and pattern else None
+        found = _match(text, pattern) if text else None
         if found:  # (a match the index made by folding accents has none here: no snippet)
-            item["snippet"] = _snippet(text, found.start(), found.end())
+            item["snippet"] = _snippet(text, *found)
+
+
+def _match(text: str, pattern: re.Pattern[str]) -> tuple[int, int] | None:
+    """Where the phrase is in `text`, in any case, as whole words (as FTS5 matched it)."""
+    lower = text.lower()
+    if len(lower) != len(text):  # a character whose lower case is longer: positions differ
+        lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    for found in pattern.finditer(lower):
+        start, end = found.span()
+        if not (start and lower[start - 1].isalnum()) and not (end < len(lower) and lower[end].isalnum()):
+            return start, end
+    return None
 
 
 def _snippet(text: str, start: int, end: int) -> list[dict[str, Any]]:

@@ -257,12 +257,40 @@ class Gunicorn:
                 p.stop()
 
 
+class OneProcess(Target):
+    """A target that is one process of its own (nginx, a peer), started on `port`."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.proc = None
+
+    def launch(self, proc, port):
+        """Start `proc` and wait for `port`; True once up, else the note says why."""
+        self.proc = proc
+        try:
+            self.proc.start()
+            self.port = self.proc.wait_port(port)
+        except StartError as e:
+            self.note = "failed to start: %s" % e
+            self.stop()
+            return False
+        self.available = True
+        return True
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop()
+
+    def roles(self):
+        return {"proxy": self.proc}
+
+
 def nginx_binary():
     """nginx's path, or None: Debian puts it in /usr/sbin, often not on a user's PATH."""
     return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
-class Nginx(Target):
+class Nginx(OneProcess):
     """nginx, one worker, pinned to the proxy CPU, streaming both ways, no access log.
     Scenario gunicorn also runs one with a worker per core on every CPU (`workers`, `cpus`)."""
 
@@ -270,7 +298,6 @@ class Nginx(Target):
 
     def __init__(self, ctx, workers=1, cpus=None):
         super().__init__(ctx)
-        self.proc = None
         self.workers = workers
         self.cpus = cpus or ctx.cpus_proxy
 
@@ -287,29 +314,16 @@ class Nginx(Target):
             # as many connections as it may open files (the harness's raised limit)
             f.write(NGINX_CONF % {"dir": d, "upstream": upstream.port, "port": port, "workers": self.workers,
                                   "nofile": self.ctx.nofile[0] if self.ctx.nofile else 4096})
-        self.proc = Proc(os.path.basename(d), [binary, "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")],
-                         self.ctx.workdir, cpus=self.cpus, cwd=d)
-        try:
-            self.proc.start()
-            self.port = self.proc.wait_port(port)
-        except StartError as e:
-            self.note = "failed to start: %s" % e
-            self.stop()
+        if not self.launch(Proc(os.path.basename(d), [binary, "-p", d, "-c", conf, "-e",
+                                                      os.path.join(d, "error.log")],
+                                self.ctx.workdir, cpus=self.cpus, cwd=d), port):
             return
-        self.available = True
         self.version = _version([binary])
         self.note = "plain reverse proxy, %d worker%s, no access log" % (
             self.workers, "" if self.workers == 1 else "s")
 
-    def stop(self):
-        if self.proc is not None:
-            self.proc.stop()
 
-    def roles(self):
-        return {"proxy": self.proc}
-
-
-class Peer(Target):
+class Peer(OneProcess):
     """Another proxy from the peers venv, one process pinned to the proxy CPU, run as its
     user would run it. A reference column like nginx (no ratio columns of its own), in
     the scenarios of plain chat completions only: the others' paths and bodies (SSE,
@@ -319,10 +333,6 @@ class Peer(Target):
     scenarios = ("latency", "rps")
     binary = "?"  # in the peers venv's bin/
     about = ""    # its note once up
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.proc = None
 
     def argv(self, upstream, port, d):
         raise NotImplementedError
@@ -338,25 +348,11 @@ class Peer(Target):
         d = os.path.join(self.ctx.workdir, self.name)
         os.makedirs(d, exist_ok=True)
         port = free_port()
-        self.proc = Proc(self.name, [exe] + self.argv(upstream, port, d), self.ctx.workdir,
-                         cpus=self.ctx.cpus_proxy, env=self.env(d), cwd=d)
-        try:
-            self.proc.start()
-            self.port = self.proc.wait_port(port)
-        except StartError as e:
-            self.note = "failed to start: %s" % e
-            self.stop()
+        if not self.launch(Proc(self.name, [exe] + self.argv(upstream, port, d), self.ctx.workdir,
+                                cpus=self.ctx.cpus_proxy, env=self.env(d), cwd=d), port):
             return
-        self.available = True
         self.note = self.about
         self.version = _version([exe])
-
-    def stop(self):
-        if self.proc is not None:
-            self.proc.stop()
-
-    def roles(self):
-        return {"proxy": self.proc}
 
 
 class ClaudeTap(Peer):

@@ -55,6 +55,7 @@ def derive_request_document(log_dir: LogDir, document: dict[str, Any], linker: L
     parsed = parse_body(request) if request else None
     fields = derive.request_fields(parsed, record.request_path(request.head if request else None))
     _link(record, request, parsed, fields, linker)
+    _remember(linker, record, fields, True)  # a next turn may come before this one's answer ends
     return Derivation({"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields})
 
 
@@ -73,9 +74,7 @@ def derive_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -
         fields[name] = requested.get(name)
     answered = not record.proxy.get("error") and not fields.get("error_message")
     _remember(linker, record, fields, answered)
-    response_text = response.body.data.decode("utf-8", "replace") if response else None
-    text = searchtext.exchange_text(conversation, new_from, parsed_request, response_text,
-                                    llm=fields.get("api") is not None)
+    text = _search_text(conversation, new_from, parsed_request, response, fields.get("api"))
     return Derivation({"version": derive.VERSION, "parts": record.ended_parts, "at": time.time(), **fields},
                       text, unlinked)
 
@@ -85,9 +84,8 @@ def _link(record: ExchangeRecord, request: Message | None, parsed: ParsedBody | 
     """Put the request's session and place in a conversation in `fields`; returns the
     conversation, where its new messages start, and its clue if the turn it continues may
     not be known yet."""
-    body = parsed.json if parsed is not None and parsed.kind == "json" else None
-    fields["session_id"] = session_id(request.head if request else None, body)
-    conversation = apis.conversation(body, fields.get("api"))
+    fields["session_id"] = session_id(request.head if request else None, _json(parsed))
+    conversation = apis.conversation(_json(parsed), fields.get("api"))
     if conversation is None or not conversation.messages:
         return conversation, 0, None
     fields["turn_key"] = conversation.turn_key
@@ -100,7 +98,6 @@ def _link(record: ExchangeRecord, request: Message | None, parsed: ParsedBody | 
                       conversation_id=linker.conversation_of(link.previous))
     if found is not None and (link is None or not link.sure):
         unlinked = found  # the turn it continues may be logged later (relinking.py)
-    _remember(linker, record, fields, True)
     return conversation, fields["new_from"], unlinked
 
 
@@ -126,12 +123,18 @@ def search_text(log_dir: LogDir, document: dict[str, Any]) -> str | None:
         return None
     request = log_dir.read_part(record, "request", DERIVE_LIMIT)
     parsed = parse_body(request) if request else None
-    body = parsed.json if parsed is not None and parsed.kind == "json" else None
-    conversation = apis.conversation(body, fields.get("api"))
-    response = log_dir.read_part(record, "response", DERIVE_LIMIT)
+    return _search_text(apis.conversation(_json(parsed), fields.get("api")), fields.get("new_from") or 0,
+                        parsed, log_dir.read_part(record, "response", DERIVE_LIMIT), fields.get("api"))
+
+
+def _search_text(conversation: Conversation | None, new_from: int, request: ParsedBody | None,
+                 response: Message | None, api: str | None) -> str:
     response_text = response.body.data.decode("utf-8", "replace") if response else None
-    return searchtext.exchange_text(conversation, fields.get("new_from") or 0, parsed, response_text,
-                                    llm=fields.get("api") is not None)
+    return searchtext.exchange_text(conversation, new_from, request, response_text, llm=api is not None)
+
+
+def _json(parsed: ParsedBody | None) -> Any:
+    return parsed.json if parsed is not None and parsed.kind == "json" else None
 
 
 class Deriver:

@@ -232,6 +232,23 @@ def logserver(_logserver_session):
     return _logserver_session
 
 
+@pytest.fixture
+def make_logserver(tmp_path):
+    """Factory for logging servers of a test's own, started with these command-line
+    arguments (e.g. "--stale-after", "1s"), each with its own log dir; stopped at teardown."""
+    started = []
+
+    def factory(*args):
+        work = tmp_path / ("logserver%d" % len(started))
+        server = LogServer(work / "logs", work, list(args)).start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop(timeout=5)
+
+
 # --------------------------------------------------------------------------------------
 # Proxies
 

@@ -201,11 +201,9 @@ def test_a_websocket_session_has_its_messages_in_chromes_form(make_proxy, ws_ups
 # -- in flight, incomplete -----------------------------------------------------------------
 
 @pytest.fixture
-def quick_logserver(tmp_path):
+def quick_logserver(make_logserver):
     """A logging server of its own that marks an exchange incomplete after 3 s of silence."""
-    server = LogServer(tmp_path / "logs", tmp_path, ["--stale-after", "3s"]).start()
-    yield server
-    server.stop()
+    return make_logserver("--stale-after", "3s")
 
 
 def test_exchanges_in_flight_and_incomplete_are_exported_with_what_is_there(make_proxy, quick_logserver):

@@ -8,7 +8,6 @@ import uuid
 import pytest
 
 from api_helpers import ApiClient
-from conftest import LogServer
 from go_peers import go_proxy_put
 from helpers import ServerProcess, wait_until
 from log_helpers import send, split_head
@@ -25,11 +24,9 @@ def go_logging_server(tmp_path):
 
 
 @pytest.fixture
-def quick_logserver(tmp_path):
+def quick_logserver(make_logserver):
     """An orlogserver of its own that sweeps exchanges which stop arriving after 1 s."""
-    server = LogServer(tmp_path / "logs", tmp_path, ["--stale-after", "1s"]).start()
-    yield server
-    server.stop()
+    return make_logserver("--stale-after", "1s")
 
 
 def test_orproxy_logs_to_the_go_logging_server_with_plain_puts(make_proxy, go_logging_server):

@@ -129,10 +129,8 @@ def expect_matches_the_index(got, url):
 
 
 @pytest.fixture
-def own_logserver(tmp_path):
-    server = LogServer(tmp_path / "logs", tmp_path / "orlogserver").start()
-    yield server
-    server.stop(timeout=5)
+def own_logserver(make_logserver):
+    return make_logserver()
 
 
 def test_metrics_count_what_the_proxy_sent_once_through_a_restart_and_a_resend(make_proxy, fake_upstream,

@@ -12,7 +12,7 @@ import pytest
 
 from api_helpers import ApiClient
 from helpers import ServerProcess, script, wait_until
-from orproxy.logserver.store.schema import row_from_document
+from orproxy.logserver.store.schema import DEFAULT_PRICING, row_from_document
 from orproxy.testing.seed_logs import seed
 
 COUNT = 1000
@@ -35,7 +35,7 @@ def seeded(tmp_path_factory, run_cli_module):
     # reindex stored the fields it derived (the in-flight ones had none): read the files again
     documents = [json.loads(p.read_text()) for p in sorted(log_dir.glob("*_metadata.json"))]
     process = start_logserver(log_dir, tmp_path_factory.mktemp("seeded_work"))
-    yield ApiClient(process.url), log_dir, [row_from_document(d) for d in documents]
+    yield ApiClient(process.url), log_dir, [row_from_document(d, pricing=DEFAULT_PRICING) for d in documents]
     process.stop(timeout=5)
 
 
@@ -231,7 +231,7 @@ def test_max_age_deletes_the_old_exchanges_files_and_rows(tmp_path):
     log_dir = tmp_path / "logs"
     now = time.time()
     documents = seed(str(log_dir), 300, seed_value=5, base_time=now - 600)  # one every ~2 s
-    rows = {d["id"]: row_from_document(d) for d in documents}
+    rows = {d["id"]: row_from_document(d, pricing=DEFAULT_PRICING) for d in documents}
     process = start_logserver(log_dir, tmp_path / "work", "--max-age", "5m")
     try:
         api = ApiClient(process.url)
@@ -258,7 +258,7 @@ def test_max_age_deletes_the_old_exchanges_files_and_rows(tmp_path):
 def test_max_bytes_deletes_the_oldest_until_under_the_limit(tmp_path):
     log_dir = tmp_path / "logs"
     documents = seed(str(log_dir), 200, seed_value=9)
-    rows = [row_from_document(d) for d in documents]
+    rows = [row_from_document(d, pricing=DEFAULT_PRICING) for d in documents]
     total = sum(r["stored_bytes"] for r in rows)
     limit = total // 2
     process = start_logserver(log_dir, tmp_path / "work", "--max-bytes", str(limit))

@@ -142,8 +142,8 @@ def _ms(start: Any, end: Any) -> float | None:
     return None
 
 
-def row_from_document(document: dict[str, Any], stored_bytes: int | None = None,
-                      pricing: Pricing = DEFAULT_PRICING) -> dict[str, Any]:
+def row_from_document(document: dict[str, Any], *, pricing: Pricing,
+                      stored_bytes: int | None = None) -> dict[str, Any]:
     """One index row from a metadata document: proxy metadata first, then what the logging
     server saw itself (part heads), then the derived LLM fields and the cost."""
     record = ExchangeRecord(document)

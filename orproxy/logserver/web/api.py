@@ -104,11 +104,15 @@ class Api:
             raise _not_found(f"no exchange {exchange_id.lower()}")
         return document
 
+    def _row(self, exchange_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        """Its index row, or until the index has it, the row its file gives (priced alike)."""
+        return self.index.read(query.get_row, exchange_id) or row_from_document(document, pricing=self.index.pricing)
+
     def one(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> list[bytes]:
         _no_params(_params(environ))
         exchange_id = exchange_id.lower()
         document = self._document(exchange_id)
-        row = self.index.read(query.get_row, exchange_id) or row_from_document(document, pricing=self.index.pricing)
+        row = self._row(exchange_id, document)
         files = {kind: {"name": part.get("file"), "bytes": part.get("bytes"), "complete": part.get("complete"),
                         "url": f"/api/requests/{exchange_id}/{kind}"}
                  for kind, part in ExchangeRecord(document).parts.items() if kind in ("request", "response")}
@@ -142,7 +146,7 @@ class Api:
         _no_params(_params(environ))
         exchange_id = exchange_id.lower()
         document = self._document(exchange_id)
-        row = to_api(self.index.read(query.get_row, exchange_id) or row_from_document(document))
+        row = to_api(self._row(exchange_id, document))
         entry = self.pool.apply(har.entry_bytes, (self.log_dir, row, document))
         start_response("200 OK", har.headers(f"orproxy-{exchange_id[:8]}.har"))
         return har.document(iter([entry]))

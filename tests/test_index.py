@@ -105,10 +105,12 @@ FILTERS = [
     ({"state": "incomplete,in_flight"}, lambda r: r["state"] in ("incomplete", "in_flight")),
     ({"streamed": "true"}, lambda r: r["streamed"] == 1),
     ({"streamed": "false"}, lambda r: not r["streamed"]),
-    ({"q": "RATE LIMIT"}, lambda r: "rate limit" in (r["error_message"] or "")),
+    # q in the short columns (the seeded bodies are filler): whole words, in order
+    ({"q": "RATE LIMITED"}, lambda r: "rate limited" in (r["error_message"] or "")),
     ({"q": "/local/"}, lambda r: "/local/" in (r["path"] or "")),
-    ({"q": "question 77 about"}, lambda r: "question 77 about" in (r["prompt_preview"] or "")),
-    ({"q": "tax"}, lambda r: any("tax" in (r[c] or "") for c in ("prompt_preview", "path", "model"))),
+    ({"q": "claude sonnet"}, lambda r: any("claude-sonnet" in (r[c] or "") for c in ("model", "model_requested"))),
+    ({"q": "gpt-4.1"}, lambda r: any("gpt-4.1" in (r[c] or "") for c in ("model", "model_requested"))),
+    ({"q": "Upstream_Unreachable"}, lambda r: r["error"] == "upstream_unreachable"),
 ]
 
 

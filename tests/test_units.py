@@ -68,26 +68,28 @@ def test_masking_is_case_insensitive_and_configurable():
 def _texts_db(bodies):
     import sqlite3
     conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE exchanges (id TEXT)")
+    conn.execute("CREATE TABLE exchanges (id TEXT PRIMARY KEY, started_at REAL, status INTEGER)")
+    conn.execute("CREATE INDEX by_time ON exchanges (started_at, id)")
     conn.execute("CREATE VIRTUAL TABLE texts USING fts5(id UNINDEXED, body)")
     for i, body in enumerate(bodies, 1):
-        conn.execute("INSERT INTO exchanges (rowid, id) VALUES (?, ?)", (i, "e%d" % i))
+        conn.execute("INSERT INTO exchanges (rowid, id, started_at, status) VALUES (?, ?, ?, ?)",
+                     (i, "e%d" % i, 1000.0 + i, 200 if i % 2 else 500))
         conn.execute("INSERT INTO texts (rowid, id, body) VALUES (?, ?, ?)", (i, "e%d" % i, body))
+    conn.execute("ANALYZE")
     return conn
 
 
-def test_a_common_phrase_is_checked_row_by_row_and_a_rare_one_matched_as_a_set():
-    from orproxy.logserver.web import textsearch
-    conn = _texts_db(["common words here"] * 1500 + ["a rare one"])
-    clauses = ["status = 200", textsearch.MATCHING]
-    common = textsearch.fit(conn, clauses, textsearch.to_phrase("common words"))
-    rare = textsearch.fit(conn, clauses, textsearch.to_phrase("rare"))
-    assert rare == clauses and common[0] == clauses[0] and common[1].startswith("EXISTS")
-    for phrase, expected in (("common words", 1500), ("rare", 1)):
-        for where in (clauses[1:], common[1:]):
-            found = conn.execute("SELECT count(*) FROM exchanges WHERE " + where[0],
-                                 (textsearch.to_phrase(phrase),)).fetchone()[0]
-            assert found == expected, (phrase, where)
+def test_a_phrase_is_a_membership_test_in_the_newest_first_scan_common_or_rare():
+    from orproxy.logserver.web import query
+    conn = _texts_db(["common words here"] * 1500 + ["a rare one", "words common"])
+    conn.row_factory = None
+    for text, expected in (("common words", ["e1499", "e1497", "e1495"]), ("rare", ["e1501"]), ("nothing", [])):
+        listing = query.parse_list_query({"q": [text], "status": ["200"], "limit": ["3"]})
+        sql, args = query._newest_first(listing.where, None, 3)
+        sql = sql.replace("SELECT *", "SELECT id")
+        assert [r[0] for r in conn.execute(sql, args)] == expected, text
+        plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+        assert "SCAN exchanges USING INDEX by_time" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_a_snippet_shows_the_match_in_its_own_case_with_words_around_it():

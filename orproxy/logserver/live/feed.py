@@ -90,9 +90,10 @@ def changes(conn: sqlite3.Connection, after: int, limit: int, wheres: dict[str, 
                 continue
             # Only the changed rows, found by seq: as a plain WHERE, SQLite would pick the
             # filter's index (by_model, by_route) and visit every row of that model per poll.
-            # A subquery with a LIMIT is not flattened into the outer query.
+            # A subquery with a LIMIT is not flattened into the outer query; it names its
+            # rowid, which the text search's clause needs (a subquery's rows have none).
             condition = " AND ".join(f"({c})" for c in where.clauses)
-            sql = (f"SELECT id FROM (SELECT * FROM exchanges WHERE seq > ? AND seq <= ? LIMIT -1) "
+            sql = (f"SELECT id FROM (SELECT rowid AS rowid, * FROM exchanges WHERE seq > ? AND seq <= ? LIMIT -1) "
                    f"WHERE {condition}")
             matches[key] = {r[0] for r in conn.execute(sql, [after, upto, *where.args])}
         return upto, rows, deleted, matches

@@ -7,6 +7,11 @@ answer's text and tool calls, and for other APIs the strings of a JSON body or a
 body. A streamed answer's text is read from its events' text fields by a regular
 expression, not by parsing every event: that is 100 times faster on a long stream
 (0.5 ms against 50 for 2,000 events here), and the derived fields only skim long streams.
+
+The index adds the exchange's short columns (`LABELS`: path, route, models, error) to
+that text (`indexed_text`), so that one full-text lookup finds an exchange by any of them
+too, in flight as well (its request's derivation gives an empty text for them): a
+substring scan of those columns read every row, 130 ms at 100,000 exchanges.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ RESPONSE_CHARS = 64 * 1024  # of the answer (or the response body)
 _TEXT_FIELD_RE = re.compile(
     r'"(?=[ctdpar])(content|text|delta|partial_json|arguments|thinking|reasoning|reasoning_content|refusal)"'
     r'\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')  # the literal's loop unrolled: runs, not chars
+LABELS = ("path", "route", "model_requested", "model", "error", "error_message")  # index columns
 _NOISE_KEYS = frozenset(("id", "object", "type", "role", "model", "finish_reason", "stop_reason",
                          "created", "system_fingerprint", "tool_call_id", "call_id", "signature"))
 
@@ -36,6 +42,12 @@ def exchange_text(conversation: Conversation | None, new_from: int, request: Par
         asked = body_text(request)
     answered = answer_text(response_text) if llm else body_text_of(response_text)
     return "\n".join(t for t in (asked[:REQUEST_CHARS], answered[:RESPONSE_CHARS]) if t)
+
+
+def indexed_text(row: dict[str, Any], text: str) -> str:
+    """What the full-text index holds for an exchange: its text, then its LABELS' values."""
+    labels = " ".join(str(row[c]) for c in LABELS if row.get(c))
+    return f"{text}\n{labels}" if text and labels else text or labels
 
 
 def conversation_text(conversation: Conversation, new_from: int) -> str:

@@ -42,7 +42,7 @@ TEXTS_KEPT = 1_000                # search texts waiting for the index (normally
 @dataclass
 class Derivation:
     fields: dict[str, Any]   # the `derived` entry of the metadata document
-    text: str | None = None  # the search text, once the exchange is over
+    text: str | None = None  # the search text: of the request alone, empty (searchtext.py)
     unlinked: Clue | None = None  # a continuation whose previous turn is not known yet
 
 
@@ -56,7 +56,7 @@ def derive_request_document(log_dir: LogDir, document: dict[str, Any], linker: L
     fields = derive.request_fields(parsed, record.request_path(request.head if request else None))
     _link(record, request, parsed, fields, linker)
     _remember(linker, record, fields, True)  # a next turn may come before this one's answer ends
-    return Derivation({"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields})
+    return Derivation({"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields}, "")
 
 
 def derive_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -> Derivation:
@@ -115,12 +115,13 @@ def remember_document(linker: Linker, document: dict[str, Any]) -> None:
     _remember(linker, record, fields, not record.proxy.get("error") and not fields.get("error_message"))
 
 
-def search_text(log_dir: LogDir, document: dict[str, Any]) -> str | None:
-    """The search text of a derived exchange, made again from its files (reindex.py)."""
+def search_text(log_dir: LogDir, document: dict[str, Any]) -> str:
+    """The search text of an exchange, made again from its files (reindex.py): empty while
+    it is in flight or underived (the index still adds its short columns)."""
     record = ExchangeRecord(document)
     fields = record.derived
     if record.state == "in_flight" or not fields:
-        return None
+        return ""
     request = log_dir.read_part(record, "request", DERIVE_LIMIT)
     parsed = parse_body(request) if request else None
     return _search_text(apis.conversation(_json(parsed), fields.get("api")), fields.get("new_from") or 0,

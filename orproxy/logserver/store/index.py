@@ -12,8 +12,9 @@ connection. Several worker processes share the file: WAL lets them read while on
 revision of its metadata document (logdir.py), whichever process writes it.
 
 The free-text search's table `texts` (FTS5) holds each exchange's search text (llm/
-searchtext.py), under the rowid of its row in `exchanges`; the deriving hands it over with
-the row (`put`), and removing a row removes its text.
+searchtext.py) with its short columns' values (searchtext.indexed_text), under the rowid
+of its row in `exchanges`; the deriving hands it over with the row (`put`), and removing a
+row removes its text.
 
 `seq` orders every change for the live feed (live/feed.py): each write of a row takes the
 next one, and so does each removal (`delete_rows`), which leaves a tombstone (id, seq) in
@@ -33,9 +34,11 @@ from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
 from orproxy.logserver.llm.pricing import Pricing
+from orproxy.logserver.llm.searchtext import indexed_text
 from orproxy.logserver.store.schema import COLUMNS, DEFAULT_PRICING, FIELDS, row_from_document
 
-SCHEMA_VERSION = 5  # 3: incomplete_reason, and the in_flight index; 4: conversations, cost, texts; 5: replay_of
+SCHEMA_VERSION = 6  # 3: incomplete_reason, the in_flight index; 4: conversations, cost, texts; 5: replay_of;
+# 6: the texts hold the short columns' values
 FILENAME = "index.sqlite3"
 READERS = 4
 ANALYZE_EVERY = 20_000  # rows written
@@ -139,7 +142,8 @@ def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
             values.append(tuple(seq if c == "seq" else row.get(c) for c in COLUMNS))
         conn.executemany(_UPSERT, values)
         if texts:
-            _replace_texts(conn, texts)
+            by_id = {str(row.get("id")).lower(): row for row in rows}
+            _replace_texts(conn, {i: indexed_text(by_id.get(i, {}), text) for i, text in texts.items()})
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -171,17 +171,17 @@ def _q(where: Where, text: str) -> None:
     text = text.strip()
     if not text or len(text) > 200:
         raise ParamError("q", "must be 1 to 200 characters")
-    pattern = "%" + text.translate(_LIKE_ESCAPE) + "%"
-    columns = ("path", "model", "model_requested", "error", "error_message", "route",
-               "prompt_preview", "reply_preview")
-    clause = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + " OR id LIKE ? ESCAPE '\\'"
-    args = [*([pattern] * len(columns)), text.lower().translate(_LIKE_ESCAPE) + "%"]
     phrase = textsearch.to_phrase(text)
-    if phrase:  # and the whole texts (store/index.py, `texts`)
-        clause += " OR " + textsearch.MATCHING
+    clauses, args = [], []
+    if phrase:  # the whole texts and the short columns (store/index.py, `texts`)
+        clauses.append(textsearch.MATCHING)
         args.append(phrase)
+    low, high = textsearch.id_range(text)
+    if low:  # the start of an id: a range of the primary key
+        clauses.append("(id >= ? AND id < ?)")
+        args += [low, high]
     where.search = phrase
-    where.add(clause, *args)
+    where.add(" OR ".join(clauses) or "0", *args)
 
 
 def _exact(name: str) -> Callable[[Where, str], None]:
@@ -216,11 +216,11 @@ FILTERS: tuple[Param, ...] = (
     Param("since", "Started at or after: epoch seconds, ISO 8601 (no zone means UTC), or "
           "-DURATION before now (-15m, -24h, -7d).", "-24h", _time("since", ">=")),
     Param("until", "Started before (same forms as since).", "2025-09-09T15:00:00Z", _time("until", "<")),
-    Param("q", "Free text, case-insensitive: its words as a phrase in the whole request and response "
-          "texts (messages, answers, tool calls; a later turn of a conversation holds only its new "
-          "messages) of exchanges that are over, or a substring of the path, model, route, error, "
-          "error message or prompt/reply previews; or the start of the id. The listing's items then "
-          "have a `snippet`.", "rate limit", _q),
+    Param("q", "Free text, case-insensitive: its words, as whole words and in order, in the whole "
+          "request and response texts (messages, answers, tool calls; a later turn of a conversation "
+          "holds only its new messages) of exchanges that are over, or in the path, route, models, "
+          "error and error message of any exchange; or the start of the id. The listing's items "
+          "then have a `snippet`.", "rate limit", _q),
     Param("conversation_id", "The turns of a conversation (the id of its first turn).",
           "3f2c1a9e-6b1d-4f0e-9c8a-2d7e5b4a1c00", _exact("conversation_id")),
     Param("session_id", "The exchanges of a client session (a session header the client sent).",
@@ -308,7 +308,7 @@ def list_rows(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
         where.add("seq > ?", query.updated_after)
         sql, args = f"SELECT * FROM exchanges{where.sql()} ORDER BY seq ASC LIMIT ?", [*where.args, limit]
     else:
-        where = Where(textsearch.fit(conn, query.where.clauses, query.where.search), list(query.where.args))
+        where = Where(list(query.where.clauses), list(query.where.args))
         if query.cursor:
             where.add("(started_at, id) < (?, ?)", *query.cursor)
         sql, args = _newest_first(where, query.where.models, limit)

@@ -1,7 +1,8 @@
 """The free-text search's part of a query: the phrase a `q` becomes, the clause that
 finds it in the `texts` table (SQLite FTS5, store/index.py), and the snippets of a page.
 
-The clause is a membership test: the phrase's matching rowids are collected once (FTS5
+The clause is a membership test (the listing first looks for a page among the newest rows
+with MATCHING_FROM instead: query._among_newest): the phrase's matching rowids are collected once (FTS5
 walks the phrase's words' lists: 4 ms for 20,000 matches), and the newest-first scan of
 the time index checks each row it meets against them, with no read of the row itself, and
 stops at the page's end. That costs about the same whether a phrase is rare (the scan goes
@@ -21,6 +22,8 @@ _TOKEN_WORD_RE = re.compile(r"[^\W_]+")  # a word as FTS5's unicode61 tokenizer 
 SNIPPET_CHARS = 80  # of text on each side of a match
 # `+` keeps SQLite from driving the query by the matches (the module docstring says why)
 MATCHING = "+rowid IN (SELECT rowid FROM texts WHERE texts MATCH ?)"
+# The same among the rows of `table`, collecting only the matches from its oldest rowid on
+MATCHING_FROM = "+rowid IN (SELECT rowid FROM texts WHERE texts MATCH ? AND rowid >= (SELECT min(rowid) FROM {table}))"
 
 
 def to_phrase(text: str) -> str | None:

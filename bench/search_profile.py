@@ -38,7 +38,7 @@ def profile(conn, text):
     sql, args = query._newest_first(listing.where, None, listing.limit + 1)
     items = [{"id": row["id"]} for row in conn.execute(sql, args).fetchall()][:listing.limit]
     print("q=%r: %d texts match" % (text, matches))
-    matching = "SELECT count(*) FROM (%s)" % textsearch.MATCHING.split(" IN ", 1)[1][1:-1]
+    matching = "SELECT count(*) FROM (%s)" % textsearch.TEXT_MATCHES
     for name, fn in (("page (list_rows)", lambda: query.list_rows(conn, listing)),
                      ("the matches alone", lambda: conn.execute(matching, (phrase,)).fetchall() if phrase else None),
                      ("main query", lambda: conn.execute(sql, args).fetchall()),

@@ -181,17 +181,17 @@ def _q(where: Where, text: str) -> None:
     if not text or len(text) > 200:
         raise ParamError("q", "must be 1 to 200 characters")
     phrase = textsearch.to_phrase(text)
-    clauses, args = [], []
+    sets, args = [], []
     if phrase:  # the whole texts and the short columns (store/index.py, `texts`)
-        clauses.append(textsearch.MATCHING)
+        sets.append(textsearch.TEXT_MATCHES)
         args.append(phrase)
     low, high = textsearch.id_range(text)
     if low:  # the start of an id: a range of the primary key
-        clauses.append("(id >= ? AND id < ?)")
+        sets.append(textsearch.ID_MATCHES)
         args += [low, high]
     where.search = phrase
     where.search_term = (len(where.clauses), len(where.args), len(args))
-    where.add(" OR ".join(clauses) or "0", *args)
+    where.add(textsearch.matching(sets), *args)
 
 
 def _exact(name: str) -> Callable[[Where, str], None]:
@@ -380,7 +380,7 @@ def _among_newest(query: ListQuery, limit: int) -> tuple[str, list[Any]]:
         rest.add("(started_at, id) < (?, ?)", *query.cursor)
     inner, inner_args = _newest_first(rest, rest.models, WINDOW * limit)
     inner = inner.replace("SELECT *", "SELECT rowid AS rowid, started_at, id", 1)
-    check = clause.replace(textsearch.MATCHING, textsearch.MATCHING_FROM.format(table="newest"))
+    check = textsearch.among(clause, "newest")
     return (f"WITH newest AS MATERIALIZED ({inner}) SELECT * FROM exchanges WHERE rowid IN "
             f"(SELECT rowid FROM newest WHERE {check} {_ORDER} LIMIT ?) {_ORDER}",
             [*inner_args, *args, limit])

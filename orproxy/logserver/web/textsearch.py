@@ -2,7 +2,7 @@
 finds it in the `texts` table (SQLite FTS5, store/index.py), and the snippets of a page.
 
 The clause is a membership test (the listing first looks for a page among the newest rows
-with MATCHING_FROM instead: query._among_newest): the phrase's matching rowids are collected once (FTS5
+with `among` instead: query._among_newest): the phrase's matching rowids are collected once (FTS5
 walks the phrase's words' lists: 4 ms for 20,000 matches), and the newest-first scan of
 the time index checks each row it meets against them, with no read of the row itself, and
 stops at the page's end. That costs about the same whether a phrase is rare (the scan goes
@@ -20,10 +20,21 @@ _WORD_RE = re.compile(r"\w+")
 _ID_PREFIX_RE = re.compile(r"[0-9a-f-]{1,36}")
 _TOKEN_WORD_RE = re.compile(r"[^\W_]+")  # a word as FTS5's unicode61 tokenizer splits them
 SNIPPET_CHARS = 80  # of text on each side of a match
-# `+` keeps SQLite from driving the query by the matches (the module docstring says why)
-MATCHING = "+rowid IN (SELECT rowid FROM texts WHERE texts MATCH ?)"
-# The same among the rows of `table`, collecting only the matches from its oldest rowid on
-MATCHING_FROM = "+rowid IN (SELECT rowid FROM texts WHERE texts MATCH ? AND rowid >= (SELECT min(rowid) FROM {table}))"
+TEXT_MATCHES = "SELECT rowid FROM texts WHERE texts MATCH ?"  # the phrase's rows
+ID_MATCHES = "SELECT rowid FROM exchanges WHERE id >= ? AND id < ?"  # the rows of an id prefix
+_FROM_OLDEST = " AND rowid >= (SELECT min(rowid) FROM {table})"
+
+
+def matching(sets: list[str]) -> str:
+    """The clause: the row is in one of these sets of rowids. Its `+` keeps SQLite from
+    driving the query by them (the module docstring says why)."""
+    return f"+rowid IN ({' UNION ALL '.join(sets)})" if sets else "0"
+
+
+def among(clause: str, table: str) -> str:
+    """The clause for the rows of `table` alone: only the phrase's matches from the oldest
+    rowid in `table` on are collected."""
+    return clause.replace(TEXT_MATCHES, TEXT_MATCHES + _FROM_OLDEST.format(table=table))
 
 
 def to_phrase(text: str) -> str | None:

@@ -107,3 +107,30 @@ def test_a_snippet_shows_the_match_in_its_own_case_with_words_around_it():
     text = "".join(piece["text"] for piece in snippet)
     assert text.startswith("…") and text.endswith("…") and "\n" not in text and " now dolor" in text
     assert len(text) < 200 and "snippet" not in items[1] and "snippet" not in items[2]
+
+
+# -- the stats' sums (web/stats.py) ----------------------------------------------------------
+
+def test_stats_sum_each_model_and_route_from_one_grouped_pass():
+    import sqlite3
+    from orproxy.logserver.store.index import create_schema, upsert_rows
+    from orproxy.logserver.web import query, stats
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    create_schema(conn)
+    rows = [("a", "m1", "r1", 10, 0.5, 100.0), ("b", "m1", "r2", 20, None, 300.0), ("c", None, "r1", 5, None, 200.0),
+            ("d", "m2", "r2", None, None, None), ("e", "m2", "r2", 1, 0.25, 50.0)]
+    upsert_rows(conn, [{"id": i, "rev": 1, "started_at": 1000.0 + n, "model": model, "route": route, "status": 200,
+                        "prompt_tokens": tokens, "cost": cost, "duration_ms": ms, "state": "complete"}
+                       for n, (i, model, route, tokens, cost, ms) in enumerate(rows)])
+    result = stats.compute(conn, query.parse_filters({}, set()))
+    assert (result["count"], result["prompt_tokens"], result["cost"]) == (5, 36, 0.75)
+    assert (result["first_started_at"], result["last_started_at"]) == (1000.0, 1004.0)
+    assert [(g["name"], g["count"], g["prompt_tokens"], g["cost"]) for g in result["by_model"]] == [
+        ("m1", 2, 30, 0.5), ("m2", 2, 1, 0.25), (None, 1, 5, None)]  # the largest first, ties by name
+    assert [(g["name"], g["count"]) for g in result["by_route"]] == [("r2", 3), ("r1", 2)]
+    assert "first_started_at" not in result["by_model"][0]
+    assert result["latency_ms"]["count"] == 4 and result["latency_ms"]["p50"] == 100.0
+    assert result["latency_ms"]["max"] == 300.0
+    empty = stats.compute(conn, query.parse_filters({"route": ["none"]}, set()))
+    assert (empty["count"], empty["cost"], empty["by_model"], empty["latency_ms"]["p50"]) == (0, None, [], None)

@@ -49,31 +49,53 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return out
 
 
-def _sorted_column(conn: sqlite3.Connection, column: str, where: Where) -> list[float]:
-    clause = where.sql() + (" AND " if where.clauses else " WHERE ") + f"{column} IS NOT NULL"
-    return [r[0] for r in conn.execute(f"SELECT {column} FROM exchanges{clause} ORDER BY {column}",
-                                       where.args)]
+_ADDED = ("count", "errors", "in_flight", "prompt_tokens", "completion_tokens", "total_tokens",
+          "cached_tokens", "reasoning_tokens", "cost", "estimated_cost", "request_bytes", "response_bytes")
+
+
+def _added(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sums of groups of rows as the sums of all of them (SQL's sum: None if all are)."""
+    out: dict[str, Any] = {}
+    for key in _ADDED:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = sum(values) if values else None
+    starts = [r["first_started_at"] for r in rows if r["first_started_at"] is not None]
+    ends = [r["last_started_at"] for r in rows if r["last_started_at"] is not None]
+    out["first_started_at"], out["last_started_at"] = min(starts, default=None), max(ends, default=None)
+    return out
+
+
+def _by(groups: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The (model, route) groups summed by one of the two, the largest first."""
+    named: dict[Any, list[dict[str, Any]]] = {}
+    for group in groups:
+        named.setdefault(group[key], []).append(group)
+    out = [{"name": name, **_totals(_added(rows))} for name, rows in named.items()]
+    out.sort(key=lambda g: (-g["count"], g["name"] is not None, g["name"] or ""))  # NULL first, as SQL
+    for entry in out:
+        entry.pop("first_started_at")
+        entry.pop("last_started_at")
+    return out
 
 
 def compute(conn: sqlite3.Connection, where: Where) -> dict[str, Any]:
+    """Two passes over the rows: the sums per (model, route), which give the totals and
+    both breakdowns, and the two timing columns, sorted here (a pass per breakdown and
+    an ORDER BY per column took twice as long, 112 ms against 55-68 at 20,000 exchanges)."""
     where = where.flat()
     sql_where = where.sql()
     conn.execute("BEGIN")
     try:
-        totals = _totals(conn.execute(f"SELECT {_SUMS} FROM exchanges{sql_where}", where.args).fetchone())
-        groups = {}
-        for key in ("model", "route"):
-            rows = conn.execute(f"SELECT {key} AS name, {_SUMS} FROM exchanges{sql_where} "
-                                f"GROUP BY {key} ORDER BY count(*) DESC, {key}", where.args)
-            groups[key] = [_totals(r) for r in rows]
-        latency = _sorted_column(conn, "duration_ms", where)
-        ttft = _sorted_column(conn, "ttft_ms", where)
+        groups = [dict(r) for r in conn.execute(f"SELECT model, route, {_SUMS} FROM exchanges{sql_where} "
+                                                f"GROUP BY model, route", where.args)]
+        plain = conn.cursor()
+        plain.row_factory = None  # tuples: half the time of sqlite3.Row for 100,000 rows
+        timings = plain.execute(f"SELECT duration_ms, ttft_ms FROM exchanges{sql_where}", where.args).fetchall()
     finally:
         conn.execute("COMMIT")
-    for group in groups.values():
-        for entry in group:
-            entry.pop("first_started_at")
-            entry.pop("last_started_at")
-    return {**totals, "by_model": groups["model"], "by_route": groups["route"],
+    latency = sorted(r[0] for r in timings if r[0] is not None)
+    ttft = sorted(r[1] for r in timings if r[1] is not None)
+    totals = _totals(_added(groups))
+    return {**totals, "by_model": _by(groups, "model"), "by_route": _by(groups, "route"),
             "latency_ms": {"count": len(latency), **percentiles(latency)},
             "ttft_ms": {"count": len(ttft), **percentiles(ttft)}}

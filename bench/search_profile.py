@@ -35,7 +35,7 @@ def profile(conn, text):
     listing = query.parse_list_query({"q": [text]})
     phrase = listing.where.search
     matches = conn.execute("SELECT count(*) FROM texts WHERE texts MATCH ?", (phrase,)).fetchone()[0] if phrase else 0
-    sql, args = query._newest_first(listing.where, None, listing.limit + 1)
+    sql, args = query._newest_first(listing.where.flat(), None, listing.limit + 1)
     items = [{"id": row["id"]} for row in conn.execute(sql, args).fetchall()][:listing.limit]
     print("q=%r: %d texts match" % (text, matches))
     matching = "SELECT count(*) FROM (%s)" % textsearch.TEXT_MATCHES

@@ -85,13 +85,14 @@ def test_a_phrase_is_a_membership_test_in_the_newest_first_scan_common_or_rare()
     conn.row_factory = None
     for text, expected in (("common words", ["e1501", "e1499", "e1497"]), ("rare", ["e1"]), ("nothing", [])):
         listing = query.parse_list_query({"q": [text], "status": ["200"], "limit": ["3"]})
-        sql, args = query._newest_first(listing.where, None, 3)
+        sql, args = query._newest_first(listing.where.flat(), None, 3)
         sql = sql.replace("SELECT *", "SELECT id")
         assert [r[0] for r in conn.execute(sql, args)] == expected, text
         plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
         assert "SCAN exchanges USING INDEX by_time" in plan and "TEMP B-TREE" not in plan, plan
         # first sought among the newest rows: the common phrase fills its page there, the others not
-        sql, args = query._among_newest(listing, 3)
+        others = query.Where(list(listing.where.clauses), list(listing.where.args))
+        sql, args = query._among_newest(others, None, listing.where.text, 3)
         found = [r[0] for r in conn.execute(sql.replace("SELECT * FROM exchanges WHERE rowid IN", "SELECT id FROM "
                                                         "exchanges WHERE rowid IN"), args)]
         assert found == (expected if text == "common words" else []), text

@@ -42,7 +42,7 @@ TEXTS_KEPT = 1_000                # search texts waiting for the index (normally
 @dataclass
 class Derivation:
     fields: dict[str, Any]   # the `derived` entry of the metadata document
-    text: str | None = None  # the search text: of the request alone, empty (searchtext.py)
+    text: str = ""  # the search text ("" for the request alone: the index adds its short columns)
     unlinked: Clue | None = None  # a continuation whose previous turn is not known yet
 
 
@@ -178,10 +178,9 @@ class Deriver:
             fields = derivation.fields
             self.on_unlinked(record.id, record.started_at or time.time(), fields.get("session_id"),
                              derivation.unlinked, fields.get("previous_id"))
-        if derivation.text is not None:
-            self._texts[record.id] = derivation.text
-            if len(self._texts) > TEXTS_KEPT:  # an exchange deleted before its rewrite
-                self._texts.popitem(last=False)
+        self._texts[record.id] = derivation.text
+        if len(self._texts) > TEXTS_KEPT:  # an exchange deleted before its rewrite
+            self._texts.popitem(last=False)
         return derivation.fields
 
     def take_text(self, exchange_id: str) -> str | None:

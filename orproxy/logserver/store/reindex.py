@@ -85,8 +85,7 @@ def reindex(log_dir: LogDir, index: Index,
             text = run(search_text, log_dir, document)
         seen.add(document["id"].lower())
         batch.append(row_from_document(document, pricing=index.pricing))
-        if text is not None:
-            texts[document["id"].lower()] = text
+        texts[document["id"].lower()] = text
         if len(batch) >= BATCH:
             index.write(upsert_rows, batch, texts)
             result.indexed += len(batch)

@@ -44,27 +44,21 @@ class Where:
     args: list[Any] = field(default_factory=list)
     models: list[str] | None = None  # an exact `model` filter, kept apart for list_rows
     search: str | None = None  # the free text's FTS phrase: the listing shows snippets of it
-    search_term: tuple[int, int, int] | None = None  # its clause's index, first arg, arg count
+    text: tuple[str, list[Any]] | None = None  # the free text's clause and args, kept apart for list_rows
 
     def add(self, clause: str, *args: Any) -> None:
         self.clauses.append(clause)
         self.args.extend(args)
 
     def flat(self) -> "Where":
-        """The same conditions with the model filter as a plain clause."""
+        """The same conditions with the model filter and the free text as plain clauses."""
         where = Where(list(self.clauses), list(self.args), search=self.search)
         if self.models:
             where.add(" OR ".join(["model = ? OR model_requested = ?"] * len(self.models)),
                       *[m for m in self.models for _ in (0, 1)])
+        if self.text:
+            where.add(self.text[0], *self.text[1])
         return where
-
-    def without_search(self) -> tuple["Where", str, list[Any]]:
-        """The other conditions, and the free text's clause with its arguments."""
-        assert self.search_term is not None
-        i, start, count = self.search_term
-        rest = Where(self.clauses[:i] + self.clauses[i + 1:], self.args[:start] + self.args[start + count:],
-                     self.models)
-        return rest, self.clauses[i], self.args[start:start + count]
 
     def sql(self) -> str:
         return " WHERE " + " AND ".join(f"({c})" for c in self.clauses) if self.clauses else ""
@@ -190,8 +184,7 @@ def _q(where: Where, text: str) -> None:
         sets.append(textsearch.ID_MATCHES)
         args += [low, high]
     where.search = phrase
-    where.search_term = (len(where.clauses), len(where.args), len(args))
-    where.add(textsearch.matching(sets), *args)
+    where.text = (textsearch.matching(sets), args)
 
 
 def _exact(name: str) -> Callable[[Where, str], None]:
@@ -316,15 +309,16 @@ def list_rows(conn: sqlite3.Connection, query: ListQuery) -> dict[str, Any]:
     if query.updated_after is not None:
         where = query.where.flat()
         where.add("seq > ?", query.updated_after)
-        sql, args = f"SELECT * FROM exchanges{where.sql()} ORDER BY seq ASC LIMIT ?", [*where.args, limit]
+        attempts = [(f"SELECT * FROM exchanges{where.sql()} ORDER BY seq ASC LIMIT ?", [*where.args, limit])]
     else:
         where = Where(list(query.where.clauses), list(query.where.args))
         if query.cursor:
             where.add("(started_at, id) < (?, ?)", *query.cursor)
-        sql, args = _newest_first(where, query.where.models, limit)
-    attempts = [(sql, args)]
-    if query.where.search and query.updated_after is None:
-        attempts.insert(0, _among_newest(query, limit))
+        attempts = []
+        if query.where.text:  # a common phrase fills its page among the newest rows
+            attempts.append(_among_newest(where, query.where.models, query.where.text, limit))
+            where.add(query.where.text[0], *query.where.text[1])
+        attempts.append(_newest_first(where, query.where.models, limit))
     conn.execute("BEGIN")
     try:
         for sql, args in attempts:  # the first that fills the page, else the last
@@ -351,12 +345,13 @@ _ORDER = "ORDER BY started_at DESC, id DESC"
 WINDOW = 8  # pages of the newest rows a free-text search looks among first
 
 
-def _newest_first(where: Where, models: list[str] | None, limit: int) -> tuple[str, list[Any]]:
+def _newest_first(where: Where, models: list[str] | None, limit: int,
+                  columns: str = "*") -> tuple[str, list[Any]]:
     """The newest rows first. With a model filter, one ordered index scan per model column
     and value, merged (UNION of ordered scans: SQLite stops after `limit` rows), instead of
     an OR that would collect and sort every match: milliseconds at any size."""
     if not models:
-        return f"SELECT * FROM exchanges{where.sql()} {_ORDER} LIMIT ?", [*where.args, limit]
+        return f"SELECT {columns} FROM exchanges{where.sql()} {_ORDER} LIMIT ?", [*where.args, limit]
     branches, args = [], []
     rest = "".join(f" AND ({c})" for c in where.clauses)
     for model in models:
@@ -364,22 +359,20 @@ def _newest_first(where: Where, models: list[str] | None, limit: int) -> tuple[s
             branches.append(f"SELECT id, started_at FROM exchanges WHERE {column} = ?{rest}")
             args += [model, *where.args]
     hits = " UNION ".join(branches)
-    return (f"SELECT * FROM exchanges WHERE id IN (SELECT id FROM ({hits} {_ORDER} LIMIT ?)) {_ORDER}",
+    return (f"SELECT {columns} FROM exchanges WHERE id IN (SELECT id FROM ({hits} {_ORDER} LIMIT ?)) {_ORDER}",
             [*args, limit])
 
 
-def _among_newest(query: ListQuery, limit: int) -> tuple[str, list[Any]]:
+def _among_newest(rest: Where, models: list[str] | None, text: tuple[str, list[Any]],
+                  limit: int) -> tuple[str, list[Any]]:
     """A page of a free-text search sought among the newest WINDOW pages of rows the other
     filters pass, with only the phrase's matches from the oldest rowid among them on
     collected (FTS5 seeks to it: rows get rowids as they arrive, so about the last
     WINDOW pages' worth): a common phrase fills the page there in a few ms, where
     collecting all its matches takes 45 ms at 100,000 exchanges (textsearch.py). A page
     it does not fill is sought among all the matches (list_rows)."""
-    rest, clause, args = query.where.without_search()
-    if query.cursor:
-        rest.add("(started_at, id) < (?, ?)", *query.cursor)
-    inner, inner_args = _newest_first(rest, rest.models, WINDOW * limit)
-    inner = inner.replace("SELECT *", "SELECT rowid AS rowid, started_at, id", 1)
+    inner, inner_args = _newest_first(rest, models, WINDOW * limit, columns="rowid AS rowid, started_at, id")
+    clause, args = text
     check = textsearch.among(clause, "newest")
     return (f"WITH newest AS MATERIALIZED ({inner}) SELECT * FROM exchanges WHERE rowid IN "
             f"(SELECT rowid FROM newest WHERE {check} {_ORDER} LIMIT ?) {_ORDER}",

@@ -89,7 +89,7 @@ def compute(conn: sqlite3.Connection, where: Where) -> dict[str, Any]:
         groups = [dict(r) for r in conn.execute(f"SELECT model, route, {_SUMS} FROM exchanges{sql_where} "
                                                 f"GROUP BY model, route", where.args)]
         plain = conn.cursor()
-        plain.row_factory = None  # tuples: half the time of sqlite3.Row for 100,000 rows
+        plain.row_factory = None  # tuples: half the time of sqlite3.Row (15 ms against 31 for 20,000 rows)
         timings = plain.execute(f"SELECT duration_ms, ttft_ms FROM exchanges{sql_where}", where.args).fetchall()
     finally:
         conn.execute("COMMIT")

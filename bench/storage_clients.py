@@ -19,7 +19,6 @@ import contextlib  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -28,24 +27,12 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 from gevent.threadpool import ThreadPool  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.procs import Proc, free_port  # noqa: E402
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 CALLS = 200
 GREENLETS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing listening on {port} after {timeout} s")
 
 
 @contextlib.contextmanager
@@ -71,14 +58,15 @@ def postgresql():
 @contextlib.contextmanager
 def moto_s3():
     port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix="motobench-")
+    server = Proc("moto", [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+                           "-p", str(port)], work).start()
     try:
-        wait_port(port)
+        server.wait_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def cpu() -> float:

@@ -24,6 +24,7 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
+        "postgresql": ["psycopg[binary]>=3.2"],  # --index postgresql://: green under gevent (store/pgindex.py)
         "test": [
             "pytest>=8",
             "gunicorn>=23",

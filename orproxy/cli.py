@@ -17,6 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, ModelPrice, load_config, load_prices  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
+from orproxy.logserver.store.stores import IndexUnavailable, open_index  # noqa: E402
 from orproxy.logserver.store.sweeper import STALE_AFTER  # noqa: E402
 from orproxy.logserver.web.guard import is_loopback, token_problem  # noqa: E402
 from orproxy.logserver.web.units import parse_duration, parse_size  # noqa: E402
@@ -115,6 +116,9 @@ def logserver_main(argv: list[str] | None = None) -> None:
                         help="CPU priority: idle (default) runs only on CPU time nothing else wants, "
                              "so that on a shared machine the proxy's traffic always goes first; "
                              "low is nice 10; normal keeps the priority it was started with")
+    parser.add_argument("--index", metavar="URL", default=os.environ.get("ORLOGSERVER_INDEX") or None,
+                        help="the index in PostgreSQL, postgresql://USER@HOST/DB, which several logging "
+                             "servers can share (default: $ORLOGSERVER_INDEX, else SQLite in the log dir)")
     parser.add_argument("--reindex", action="store_true",
                         help="rebuild the index (.ids/index.sqlite3 in the log dir) from the files, then exit")
     parser.add_argument("--max-age", type=_more_than_0(parse_duration), metavar="DURATION",
@@ -155,7 +159,7 @@ def logserver_main(argv: list[str] | None = None) -> None:
     lower_priority(args.priority)
     prepare_process()
     if args.reindex:
-        _reindex(args.log_dir, prices)
+        _reindex(args.log_dir, args.index, prices)
         return
 
     from orproxy.logserver.app import LogServerApp
@@ -163,20 +167,21 @@ def logserver_main(argv: list[str] | None = None) -> None:
     try:
         app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
                            stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token,
-                           prices=prices, replay_via=args.replay_via)
+                           prices=prices, replay_via=args.replay_via, index_url=args.index)
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
     except sqlite3.Error as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: the index cannot be opened: {e}")
+    except IndexUnavailable as e:
+        _fail("orlogserver", f"--index {e}")
     try:
         serve(app, args.host, args.port, "orlogserver", args.shutdown_timeout)
     except OSError as e:
         _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
 
 
-def _reindex(log_dir: str, prices: tuple[ModelPrice, ...]) -> None:
+def _reindex(log_dir: str, index_url: str | None, prices: tuple[ModelPrice, ...]) -> None:
     from orproxy.logserver.llm.pricing import Pricing
-    from orproxy.logserver.store.index import Index
     from orproxy.logserver.store.logdir import LogDir
     from orproxy.logserver.store.reindex import reindex
 
@@ -184,7 +189,7 @@ def _reindex(log_dir: str, prices: tuple[ModelPrice, ...]) -> None:
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
     try:
         files = LogDir(log_dir)
-        index = Index(files.path, pricing=Pricing(prices))
+        index = open_index(index_url, files.path, Pricing(prices))
         result = reindex(files, index)
         index.close()
         files.close()
@@ -192,6 +197,8 @@ def _reindex(log_dir: str, prices: tuple[ModelPrice, ...]) -> None:
         _fail("orlogserver", f"--log-dir {log_dir}: {e.strerror or e}")
     except sqlite3.Error as e:
         _fail("orlogserver", f"--log-dir {log_dir}: the index cannot be written: {e}")
+    except IndexUnavailable as e:
+        _fail("orlogserver", f"--index {e}")
     print(f"orlogserver: indexed {result.indexed} exchanges from {files.path} in {result.seconds:.1f}s "
           f"({result.derived} derived from their bodies, {result.removed} stale rows removed, "
           f"{result.skipped} unreadable metadata files skipped)")

@@ -38,7 +38,8 @@ def logserver_app() -> Callable:
     ORLOGSERVER_STALE_AFTER (e.g. 15m), as --max-age, --max-bytes and --stale-after;
     ORLOGSERVER_TOKEN, ORLOGSERVER_ALLOWED_HOSTS and ORLOGSERVER_REPLAY_VIA (both
     comma-separated) as --token, --allowed-host and --replay-via, ORLOGSERVER_CONFIG (prices of
-    your own) as --config. Bound beyond loopback without a token, it refuses every request.
+    your own) as --config, ORLOGSERVER_INDEX (postgresql://…) as --index. Bound beyond
+    loopback without a token, it refuses every request.
     Create it in each worker (no --preload): it starts threads."""
     log_dir = os.environ.get("ORLOGSERVER_LOG_DIR", "logs")
     os.makedirs(os.path.join(log_dir, ".ids"), exist_ok=True)  # at once: the imports take a while
@@ -83,5 +84,11 @@ def logserver_app() -> Callable:
     except ValueError as e:
         print(f"orlogserver: ORLOGSERVER_REPLAY_VIA: {e}", file=sys.stderr)
         sys.exit(4)
-    return for_gunicorn(LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token, replay_via=via,
-                                      prices=prices))
+    from orproxy.logserver.store.stores import IndexUnavailable
+    try:
+        app = LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token, replay_via=via, prices=prices,
+                           index_url=os.environ.get("ORLOGSERVER_INDEX") or None)
+    except IndexUnavailable as e:
+        print(f"orlogserver: ORLOGSERVER_INDEX {e}", file=sys.stderr)
+        sys.exit(4)
+    return for_gunicorn(app)

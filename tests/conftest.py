@@ -24,6 +24,7 @@ Default routes (all to the fake upstream):
 """
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -217,9 +218,48 @@ class LogServer(SessionServer):
         return box["data"]
 
 
+# The index: SQLite in the log dir, or PostgreSQL (`--index`). A module marked
+# `pytestmark = pytest.mark.both_indexes` runs its logging servers with each.
+INDEX_KINDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    if "index_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_indexes"):
+        metafunc.parametrize("index_kind", INDEX_KINDS, scope="session")
+
+
 @pytest.fixture(scope="session")
-def _logserver_session(tmp_path_factory):
-    server = LogServer(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("orlogserver"))
+def index_kind():
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster (orproxy.testing.postgres) for the whole session.
+    Skips where PostgreSQL is not installed; ORPROXY_REQUIRE_POSTGRES=1 (CI) fails instead."""
+    from orproxy.testing.postgres import Cluster, find_bin
+    if find_bin() is None:
+        message = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+        if os.environ.get("ORPROXY_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message + ", and ORPROXY_REQUIRE_POSTGRES=1")
+        pytest.skip(message)
+    with Cluster.start() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def index_args(request, index_kind):
+    """A function giving a new logging server's index arguments: none for SQLite, else
+    `--index` and a new database of the session's cluster."""
+    if index_kind == "sqlite":
+        return lambda: []
+    cluster = request.getfixturevalue("postgres_cluster")
+    return lambda: ["--index", cluster.new_database()]
+
+
+@pytest.fixture(scope="session")
+def _logserver_session(tmp_path_factory, index_args):
+    server = LogServer(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("orlogserver"), index_args())
     server.start()
     yield server
     server.stop(timeout=5)
@@ -233,14 +273,15 @@ def logserver(_logserver_session):
 
 
 @pytest.fixture
-def make_logserver(tmp_path):
+def make_logserver(tmp_path, index_args):
     """Factory for logging servers of a test's own, started with these command-line
-    arguments (e.g. "--stale-after", "1s"), each with its own log dir; stopped at teardown."""
+    arguments (e.g. "--stale-after", "1s"), each with its own log dir (and index); stopped
+    at teardown."""
     started = []
 
     def factory(*args):
         work = tmp_path / ("logserver%d" % len(started))
-        server = LogServer(work / "logs", work, list(args)).start()
+        server = LogServer(work / "logs", work, [*index_args(), *args]).start()
         started.append(server)
         return server
 

@@ -76,9 +76,9 @@ class Stack(object):
     """A logging server of its own (its own log dir) and a proxy logging to it, so that
     a test sees only its exchanges and may stop the logging server."""
 
-    def __init__(self, tmp_path_factory, upstream_url, name="ui", token=None):
+    def __init__(self, tmp_path_factory, upstream_url, name="ui", token=None, index=()):
         self.logserver = LogServer(tmp_path_factory.mktemp(name + "_logs"), tmp_path_factory.mktemp(name + "_orlogserver"),
-                                   ["--token", token] if token else []).start()
+                                   [*index, *(["--token", token] if token else [])]).start()
         config = build_config(upstream_url, self.logserver.url, logging={"token": token} if token else None)
         self.proxy = start_proxy(tmp_path_factory.mktemp(name + "_proxy"), config)
 

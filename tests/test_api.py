@@ -19,6 +19,8 @@ from conftest import STARTUP_TIMEOUT
 from helpers import http_request, start_gunicorn, stream_text, wait_until
 from live_helpers import StreamingChat
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm"
 CHAT = {"model": "fake/model-a", "messages": [{"role": "user", "content": "Say hi"}]}
 

@@ -9,6 +9,8 @@ import requests
 from api_helpers import ApiClient, derived_done
 from helpers import wait_until
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 AGENT_ROUTE = "agent"
 
 

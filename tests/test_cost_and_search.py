@@ -9,6 +9,8 @@ import requests
 from api_helpers import ApiClient, derived_done
 from conftest import LogServer
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 
 @pytest.fixture
 def agent_proxy(make_proxy, fake_upstream):
@@ -65,10 +67,11 @@ def test_the_upstreams_reported_cost_wins_and_an_unknown_model_has_none(agent_pr
     assert totals["cost"] - (totals["estimated_cost"] or 0) >= 0.0123 - 1e-9  # the reported part
 
 
-def test_prices_of_your_own_come_from_the_config_file(tmp_path, make_proxy, fake_upstream, write_config):
+def test_prices_of_your_own_come_from_the_config_file(tmp_path, make_proxy, fake_upstream, write_config,
+                                                      index_args):
     config = write_config({"prices": {"my-local-*": {"input": 1.0, "output": 2.0},
                                       "gpt-4o": {"input": 0, "output": 0}}}, name="prices.yaml")
-    own = LogServer(tmp_path / "logs", tmp_path / "work", ["--config", str(config)]).start()
+    own = LogServer(tmp_path / "logs", tmp_path / "work", [*index_args(), "--config", str(config)]).start()
     try:
         proxy = make_proxy(routes=[{"source": "/v1/", "destination": fake_upstream.url + "/agent/v1/"}],
                            logging={"server_url": own.url})

@@ -28,6 +28,8 @@ from orproxy.testing.seed_logs import seed
 from test_hostile_content import BOMBS, REQUEST as HOSTILE_REQUEST
 from test_websocket import WsUpstream, ws_routes
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 SECRET = "sk-test-0123456789abcdef"
 JSON_HEADERS = [("Content-Type", "application/json"), ("Authorization", "Bearer " + SECRET)]
 
@@ -320,11 +322,11 @@ def _write_http_parts(log_dir, documents, response_size):
     return len(text)
 
 
-def test_a_large_export_is_streamed_in_bounded_memory(tmp_path):
+def test_a_large_export_is_streamed_in_bounded_memory(tmp_path, index_args):
     """300 exchanges of 1 MiB each: a document of 300 MiB, while the server grows by far less."""
     log_dir = tmp_path / "logs"
     size = _write_http_parts(str(log_dir), seed(str(log_dir), 300, bins=False), 1024 * 1024)
-    server = LogServer(log_dir, tmp_path).start()
+    server = LogServer(log_dir, tmp_path, index_args()).start()
     try:
         api = ApiClient(server.url)
         wait_until(lambda: api.ok("/api/health")["exchanges"] == 300 and not api.ok("/api/health")["rebuilding"],

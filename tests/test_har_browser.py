@@ -6,9 +6,13 @@ import re
 import uuid
 from pathlib import Path
 
+import pytest
+
 from har_helpers import load_har
 from live_helpers import send_chat, wait_row
 from test_ui_browser import _expect, browser, page, row_of, stack  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 
 
 def _download(page, locator):

@@ -15,6 +15,8 @@ from helpers import ServerProcess, script, wait_until
 from orproxy.logserver.store.schema import DEFAULT_PRICING, row_from_document
 from orproxy.testing.seed_logs import seed
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 COUNT = 1000
 
 

@@ -17,6 +17,8 @@ from api_helpers import ApiClient
 from helpers import http_request, start_gunicorn, stream_text, wait_until
 from live_helpers import Stack, StreamingChat, send_chat, sse_events, wait_row
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 
 def ws_url(http_url, path="/api/live", **params):
     query = "&".join("%s=%s" % kv for kv in params.items())
@@ -385,8 +387,8 @@ def test_every_client_sees_every_row_with_several_gunicorn_workers(gunicorn_logs
     live_client.close()
 
 
-def test_stopping_the_logging_server_ends_feeds_and_tails_at_once(tmp_path_factory, fake_upstream):
-    stack = Stack(tmp_path_factory, fake_upstream.url, "stop")
+def test_stopping_the_logging_server_ends_feeds_and_tails_at_once(tmp_path_factory, fake_upstream, index_args):
+    stack = Stack(tmp_path_factory, fake_upstream.url, "stop", index=index_args())
     try:
         client = LiveClient(ws_url(stack.logserver.url))
         sse = requests.get(stack.logserver.url + "/api/events", stream=True, timeout=10)

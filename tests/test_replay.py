@@ -17,6 +17,8 @@ from live_helpers import Stack
 from log_helpers import host_port, send, split_head
 from replay_helpers import RECORD, files_holding, header, new_key, received, replay
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 CHAT = "/v1/chat/completions"
 ORIGINAL_KEY = "sk-original-0123456789abcdef"
 
@@ -73,7 +75,8 @@ def test_replay_as_logged_reaches_the_upstream_byte_for_byte_with_the_callers_ke
 
     row = complete(api, answer["id"], lambda r: r["replay_of"] == rid)
     assert row["model_requested"] == "fake/replayed" and row["status"] == 200
-    assert [i["id"] for i in api.ok("/api/requests", replay_of=rid)["items"]] == [answer["id"]]
+    replays = lambda: [i["id"] for i in api.ok("/api/requests", replay_of=rid)["items"]]  # noqa: E731
+    wait_until(lambda: replays() == [answer["id"]], 5, 0.02, "the replay listed")  # (the row above: its file)
     logged = logserver.read(answer["id"], "request")
     assert b"\r\nAuthorization: Bearer ****" + key[-4:].encode() + b"\r\n" in logged  # masked by the proxy
     assert b"\r\nX-Orproxy-Replay-Of: " + rid.encode() + b"\r\n" in logged
@@ -135,8 +138,8 @@ def test_a_streamed_replay_answers_at_the_head_and_is_logged_whole(proxy, fake_u
     assert events[-1]["data"] == "[DONE]" and sum("tok39" in e["data"] for e in events) == 1
 
 
-def test_replay_of_is_kept_by_a_rebuild_of_the_index_from_the_files(tmp_path, make_proxy):
-    server = LogServer(tmp_path / "logs", tmp_path / "server").start()
+def test_replay_of_is_kept_by_a_rebuild_of_the_index_from_the_files(tmp_path, make_proxy, index_args):
+    server = LogServer(tmp_path / "logs", tmp_path / "server", index_args()).start()
     try:
         proxy = make_proxy(logging={"server_url": server.url})
         own = ApiClient(server.url)
@@ -276,10 +279,11 @@ def forged(proxy, tag, host):
     return next(v for n, v in split_head(answer)[1] if n.lower() == "x-request-id")
 
 
-def test_only_proxies_on_loopback_or_given_with_replay_via_are_replayed_through(tmp_path, make_proxy, fake_upstream):
+def test_only_proxies_on_loopback_or_given_with_replay_via_are_replayed_through(tmp_path, make_proxy, fake_upstream,
+                                                                               index_args):
     """A forged Host must not take the caller's key elsewhere. 0.0.0.0 is no loopback
     address, but Linux connects it to this machine: the proxy, once allowed."""
-    server = LogServer(tmp_path / "logs", tmp_path / "server").start()
+    server = LogServer(tmp_path / "logs", tmp_path / "server", index_args()).start()
     try:
         proxy = make_proxy(logging={"server_url": server.url})
         own, tag = ApiClient(server.url), uuid.uuid4().hex
@@ -320,9 +324,9 @@ def test_other_origins_cannot_replay(logged_one, api, headers):
     assert count() == 1
 
 
-def test_with_a_token_the_key_goes_in_the_json_and_the_token_never_upstream(tmp_path_factory, fake_upstream):
+def test_with_a_token_the_key_goes_in_the_json_and_the_token_never_upstream(tmp_path_factory, fake_upstream, index_args):
     token = "tok-%s" % uuid.uuid4().hex
-    stack = Stack(tmp_path_factory, fake_upstream.url, "replay_token", token=token)
+    stack = Stack(tmp_path_factory, fake_upstream.url, "replay_token", token=token, index=index_args())
     bearer = {"Authorization": "Bearer " + token}
 
     def completed(exchange_id):  # GET /api/requests/{id} with the token

@@ -6,11 +6,15 @@ import os
 import re
 import uuid
 
+import pytest
+
 import requests
 
 from live_helpers import CHAT_PATH, chat_body, wait_row
 from replay_helpers import RECORD, header, new_key, received
 from test_ui_browser import _expect, browser, page, row_of, stack  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 
 
 def test_replay_an_exchange_with_another_model_and_a_key_kept_only_in_memory(page, stack,  # noqa: F811

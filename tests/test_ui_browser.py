@@ -18,6 +18,8 @@ import requests
 
 from live_helpers import Stack, StreamingChat, send_chat, wait_row
 
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
+
 CHROMIUM = os.environ.get("ORPROXY_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -40,8 +42,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, _fake_upstream_session):
-    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "ui")
+def stack(tmp_path_factory, _fake_upstream_session, index_args):
+    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "ui", index=index_args())
     yield stack
     stack.close()
 
@@ -245,9 +247,9 @@ def test_the_keyboard_moves_opens_and_closes(page, stack):
 
 
 def test_with_a_token_the_ui_works_once_visited_with_it_and_the_token_leaves_the_address_bar(
-        browser, tmp_path_factory, _fake_upstream_session):
+        browser, tmp_path_factory, _fake_upstream_session, index_args):
     token = "ui-token-0123456789abcdef"
-    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "token", token=token)
+    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "token", token=token, index=index_args())
     context = browser.new_context(viewport=VIEWPORT)
     try:
         rid = send_chat(stack.proxy.url, "token-model")
@@ -266,10 +268,11 @@ def test_with_a_token_the_ui_works_once_visited_with_it_and_the_token_leaves_the
         stack.close()
 
 
-def test_screenshots_conversation_view_curl_and_dark_theme(browser, tmp_path_factory, _fake_upstream_session):
+def test_screenshots_conversation_view_curl_and_dark_theme(browser, tmp_path_factory, _fake_upstream_session,
+                                                          index_args):
     """Realistic traffic in a logging server of its own; the README's screenshots."""
     expect = _expect()
-    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "shots")
+    stack = Stack(tmp_path_factory, _fake_upstream_session.url, "shots", index=index_args())
     context = browser.new_context(viewport=VIEWPORT, color_scheme="light", permissions=["clipboard-read", "clipboard-write"])
     try:
         agent = [

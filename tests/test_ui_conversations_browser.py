@@ -5,11 +5,14 @@ the fake upstream's agent endpoints (orproxy/testing/agent_api.py): the answer t
 import re
 import uuid
 
+import pytest
 import requests
 
 from api_helpers import derived_done
 from live_helpers import wait_row
 from test_ui_browser import _expect, browser, page, row_of, stack  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 
 AGENT_PATH = "/v1/agent/v1/chat/completions"  # the default route /v1/ leads to the fake upstream
 EVIL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'

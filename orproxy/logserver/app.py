@@ -26,13 +26,13 @@ from orproxy.logserver.metrics.counting import ExchangeMetrics
 from orproxy.logserver.store.appends import Appends
 from orproxy.logserver.store.batching import BatchingRequestHandler
 from orproxy.logserver.store.deriving import Deriver
-from orproxy.logserver.store.index import Index
 from orproxy.logserver.store.ingest import BadInput, Ingest
 from orproxy.logserver.store.linking import Linker
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.reindex import reindex
 from orproxy.logserver.store.relinking import Relinker
 from orproxy.logserver.store.retention import Retention
+from orproxy.logserver.store.stores import open_index
 from orproxy.logserver.store.sweeper import STALE_AFTER, Sweeper
 from orproxy.logserver.web.api import Api
 from orproxy.logserver.web.conversations import Diffs
@@ -54,10 +54,10 @@ class LogServerApp:
                  retention_interval: float = 60.0, stale_after: float = STALE_AFTER,
                  allowed_hosts: Iterable[str] = (), token: str | None = None,
                  prices: tuple[ModelPrice, ...] = (),
-                 replay_via: Iterable[str] = ()) -> None:
+                 replay_via: Iterable[str] = (), index_url: str | None = None) -> None:
         self.guard = Guard(allowed_hosts, token)
         self.log_dir = LogDir(log_dir)
-        self.index = Index(self.log_dir.path, pricing=Pricing(prices))
+        self.index = open_index(index_url, self.log_dir.path, Pricing(prices))
         self.deriver = Deriver(self.log_dir, Linker(self.index))
         self.ingest = Ingest(self.log_dir, self.deriver)
         self.deriver.on_unlinked = Relinker(self.ingest, self.deriver.linker).watch

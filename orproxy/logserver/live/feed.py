@@ -43,12 +43,14 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
-from orproxy.logserver.store.index import TOMBSTONE_SEQS, Index, last_seq
-from orproxy.logserver.store.schema import to_api
+from orproxy.logserver.store.index import TOMBSTONE_SEQS
+from orproxy.logserver.store.stores import IndexStore
+from orproxy.logserver.store.schema import COLUMNS, to_api
 from orproxy.logserver.web import query
 
 INTERVAL = 0.25          # seconds between polls of the index
 QUEUE_SIZE = 64          # messages a client may have waiting
+_COLUMNS = ", ".join(COLUMNS)
 BATCH = 200              # rows per message
 CATCH_UP_MAX = 2000      # more changed rows than this since a client's `since`: reset
 
@@ -91,10 +93,11 @@ def changes(conn: sqlite3.Connection, after: int, limit: int, wheres: dict[str, 
             # Only the changed rows, found by seq: as a plain WHERE, SQLite would pick the
             # filter's index (by_model, by_route) and visit every row of that model per poll.
             # A subquery with a LIMIT is not flattened into the outer query; it names its
-            # rowid, which the text search's clause needs (a subquery's rows have none).
+            # rowid, which the text search's clause needs (a subquery's rows have none), and
+            # its columns (PostgreSQL's `*` has the rowid too).
             condition = " AND ".join(f"({c})" for c in where.clauses)
-            sql = (f"SELECT id FROM (SELECT rowid AS rowid, * FROM exchanges WHERE seq > ? AND seq <= ? LIMIT -1) "
-                   f"WHERE {condition}")
+            sql = (f"SELECT id FROM (SELECT rowid AS rowid, {_COLUMNS} FROM exchanges WHERE seq > ? AND seq <= ? "
+                   f"LIMIT {2**62}) AS changed WHERE {condition}")
             matches[key] = {r[0] for r in conn.execute(sql, [after, upto, *where.args])}
         return upto, rows, deleted, matches
     finally:
@@ -155,7 +158,7 @@ class Subscriber:
 
 
 class LiveFeed:
-    def __init__(self, index: Index, stopping: Event | None = None, interval: float = INTERVAL) -> None:
+    def __init__(self, index: IndexStore, stopping: Event | None = None, interval: float = INTERVAL) -> None:
         self.index = index
         self.stopping = stopping or Event()
         self.interval = interval
@@ -173,7 +176,7 @@ class LiveFeed:
         subscriber = Subscriber(params)
         with self._lock:  # the cursor, the catch-up and the registration as one step
             if self.cursor is None:
-                self.cursor = self.index.read(last_seq)
+                self.cursor = self.index.last_seq()
             cursor = self.cursor
             # No seq on the item: an SSE client resuming from it would skip the catch-up.
             subscriber.put(_dumps({"type": "hello", "seq": cursor, "time": time.time(), "worker": os.getpid()}))

@@ -16,6 +16,7 @@ substring scan of those columns read every row, 130 ms at 100,000 exchanges.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from orproxy import jsoncodec
@@ -48,6 +49,21 @@ def indexed_text(row: dict[str, Any], text: str) -> str:
     """What the full-text index holds for an exchange: its text, then its LABELS' values."""
     labels = " ".join(str(row[c]) for c in LABELS if row.get(c))
     return f"{text}\n{labels}" if text and labels else text or labels
+
+
+_WORD_RE = re.compile(r"[^\W_]+")  # a word as SQLite FTS5's unicode61 tokenizer splits them
+_ACCENT_RE = re.compile("[\u0300-\u036f]")  # the combining diacritics of Latin letters
+
+
+def folded_words(text: str) -> str:
+    """The words of `text` as the SQLite index matches them: lower case, Latin accents
+    dropped (remove_diacritics), one space between. PostgreSQL's index is given this
+    (store/pgindex.py), and so is either's phrase (web/textsearch.py), so that both
+    split and fold words alike."""
+    text = text.lower()
+    if not text.isascii():
+        text = _ACCENT_RE.sub("", unicodedata.normalize("NFD", text))
+    return " ".join(_WORD_RE.findall(text))
 
 
 def conversation_text(conversation: Conversation, new_from: int) -> str:

@@ -28,27 +28,25 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import gevent
-from gevent.event import Event
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
 from orproxy.logserver.llm.pricing import Pricing
 from orproxy.logserver.llm.searchtext import indexed_text
+from orproxy.logserver.store.indexqueue import QueuedIndex
 from orproxy.logserver.store.schema import COLUMNS, DEFAULT_PRICING, FIELDS, row_from_document
 
 SCHEMA_VERSION = 6  # 3: incomplete_reason, the in_flight index; 4: conversations, cost, texts; 5: replay_of;
 # 6: the texts hold the short columns' values
 FILENAME = "index.sqlite3"
 READERS = 4
-ANALYZE_EVERY = 20_000  # rows written
 BUSY_TIMEOUT_MS = 30_000
 TOMBSTONE_SEQS = 100_000  # tombstones older than this many changes are dropped
 
 T = TypeVar("T")
 _thread_id = get_original("_thread", "get_ident")
 
-_INDEXES = (  # name, columns, and for a partial index the rows it covers
+INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("by_time", "started_at, id", ""),
     ("by_model", "model, started_at, id", ""),  # ordered scans per model: see query._newest_first
     ("by_model_requested", "model_requested, started_at, id", ""),
@@ -65,6 +63,7 @@ _INDEXES = (  # name, columns, and for a partial index the rows it covers
 
 
 _TOMBSTONES = "CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)"
+TEXT_MATCHES = "SELECT rowid FROM texts WHERE texts MATCH ?"  # a phrase's rows (pgindex.py translates it)
 _TEXTS = ("CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(id UNINDEXED, body, "
           "tokenize = 'unicode61 remove_diacritics 2')")
 
@@ -95,7 +94,7 @@ def create_schema(conn: sqlite3.Connection) -> bool:
         columns = ", ".join(f"{f.name} {f.sql}" + (" PRIMARY KEY" if f.name == "id" else "")
                             for f in FIELDS)
         conn.execute(f"CREATE TABLE exchanges ({columns})")
-        for name, columns, rows in _INDEXES:
+        for name, columns, rows in INDEXES:
             conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON exchanges ({columns})"
                          + (f" WHERE {rows}" if rows else ""))
         conn.execute(_TOMBSTONES)
@@ -123,10 +122,15 @@ def analyze(conn: sqlite3.Connection) -> None:
     conn.execute("ANALYZE")
 
 
-def last_seq(conn: sqlite3.Connection) -> int:
-    """The `seq` of the latest change: a row written or removed (two index lookups)."""
-    return conn.execute("SELECT max((SELECT coalesce(max(seq), 0) FROM exchanges), "
-                        "(SELECT coalesce(max(seq), 0) FROM removed))").fetchone()[0]
+# Both dialects' SQL (the PostgreSQL index runs it too: store/pgindex.py)
+LAST_SEQ = ("SELECT max(s) FROM (SELECT coalesce(max(seq), 0) AS s FROM exchanges "
+            "UNION ALL SELECT coalesce(max(seq), 0) FROM removed) AS latest")
+
+
+def last_seq(conn: Any) -> int:
+    """The `seq` of the latest change: a row written or removed (two index lookups), from
+    either index's connection."""
+    return conn.execute(LAST_SEQ).fetchone()[0]
 
 
 def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
@@ -183,27 +187,19 @@ def _upsert_documents(conn: sqlite3.Connection, documents: list[dict[str, Any]],
     upsert_rows(conn, [row_from_document(d, pricing=pricing) for d in documents], texts)  # on the writer thread
 
 
-class Index:
-    """The index of one log directory, safe to use from any greenlet."""
+class Index(QueuedIndex):
+    """The SQLite index of one log directory, safe to use from any greenlet."""
 
     def __init__(self, log_dir: str, readers: int = READERS, pricing: Pricing = DEFAULT_PRICING) -> None:
+        super().__init__(pricing)
         self.path = os.path.join(log_dir, ".ids", FILENAME)
-        self.pricing = pricing
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.created = not os.path.exists(self.path)
         self._writer = ThreadPool(1)
         self._readers = ThreadPool(readers)
         self._write_conn: sqlite3.Connection | None = None
         self._read_conns: dict[int, sqlite3.Connection] = {}
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._texts: dict[str, str] = {}
-        self._wake = Event()
-        self._idle = Event()
-        self._idle.set()
-        self._loop: gevent.Greenlet | None = None
         self.recreated = self.write(self._init)
-        self.errors = 0
-        self._since_analyze = 0
 
     # -- threads ------------------------------------------------------------------------
 
@@ -237,53 +233,24 @@ class Index:
         """Run fn(connection, *args) on this thread, which is not the loop's (it may block)."""
         return fn(self._reader_conn(), *args)
 
-    # -- the write queue ----------------------------------------------------------------
+    # -- the writes ---------------------------------------------------------------------
 
-    def put(self, document: dict[str, Any], text: str | None = None) -> None:
-        """Queue an exchange's metadata document (and its search text, if just derived) for
-        indexing; never blocks. A newer revision replaces a queued one, and rows are built
-        only for what gets written."""
-        exchange_id = str(document.get("id", "")).lower()
-        queued = self._pending.get(exchange_id)
-        if queued is None or (queued.get("rev") or 0) <= (document.get("rev") or 0):
-            self._pending[exchange_id] = document
-        if text is not None:
-            self._texts[exchange_id] = text
-        self._idle.clear()
-        self._wake.set()
-        if self._loop is None:
-            self._loop = gevent.spawn(self._write_loop)
+    def write_documents(self, documents: list[dict[str, Any]], texts: dict[str, str]) -> None:
+        self.write(_upsert_documents, documents, texts, self.pricing)
 
-    def _write_loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, texts = list(self._pending.values()), self._texts
-                self._pending, self._texts = {}, {}
-                try:
-                    self.write(_upsert_documents, batch, texts, self.pricing)
-                    self._since_analyze += len(batch)
-                    if self._since_analyze >= ANALYZE_EVERY:
-                        self._since_analyze = 0
-                        self.write(analyze)
-                except Exception as e:  # a full disk, a locked file: keep serving
-                    self.errors += 1
-                    print(f"orlogserver: index write failed ({len(batch)} rows): {e}", flush=True)
-            self._idle.set()
+    def upsert_rows(self, rows: list[dict[str, Any]], texts: dict[str, str] | None = None) -> None:
+        self.write(upsert_rows, rows, texts)
 
-    @property
-    def queued(self) -> int:
-        """Exchanges waiting for the writer thread (the metrics: how far it is behind)."""
-        return len(self._pending)
+    def delete_rows(self, ids: list[str]) -> None:
+        self.write(delete_rows, ids)
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued row is written (tests, reindex, shutdown)."""
-        return self._idle.wait(timeout)
+    def analyze(self) -> None:
+        self.write(analyze)
+
+    def last_seq(self) -> int:
+        return self.read(last_seq)
 
     def close(self) -> None:
-        self.flush(5)
-        if self._loop is not None:
-            self._loop.kill()
+        self.stop_writing()
         for pool in (self._writer, self._readers):
             pool.kill()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orproxy.logserver.store.deriving import derive_document, remember_document, search_text
-from orproxy.logserver.store.index import Index, analyze, delete_rows, upsert_rows
+from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.linking import Linker
 from orproxy.logserver.store.logdir import METADATA_SUFFIX, UUID_RE, LogDir
 from orproxy.logserver.store.record import ExchangeRecord
@@ -53,7 +53,7 @@ def _indexed_ids(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT id FROM exchanges")]
 
 
-def reindex(log_dir: LogDir, index: Index,
+def reindex(log_dir: LogDir, index: IndexStore,
             run: Callable[..., Any] = lambda fn, *args: fn(*args)) -> Result:
     """Rebuild the index of `log_dir`. `run(fn, *args)` runs the file parsing (pass a
     thread pool's apply when a gevent server is serving meanwhile)."""
@@ -87,16 +87,16 @@ def reindex(log_dir: LogDir, index: Index,
         batch.append(row_from_document(document, pricing=index.pricing))
         texts[document["id"].lower()] = text
         if len(batch) >= BATCH:
-            index.write(upsert_rows, batch, texts)
+            index.upsert_rows(batch, texts)
             result.indexed += len(batch)
             batch, texts = [], {}
     if batch:
-        index.write(upsert_rows, batch, texts)
+        index.upsert_rows(batch, texts)
         result.indexed += len(batch)
     gone = [i for i in index.read(_indexed_ids) if i not in seen and log_dir.read_metadata(i) is None]
     if gone:
-        index.write(delete_rows, gone)
-    index.write(analyze)
+        index.delete_rows(gone)
+    index.analyze()
     result.removed = len(gone)
     result.seconds = time.monotonic() - started
     return result

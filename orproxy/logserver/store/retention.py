@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.store.index import Index, delete_rows
+from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.logdir import LogDir
 
 STALE_IN_FLIGHT = 3600.0
@@ -64,7 +64,7 @@ def _delete_files(log_dir: LogDir, ids: list[str]) -> int:
 
 
 class Retention:
-    def __init__(self, log_dir: LogDir, index: Index, max_age: float | None = None,
+    def __init__(self, log_dir: LogDir, index: IndexStore, max_age: float | None = None,
                  max_bytes: int | None = None, interval: float = 60.0) -> None:
         self.log_dir = log_dir
         self.index = index
@@ -108,7 +108,7 @@ class Retention:
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start:start + BATCH]
                 pruned.bytes += self.pool.apply(_delete_files, (self.log_dir, chunk))
-                self.index.write(delete_rows, chunk)
+                self.index.delete_rows(chunk)
                 pruned.exchanges += len(chunk)
         return pruned
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from orproxy.logserver.store.index import Index
+from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.ingest import Ingest
 from orproxy.logserver.store.record import ExchangeRecord
 
@@ -36,7 +36,7 @@ def stale_candidates(conn, before: float) -> list[str]:  # noqa: ANN001 - a sqli
 
 
 class Sweeper:
-    def __init__(self, ingest: Ingest, index: Index, stale_after: float = STALE_AFTER,
+    def __init__(self, ingest: Ingest, index: IndexStore, stale_after: float = STALE_AFTER,
                  interval: float | None = None) -> None:
         self.ingest, self.index = ingest, index
         self.stale_after = stale_after

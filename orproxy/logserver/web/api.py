@@ -23,7 +23,7 @@ from gevent.threadpool import ThreadPool
 from orproxy import __version__
 from orproxy.logserver.llm.view import VIEW_LIMIT, exchange_view
 from orproxy.logserver.store.follow import PartFollower
-from orproxy.logserver.store.index import Index, delete_rows
+from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
@@ -59,7 +59,7 @@ def _flag(params: dict[str, list[str]], name: str) -> bool:
 
 
 class Api:
-    def __init__(self, log_dir: LogDir, index: Index, health: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, log_dir: LogDir, index: IndexStore, health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.log_dir = log_dir
         self.index = index
         self.health_extra = health or (lambda: {})
@@ -130,7 +130,7 @@ class Api:
             raise HttpError("409 Conflict", "the exchange is still in flight; add ?force=true to delete it anyway")
         freed = self.pool.apply(self.log_dir.delete_exchange, (document,))
         self.index.flush(5)
-        self.index.write(delete_rows, [exchange_id])  # its tombstone tells the live feeds
+        self.index.delete_rows([exchange_id])  # its tombstone tells the live feeds
         return json_response(start_response, "200 OK", {"id": exchange_id, "deleted": True,
                                                         "freed_bytes": freed})
 

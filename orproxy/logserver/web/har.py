@@ -15,7 +15,7 @@ from typing import Any
 
 from orproxy import __version__, jsoncodec
 from orproxy.logserver.llm.httpfile import Message, read_message
-from orproxy.logserver.store.index import Index
+from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.web import query
@@ -74,7 +74,7 @@ def entry_bytes(log_dir: LogDir, row: dict[str, Any], document: dict[str, Any] |
     return jsoncodec.dumps(entry)
 
 
-def _rows(index: Index, where: Where, limit: int | None) -> Iterator[dict[str, Any]]:
+def _rows(index: IndexStore, where: Where, limit: int | None) -> Iterator[dict[str, Any]]:
     """The matching rows, newest first, a page at a time (the listing's cursor)."""
     cursor, left = None, limit
     while left is None or left > 0:
@@ -104,7 +104,7 @@ def document(entries: Iterator[bytes | None]) -> Iterator[bytes]:
     yield tail + b"}}"
 
 
-def export(index: Index, log_dir: LogDir, run: Callable[..., Any], where: Where,
+def export(index: IndexStore, log_dir: LogDir, run: Callable[..., Any], where: Where,
            limit: int | None) -> Iterator[bytes]:
     """The HAR document of every exchange `where` matches (at most `limit`), newest first;
     `run(fn, *args)` runs a function on a thread."""

@@ -178,7 +178,7 @@ def _q(where: Where, text: str) -> None:
     sets, args = [], []
     if phrase:  # the whole texts and the short columns (store/index.py, `texts`)
         sets.append(textsearch.TEXT_MATCHES)
-        args.append(phrase)
+        args.append(textsearch.match_argument(phrase))
     low, high = textsearch.id_range(text)
     if low:  # the start of an id: a range of the primary key
         sets.append(textsearch.ID_MATCHES)
@@ -359,7 +359,7 @@ def _newest_first(where: Where, models: list[str] | None, limit: int,
             branches.append(f"SELECT id, started_at FROM exchanges WHERE {column} = ?{rest}")
             args += [model, *where.args]
     hits = " UNION ".join(branches)
-    return (f"SELECT {columns} FROM exchanges WHERE id IN (SELECT id FROM ({hits} {_ORDER} LIMIT ?)) {_ORDER}",
+    return (f"SELECT {columns} FROM exchanges WHERE id IN (SELECT id FROM ({hits} {_ORDER} LIMIT ?) AS hits) {_ORDER}",
             [*args, limit])
 
 

@@ -16,11 +16,13 @@ import re
 import sqlite3
 from typing import Any
 
+from orproxy.logserver.llm.searchtext import folded_words
+from orproxy.logserver.store.index import TEXT_MATCHES
+
 _WORD_RE = re.compile(r"\w+")
 _ID_PREFIX_RE = re.compile(r"[0-9a-f-]{1,36}")
 _TOKEN_WORD_RE = re.compile(r"[^\W_]+")  # a word as FTS5's unicode61 tokenizer splits them
 SNIPPET_CHARS = 80  # of text on each side of a match
-TEXT_MATCHES = "SELECT rowid FROM texts WHERE texts MATCH ?"  # the phrase's rows
 ID_MATCHES = "SELECT rowid FROM exchanges WHERE id >= ? AND id < ?"  # the rows of an id prefix
 _FROM_OLDEST = " AND rowid >= (SELECT min(rowid) FROM {table})"
 
@@ -28,7 +30,7 @@ _FROM_OLDEST = " AND rowid >= (SELECT min(rowid) FROM {table})"
 def matching(sets: list[str]) -> str:
     """The clause: the row is in one of these sets of rowids. Its `+` keeps SQLite from
     driving the query by them (the module docstring says why)."""
-    return f"+rowid IN ({' UNION ALL '.join(sets)})" if sets else "0"
+    return f"+rowid IN ({' UNION ALL '.join(sets)})" if sets else "0 = 1"
 
 
 def among(clause: str, table: str) -> str:
@@ -45,6 +47,12 @@ def to_phrase(text: str) -> str | None:
     quarter each."""
     words = _WORD_RE.findall(text)
     return '"' + " ".join(words) + '"' if words else None
+
+
+def match_argument(phrase: str) -> str:
+    """The phrase as TEXT_MATCHES takes it: its words folded as the index folds them
+    (the same phrase to FTS5, which folds it again; PostgreSQL's folds nothing)."""
+    return '"' + folded_words(phrase) + '"'
 
 
 def id_range(text: str) -> tuple[str, str] | tuple[None, None]:

@@ -189,6 +189,7 @@ def _upsert_documents(conn: sqlite3.Connection, documents: list[dict[str, Any]],
 
 class Index(QueuedIndex):
     """The SQLite index of one log directory, safe to use from any greenlet."""
+    ROW_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.DataError, sqlite3.IntegrityError)
 
     def __init__(self, log_dir: str, readers: int = READERS, pricing: Pricing = DEFAULT_PRICING) -> None:
         super().__init__(pricing)

@@ -19,6 +19,8 @@ class QueuedIndex:
     gives `write_documents` (SQLite builds the rows on its writer thread), `analyze`, and
     the reads and writes that the rest of the server calls (`IndexStore` in store/stores.py)."""
 
+    ROW_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError)  # a row's own fault: retried alone
+
     def __init__(self, pricing: Pricing) -> None:
         self.pricing = pricing
         self._pending: dict[str, dict[str, Any]] = {}
@@ -58,16 +60,29 @@ class QueuedIndex:
             while self._pending:
                 batch, texts = list(self._pending.values()), self._texts
                 self._pending, self._texts = {}, {}
-                try:
-                    self.write_documents(batch, texts)
-                    self._since_analyze += len(batch)
-                    if self._since_analyze >= ANALYZE_EVERY:
-                        self._since_analyze = 0
+                self._write(batch, texts)
+                self._since_analyze += len(batch)
+                if self._since_analyze >= ANALYZE_EVERY:
+                    self._since_analyze = 0
+                    try:
                         self.analyze()
-                except Exception as e:  # a full disk, a locked file, a lost database: keep serving
-                    self.errors += 1
-                    print(f"orlogserver: index write failed ({len(batch)} rows): {e}", flush=True)
+                    except Exception as e:
+                        print(f"orlogserver: index statistics not refreshed: {e}", flush=True)
             self._idle.set()
+
+    def _write(self, batch: list[dict[str, Any]], texts: dict[str, str]) -> None:
+        try:
+            self.write_documents(batch, texts)
+            return
+        except Exception as e:  # a full disk, a locked file, a lost database: keep serving
+            failed = e
+        if len(batch) > 1 and isinstance(failed, self.ROW_ERRORS):  # one bad row must not cost the others theirs
+            for document in batch:
+                exchange_id = str(document.get("id", "")).lower()
+                self._write([document], {exchange_id: texts[exchange_id]} if exchange_id in texts else {})
+            return
+        self.errors += 1
+        print(f"orlogserver: index write failed: {failed}", flush=True)
 
     @property
     def queued(self) -> int:

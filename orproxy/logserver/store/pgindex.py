@@ -175,6 +175,12 @@ def _writing(conn: psycopg.Connection[Any]) -> Iterator[int]:
         yield conn.execute(translate(LAST_SEQ)).fetchone()[0]
 
 
+def _text(value: Any) -> Any:
+    """PostgreSQL's text holds no NUL (a path, a WebSocket message, hostile bytes may):
+    it becomes U+FFFD, as an undecodable byte does."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
 def upsert_rows(conn: psycopg.Connection[Any], rows: list[dict[str, Any]],
                 texts: dict[str, str] | None = None) -> None:
     """As index.upsert_rows: each row gets the next `seq`; older revisions lose."""
@@ -182,11 +188,11 @@ def upsert_rows(conn: psycopg.Connection[Any], rows: list[dict[str, Any]],
         values = []
         for row in rows:
             seq += 1
-            values.append(tuple(seq if c == "seq" else row.get(c) for c in COLUMNS))
+            values.append(tuple(seq if c == "seq" else _text(row.get(c)) for c in COLUMNS))
         cursor.executemany(_UPSERT, values)
         if texts:
             by_id = {str(row.get("id")).lower(): row for row in rows}
-            whole = {i: indexed_text(by_id.get(i, {}), text) for i, text in texts.items()}
+            whole = {i: _text(indexed_text(by_id.get(i, {}), text)) for i, text in texts.items()}
             put = [(text, folded_words(text), i) for i, text in whole.items() if text]
             if put:
                 cursor.executemany(_PUT_TEXT, put)
@@ -209,6 +215,7 @@ def delete_rows(conn: psycopg.Connection[Any], ids: list[str]) -> None:
 
 class PgIndex(QueuedIndex):
     """The index in the PostgreSQL database at `url`, safe to use from any greenlet."""
+    ROW_ERRORS = (ValueError, TypeError, psycopg.DataError, psycopg.IntegrityError)
 
     def __init__(self, url: str, pricing: Pricing = DEFAULT_PRICING, connections: int = CONNECTIONS) -> None:
         super().__init__(pricing)

@@ -116,10 +116,12 @@ def expect_traffic(got):
 
 
 def expect_matches_the_index(got, url):
-    """Durations and bytes sum to what the index lists for the same exchanges."""
-    status, _, body = http_request("GET", url + "/api/requests?limit=1000")
-    items = json.loads(body)["items"]
-    assert len(items) == 12
+    """Durations and bytes sum to what the index lists for the same exchanges (once it
+    lists them whole: the metrics count at ingest, the index writes a moment later)."""
+    def listed():
+        items = json.loads(http_request("GET", url + "/api/requests?limit=1000")[2])["items"]
+        return items if len(items) == 12 and all(i["state"] == "complete" for i in items) else None
+    items = wait_until(listed, 10, 0.05, "the 12 exchanges indexed whole")
     duration = sum(i["duration_ms"] for i in items if i["route"] == "a") / 1000
     assert value(got, "orlogserver_exchange_duration_seconds_sum", route="a") == pytest.approx(duration, abs=1e-3)
     for direction in ("request", "response"):

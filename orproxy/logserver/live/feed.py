@@ -50,9 +50,9 @@ from orproxy.logserver.web import query
 
 INTERVAL = 0.25          # seconds between polls of the index
 QUEUE_SIZE = 64          # messages a client may have waiting
-_COLUMNS = ", ".join(COLUMNS)
 BATCH = 200              # rows per message
 CATCH_UP_MAX = 2000      # more changed rows than this since a client's `since`: reset
+_COLUMNS = ", ".join(COLUMNS)  # a changed row's columns beside its rowid (changes())
 
 Filters = dict[str, list[str]]
 

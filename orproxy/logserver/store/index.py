@@ -133,21 +133,26 @@ def last_seq(conn: Any) -> int:
     return conn.execute(LAST_SEQ).fetchone()[0]
 
 
+def numbered(rows: list[dict[str, Any]], seq: int) -> list[tuple[Any, ...]]:
+    """The rows as COLUMNS values, each with the next `seq` after `seq` (either index's)."""
+    return [tuple(seq + n if c == "seq" else row.get(c) for c in COLUMNS) for n, row in enumerate(rows, 1)]
+
+
+def whole_texts(rows: list[dict[str, Any]], texts: dict[str, str]) -> dict[str, str]:
+    """The texts the index holds: each derived text with its row's short columns (either index's)."""
+    by_id = {str(row.get("id")).lower(): row for row in rows}
+    return {i: indexed_text(by_id.get(i, {}), text) for i, text in texts.items()}
+
+
 def upsert_rows(conn: sqlite3.Connection, rows: list[dict[str, Any]],
                 texts: dict[str, str] | None = None) -> None:
     """Write rows in one transaction; each gets the next `seq`. Older revisions lose.
     `texts`: search texts by exchange id, replacing the ones they had."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        seq = last_seq(conn)
-        values = []
-        for row in rows:
-            seq += 1
-            values.append(tuple(seq if c == "seq" else row.get(c) for c in COLUMNS))
-        conn.executemany(_UPSERT, values)
+        conn.executemany(_UPSERT, numbered(rows, last_seq(conn)))
         if texts:
-            by_id = {str(row.get("id")).lower(): row for row in rows}
-            _replace_texts(conn, {i: indexed_text(by_id.get(i, {}), text) for i, text in texts.items()})
+            _replace_texts(conn, whole_texts(rows, texts))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -11,6 +11,7 @@ import gevent
 from gevent.event import Event
 
 from orproxy.logserver.llm.pricing import Pricing
+
 ANALYZE_EVERY = 20_000  # rows written
 
 

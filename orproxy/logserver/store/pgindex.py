@@ -33,8 +33,8 @@ from psycopg.adapt import Loader
 from psycopg.pq import TransactionStatus
 
 from orproxy.logserver.llm.pricing import Pricing
-from orproxy.logserver.llm.searchtext import folded_words, indexed_text
-from orproxy.logserver.store.index import LAST_SEQ, TEXT_MATCHES, TOMBSTONE_SEQS
+from orproxy.logserver.llm.searchtext import folded_words
+from orproxy.logserver.store.index import LAST_SEQ, TEXT_MATCHES, TOMBSTONE_SEQS, numbered, whole_texts
 from orproxy.logserver.store.indexqueue import QueuedIndex
 from orproxy.logserver.store.pgschema import WRITE_LOCK, migrate
 from orproxy.logserver.store.schema import COLUMNS, DEFAULT_PRICING, row_from_document
@@ -113,10 +113,6 @@ class Cursor:
         self._cursor.execute(translate(sql), tuple(args) or None)
         return self
 
-    def executemany(self, sql: str, rows: list[Any]) -> None:
-        with self._conn.cursor() as cursor:
-            cursor.executemany(translate(sql), rows)
-
     def fetchone(self) -> Any:
         return self._cursor.fetchone() if self._cursor is not None else None
 
@@ -142,9 +138,6 @@ class Connection:
 
     def execute(self, sql: str, args: Any = ()) -> Cursor:
         return Cursor(self.raw).execute(sql, args)
-
-    def executemany(self, sql: str, rows: list[Any]) -> None:
-        Cursor(self.raw).executemany(sql, rows)
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -185,14 +178,9 @@ def upsert_rows(conn: psycopg.Connection[Any], rows: list[dict[str, Any]],
                 texts: dict[str, str] | None = None) -> None:
     """As index.upsert_rows: each row gets the next `seq`; older revisions lose."""
     with _writing(conn) as seq, conn.cursor() as cursor:
-        values = []
-        for row in rows:
-            seq += 1
-            values.append(tuple(seq if c == "seq" else _text(row.get(c)) for c in COLUMNS))
-        cursor.executemany(_UPSERT, values)
+        cursor.executemany(_UPSERT, [tuple(map(_text, values)) for values in numbered(rows, seq)])
         if texts:
-            by_id = {str(row.get("id")).lower(): row for row in rows}
-            whole = {i: _text(indexed_text(by_id.get(i, {}), text)) for i, text in texts.items()}
+            whole = {i: _text(text) for i, text in whole_texts(rows, texts).items()}
             put = [(text, folded_words(text), i) for i, text in whole.items() if text]
             if put:
                 cursor.executemany(_PUT_TEXT, put)
@@ -240,7 +228,9 @@ class PgIndex(QueuedIndex):
                 conn.rollback()
             return result
         except psycopg.OperationalError:  # the server went away: the next call reconnects
-            conn = self._discard(conn)
+            if conn is not None:
+                conn.close()
+            conn = None
             raise
         except BaseException:
             if conn is not None and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
@@ -248,11 +238,6 @@ class PgIndex(QueuedIndex):
             raise
         finally:
             self._slots.put(conn)
-
-    @staticmethod
-    def _discard(conn: psycopg.Connection[Any] | None) -> None:
-        if conn is not None:
-            conn.close()
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) on a pooled connection; the calling greenlet waits."""

@@ -41,9 +41,9 @@ INSERT INTO exchanges (id, started_at, ended_at, duration_ms, ttft_ms, state, me
 SELECT overlay(overlay(overlay(overlay(md5(i::text) placing '-' from 9 for 0) placing '-' from 14 for 0)
                        placing '-' from 19 for 0) placing '-' from 24 for 0),
        {BASE} + i * 2.0, {BASE} + i * 2.0 + 1.5, 1500, 300, 'complete', 'POST', '/v1/chat/completions',
-       (ARRAY{ROUTES})[1 + i % 4], (ARRAY[200,200,200,200,200,200,200,200,429,500])[1 + i % 10],
-       CASE WHEN i % 10 = 9 THEN 'upstream_broken' END, i % 2, 900, 2000, 3100, 'openai',
-       (ARRAY{MODELS})[1 + (i * 7) % 5], (ARRAY{MODELS})[1 + (i * 7) % 5], 120, 200, 320, 0.0004, i, 1,
+       (ARRAY{ROUTES})[1 + i %% 4], (ARRAY[200,200,200,200,200,200,200,200,429,500])[1 + i %% 10],
+       CASE WHEN i %% 10 = 9 THEN 'upstream_broken' END, i %% 2, 900, 2000, 3100, 'openai',
+       (ARRAY{MODELS})[1 + (i * 7) %% 5], (ARRAY{MODELS})[1 + (i * 7) %% 5], 120, 200, 320, 0.0004, i, 1,
        'question ' || i, 'answer ' || i
 FROM generate_series(%(low)s, %(high)s) AS i
 """

@@ -98,6 +98,41 @@ def test_a_phrase_is_a_membership_test_in_the_newest_first_scan_common_or_rare()
         assert found == (expected if text == "common words" else []), text
 
 
+def test_a_search_takes_the_cheapest_exact_plan_for_its_number_of_matches(monkeypatch):
+    from orproxy.logserver.web import query
+    monkeypatch.setattr(query, "COLLECT", 100)  # (2,048 in use: too many rows for a unit test)
+    bodies = []
+    for i in range(1, 3001):  # every row "common"; "middle" in 2000-2900, "old" in 1-200, "rare" in 3
+        bodies.append(" ".join(["common"] + ["middle"] * (2000 <= i <= 2900) + ["old"] * (i <= 200)
+                               + ["rare"] * (i in (10, 20, 30)) + ["sparse"] * (i % 20 == 0)))
+    conn = _texts_db(bodies)
+    conn.row_factory = None
+    statements = []
+    conn.set_trace_callback(lambda sql: sql.startswith("--") or statements.append(sql))  # (-- FTS5's own)
+
+    def search(text, **params):
+        statements.clear()
+        listing = query.parse_list_query({"q": [text], "limit": ["3"], **params})
+        return [row[0] for row in query._page(conn, listing, 4)], len(statements)
+
+    # a common phrase: among the newest 8 pages; a rare one: collected and sorted, complete
+    assert search("common") == (["e3000", "e2999", "e2998", "e2997"], 1)
+    assert search("rare") == (["e30", "e20", "e10"], 3)
+    assert "json_each('[10, 20, 30]')" in statements[-1]  # the rowids collected
+    plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + statements[-1]))
+    assert "USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan  # looked up, not scanned for
+    cursor = query.encode_cursor(1020.0, "e20")
+    assert search("rare", cursor=[cursor]) == (["e10"], 2)  # the window before the cursor holds it
+    assert search("nothing") == ([], 2)
+    # a few among the newest: the scan by time, checking each row, goes on from there
+    assert search("sparse") == (["e3000", "e2980", "e2960", "e2940"], 2)
+    # too many to collect: the scan by time too
+    assert search("middle") == (["e2900", "e2899", "e2898", "e2897"], 3)
+    assert search("old", status=["5xx"]) == (["e200", "e198", "e196", "e194"], 3)
+    assert "+rowid IN" in statements[-1] and "USING INDEX by_time" in " / ".join(
+        r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + statements[-1]))
+
+
 def test_a_snippet_shows_the_match_in_its_own_case_with_words_around_it():
     from orproxy.logserver.web import textsearch
     conn = _texts_db(["lorem ipsum " * 20 + "open SRC/App.py\nnow " + "dolor sit " * 20, "café"])

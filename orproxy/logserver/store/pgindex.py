@@ -46,6 +46,7 @@ _thread_id = get_original("_thread", "get_ident")
 _PHRASES = (  # SQLite's words -> PostgreSQL's
     (TEXT_MATCHES, "SELECT rowid FROM texts WHERE words @@ phraseto_tsquery('simple', ?)"),
     (" LIKE ", " ILIKE "),  # SQLite's LIKE ignores the case of ASCII letters
+    ("json_each(?)", "json_array_elements_text(CAST(? AS json))"),  # a JSON list's values (query.ROWIDS_IN)
 )
 _STATEMENTS = {"BEGIN": "BEGIN ISOLATION LEVEL REPEATABLE READ"}  # a reader's one snapshot
 

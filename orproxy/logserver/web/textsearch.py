@@ -7,8 +7,10 @@ walks the phrase's words' lists: 4 ms for 20,000 matches), and the newest-first 
 the time index checks each row it meets against them, with no read of the row itself, and
 stops at the page's end. That costs about the same whether a phrase is rare (the scan goes
 far, at 0.15 µs a row) or common (a long list, a short scan). Driving the query from the
-matches instead, then sorting them, costs 3-10 µs a match (60 ms for 20,000), and an FTS5
-lookup per row checked 40-100 µs a row (2 s for a rare phrase).
+matches instead, then sorting them, costs 3-10 µs a match (60 ms for 20,000): worth it
+only for a few, which query._page counts first when the newest rows held almost none (a
+phrase nothing matches is then no scan at all). An FTS5 lookup per row checked costs
+40-100 µs a row (2 s for a rare phrase).
 """
 from __future__ import annotations
 

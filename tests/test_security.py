@@ -90,6 +90,20 @@ def test_its_own_names_are_answered(logserver, host):
     assert status_of(answer) == 200
 
 
+def test_a_name_given_with_allowed_host_is_answered_on_any_port_as_behind_a_balancer(make_logserver):
+    """A balancer or TLS front end listens on a port of its own and passes its Host on."""
+    server = make_logserver("--allowed-host", "logs.team.example")
+    for host in ("logs.team.example:8443", "LOGS.team.example", "logs.team.example:%d" % server.port):
+        answer, _ = raw(server.url, request("GET", "/api/health", host, f"Origin: http://{host}"))
+        assert status_of(answer) == 200, host
+    for host in ("127.0.0.1:1", "localhost:8443", "evil.example:%d" % server.port, "team.example:8443"):
+        answer, _ = raw(server.url, request("GET", "/api/health", host))
+        assert status_of(answer) == 403, host
+    answer, _ = raw(server.url, request("GET", "/api/health", "logs.team.example:8443",
+                                        "Origin: http://evil.example"))
+    assert status_of(answer) == 403
+
+
 def test_a_cross_site_websocket_to_the_live_feed_is_refused(logserver):
     """Browsers send Origin on a WebSocket upgrade but apply no same-origin rule to it."""
     upgrade = request("GET", "/api/live", f"127.0.0.1:{logserver.port}", "Origin: https://evil.example",

@@ -3,8 +3,9 @@
 The log holds every prompt and answer that went to an LLM, so it answers only its own:
 - **Host.** A request must be addressed to this server: a `Host` of its listen address,
   `localhost`, `127.0.0.1` or `[::1]`, with its port, or a name given with
-  `--allowed-host`. Anything else is DNS rebinding (a hostile page whose own name resolves
-  to 127.0.0.1 would otherwise be same-origin): 403.
+  `--allowed-host`, with any port (a balancer or a TLS front end in front of several
+  servers listens on a port of its own). Anything else is DNS rebinding (a hostile page
+  whose own name resolves to 127.0.0.1 would otherwise be same-origin): 403.
 - **Origin.** A browser request from another origin can neither read nor write: an
   `Origin` other than the server's own, or `Sec-Fetch-Site: cross-site`, is a 403; the
   WebSocket upgrade of `/api/live` included, which browsers do not hold to the same-origin
@@ -52,7 +53,7 @@ def is_loopback(host: str) -> bool:
 
 class Guard:
     def __init__(self, allowed_hosts: Iterable[str] = (), token: str | None = None) -> None:
-        self.names = {*LOOPBACK_NAMES, *(h.lower() for h in allowed_hosts)}
+        self.allowed = {h.lower() for h in allowed_hosts}  # on any port
         self.token = token or None
 
     def check(self, environ: dict[str, Any], start_response: Callable, path: str,
@@ -92,6 +93,8 @@ class Guard:
         name, _, port = host.lower().rpartition(":") if not host.endswith("]") else (host.lower(), "", "")
         if not name:  # no port given: port 80
             name, port = host.lower(), "80"
+        if name in self.allowed:
+            return True
         if local is not None:
             listen_host, listen_port = local
             if port != str(listen_port):
@@ -99,7 +102,7 @@ class Guard:
             listen = f"[{listen_host}]" if ":" in listen_host else listen_host
             if name == listen.lower():
                 return True
-        return name in self.names
+        return name in LOOPBACK_NAMES
 
     def _token_given(self, environ: dict[str, Any]) -> bool:
         given = environ.get("HTTP_AUTHORIZATION", "")

@@ -1,7 +1,10 @@
 """Helpers for tests of what lands on the logging server: one request with exact header
 lines, a logged .bin file split into its head and body, and waiting for an exchange to be
 logged whole."""
+import hashlib
 import http.client
+
+from helpers import pattern_bytes
 
 
 def host_port(url):
@@ -56,3 +59,37 @@ def logged(logserver, request_id, timeout=5.0):
     meta = logserver.wait_for_metadata(request_id, predicate=exchange_complete, timeout=timeout)
     return (logserver.file(request_id, "request").read_bytes(),
             logserver.file(request_id, "response").read_bytes(), meta)
+
+
+def logged_once(logserver, rid, request_body=None, response_body=None, timeout=30.0):
+    """The exchange is logged whole, exactly once: one file of each kind, the bodies byte
+    for byte (when given), nothing dropped. Returns its metadata."""
+    metadata = logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=timeout)
+    kinds = sorted(p.name.rsplit("_", 1)[1] for p in logserver.files(rid)
+                   if not p.name.endswith(".tmp"))  # a rewrite of the metadata file under way
+    assert kinds == ["metadata.json", "request.bin", "response.bin"], kinds
+    _, _, request = split_head(logserver.file(rid, "request").read_bytes())
+    _, _, response = split_head(logserver.file(rid, "response").read_bytes())
+    if request_body is not None:
+        assert request == request_body
+    if response_body is not None:
+        assert hashlib.sha256(response).hexdigest() == hashlib.sha256(response_body).hexdigest(), (
+            len(response), len(response_body))
+    assert metadata["proxy"]["log_dropped_bytes"] == 0
+    return metadata
+
+
+def exchange(url, i):
+    """One of three kinds of exchange; (id, request body, response body as received)."""
+    kind = i % 3
+    if kind == 0:
+        body = pattern_bytes(20000 + i, offset=i)
+        status, _, data, rid = send(url, "POST", "/v1/echo?i=%d" % i, [("Content-Type", "text/plain")], body)
+    elif kind == 1:
+        body = b""
+        status, _, data, rid = send(url, "GET", "/v1/bytes?n=%d" % (300000 + i))
+    else:
+        body = b""
+        status, _, data, rid = send(url, "GET", "/v1/sse?events=5&interval_ms=20&i=%d" % i)
+    assert status == 200
+    return rid, body, data

@@ -2,7 +2,6 @@
 reaches the logging server once and byte for byte, whether the logging server is killed,
 stalled or restarted, and whether the proxy itself is killed with log data in its spool.
 Real processes throughout: orproxy, orlogserver, the fake upstream."""
-import hashlib
 import http.client
 import json
 import os
@@ -14,45 +13,11 @@ from pathlib import Path
 import pytest
 
 from helpers import pattern_bytes, wait_until
-from log_helpers import exchange_complete, host_port, send, split_head
+from log_helpers import exchange, exchange_complete, host_port, logged_once, send, split_head
 from orproxy import logwire
 from orproxy.logclient.spool import FRAME
 
 SPOOL = ".orproxy-spool"
-
-
-def logged_once(logserver, rid, request_body=None, response_body=None, timeout=30.0):
-    """The exchange is logged whole, exactly once: one file of each kind, the bodies byte
-    for byte (when given), nothing dropped. Returns its metadata."""
-    metadata = logserver.wait_for_metadata(rid, predicate=exchange_complete, timeout=timeout)
-    kinds = sorted(p.name.rsplit("_", 1)[1] for p in logserver.files(rid)
-                   if not p.name.endswith(".tmp"))  # a rewrite of the metadata file under way
-    assert kinds == ["metadata.json", "request.bin", "response.bin"], kinds
-    _, _, request = split_head(logserver.file(rid, "request").read_bytes())
-    _, _, response = split_head(logserver.file(rid, "response").read_bytes())
-    if request_body is not None:
-        assert request == request_body
-    if response_body is not None:
-        assert hashlib.sha256(response).hexdigest() == hashlib.sha256(response_body).hexdigest(), (
-            len(response), len(response_body))
-    assert metadata["proxy"]["log_dropped_bytes"] == 0
-    return metadata
-
-
-def exchange(url, i):
-    """One of three kinds of exchange; (id, request body, response body as received)."""
-    kind = i % 3
-    if kind == 0:
-        body = pattern_bytes(20000 + i, offset=i)
-        status, _, data, rid = send(url, "POST", "/v1/echo?i=%d" % i, [("Content-Type", "text/plain")], body)
-    elif kind == 1:
-        body = b""
-        status, _, data, rid = send(url, "GET", "/v1/bytes?n=%d" % (300000 + i))
-    else:
-        body = b""
-        status, _, data, rid = send(url, "GET", "/v1/sse?events=5&interval_ms=20&i=%d" % i)
-    assert status == 200
-    return rid, body, data
 
 
 class Traffic(threading.Thread):

@@ -11,7 +11,9 @@ The original Go program's logging server speaks only plain `PUT /{uuid}/request|
 (it answers the batch with 405). Then the sender falls back to that: each part, once
 complete, as a pipelined `Content-Length` PUT; metadata, which it cannot take, is left out;
 nothing spills (a retry there would write a second file). It tries batches again every
-PROBE_EVERY seconds, in case the logging server was replaced by an orlogserver.
+PROBE_EVERY seconds, in case the logging server was replaced by an orlogserver. A 5xx that
+is not orlogserver's is a balancer's in front of it (nginx's 502 while a server behind it
+restarts): the logging server is down, and the batch goes again, as when it does not answer.
 """
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ class Sender:
         try:
             return self._send_batch()
         except Refused as refusal:
-            if refusal.ours:
+            if refusal.ours or refusal.status >= 500:  # a balancer's 502 or 503: down, not a Go server
                 raise
             if not self.said_plain and self.spool is not None:
                 self.said_plain = True

@@ -102,6 +102,10 @@ def test_a_name_given_with_allowed_host_is_answered_on_any_port_as_behind_a_bala
     answer, _ = raw(server.url, request("GET", "/api/health", "logs.team.example:8443",
                                         "Origin: http://evil.example"))
     assert status_of(answer) == 403
+    # behind a TLS front end the page's origin is https: the front end says so
+    tls = ("logs.team.example", "Origin: https://logs.team.example")
+    assert status_of(raw(server.url, request("GET", "/api/health", *tls))[0]) == 403
+    assert status_of(raw(server.url, request("GET", "/api/health", *tls, "X-Forwarded-Proto: https"))[0]) == 200
 
 
 def test_a_cross_site_websocket_to_the_live_feed_is_refused(logserver):

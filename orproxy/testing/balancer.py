@@ -32,6 +32,7 @@ server {{
     proxy_buffering off;               # so do the live feed, the tail and downloads
     proxy_http_version 1.1;
     proxy_set_header Host $http_host;  # orlogserver --allowed-host <this name>
+    proxy_set_header X-Forwarded-Proto $scheme;  # the page's own origin, behind TLS: https
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection $connection_upgrade;
     proxy_read_timeout 1h;

@@ -7,7 +7,8 @@ The log holds every prompt and answer that went to an LLM, so it answers only it
   servers listens on a port of its own). Anything else is DNS rebinding (a hostile page
   whose own name resolves to 127.0.0.1 would otherwise be same-origin): 403.
 - **Origin.** A browser request from another origin can neither read nor write: an
-  `Origin` other than the server's own, or `Sec-Fetch-Site: cross-site`, is a 403; the
+  `Origin` other than the server's own (its scheme as a TLS front end's `X-Forwarded-Proto`
+  gives it), or `Sec-Fetch-Site: cross-site`, is a 403; the
   WebSocket upgrade of `/api/live` included, which browsers do not hold to the same-origin
   rule. Ingest (`PUT /{uuid}/...`, `POST /ingest`) comes from proxies, never from a page:
   any `Origin` there is a 403.
@@ -67,7 +68,7 @@ class Guard:
                                   "--allowed-host NAME to serve that name")
         origin = environ.get("HTTP_ORIGIN")
         ingest = path in INGEST_PATHS or _is_ingest_path(path)
-        own = f"{environ.get('wsgi.url_scheme', 'http')}://{host}".lower()
+        own = f"{_scheme(environ)}://{host}".lower()
         if origin is not None and (ingest or origin.lower() != own):
             return error_response(start_response, "403 Forbidden",
                                   f"requests from {origin[:100]!r} are refused: the log is readable "
@@ -133,6 +134,13 @@ class Guard:
                                          ("Set-Cookie", cookie), ("Cache-Control", "no-store"),
                                          ("Referrer-Policy", "no-referrer"), ("Content-Length", "0")])
         return []
+
+
+def _scheme(environ: dict[str, Any]) -> str:
+    """The scheme the browser used: a TLS front end says it in X-Forwarded-Proto (a page of
+    another origin cannot send that header without a preflight, which is refused)."""
+    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "").lower()
+    return forwarded if forwarded in ("http", "https") else environ.get("wsgi.url_scheme", "http")
 
 
 def _is_ingest_path(path: str) -> bool:

@@ -1,6 +1,7 @@
 """The logging stream still works with the original Go program, both ways (CONTRACT.md:
 its wire format must keep working with its logging server and its proxy), and an
 exchange that stops arriving gets a final state. The Go ends are tests/go_peers.py."""
+import http.client
 import sys
 from pathlib import Path
 import uuid
@@ -9,7 +10,7 @@ import pytest
 
 from api_helpers import ApiClient
 from go_peers import go_proxy_put
-from helpers import ServerProcess, wait_until
+from helpers import ServerProcess, free_port, wait_until
 from log_helpers import send, split_head
 
 
@@ -49,6 +50,33 @@ def test_orproxy_logs_to_the_go_logging_server_with_plain_puts(make_proxy, go_lo
         assert split_head((go_logging_server.logs / response).read_bytes())[2] == response_body
     assert not [f for f in go_logging_server.logs.iterdir() if "metadata" in f.name]  # it has no place for it
     assert "takes no batches" in p.stderr_text() and "Traceback" not in p.stderr_text()
+
+
+def test_a_go_logging_server_that_was_down_when_the_proxy_started_breaks_no_stream(make_proxy, tmp_path):
+    """The proxy spools while the logging server is down; then the Go server answers (405):
+    a stream that had spilled to the spool goes on intact, what comes next goes as plain
+    PUTs, and the spooled bytes are said to wait for an orlogserver."""
+    port = free_port()
+    p = make_proxy(logging={"server_url": f"http://127.0.0.1:{port}"})
+    host, proxy_port = p.url.split("//", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(proxy_port), timeout=20)
+    go = ServerProcess("go-logging-server", [sys.executable, str(Path(__file__).parent / "go_peers.py"),
+                                             "--port", str(port), "--dir", str(tmp_path / "go")], tmp_path)
+    try:
+        conn.request("GET", "/v1/sse?events=30&interval_ms=100")
+        response = conn.getresponse()
+        received = response.read1(65536)
+        wait_until(lambda: "unreachable" in p.stderr_text(), 10, message="the proxy finding it down")
+        go.start("listening")
+        received += response.read()
+        assert response.status == 200 and received.count(b"\n\n") == 30
+        rid = send(p.url, "GET", "/v1/echo")[3]
+        wait_until(lambda: [f for f in (tmp_path / "go" / "logs").iterdir() if rid[:8] in f.name], 10,
+                   message="the next exchange at the Go server")
+    finally:
+        conn.close()
+        go.stop()
+    assert "wait there for an orlogserver" in p.stderr_text() and "Traceback" not in p.stderr_text()
 
 
 def test_the_go_proxys_plain_puts_are_logged_and_listed(quick_logserver):

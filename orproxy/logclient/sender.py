@@ -11,9 +11,10 @@ The original Go program's logging server speaks only plain `PUT /{uuid}/request|
 (it answers the batch with 405). Then the sender falls back to that: each part, once
 complete, as a pipelined `Content-Length` PUT; metadata, which it cannot take, is left out;
 nothing spills (a retry there would write a second file). It tries batches again every
-PROBE_EVERY seconds, in case the logging server was replaced by an orlogserver. A 5xx that
-is not orlogserver's is a balancer's in front of it (nginx's 502 while a server behind it
-restarts): the logging server is down, and the batch goes again, as when it does not answer.
+PROBE_EVERY seconds, in case the logging server was replaced by an orlogserver. Any other
+answer that is not orlogserver's comes from something in front of it (nginx's 502 while
+the servers behind it restart): the logging server is down, and the batch goes again, as
+when it does not answer.
 """
 from __future__ import annotations
 
@@ -106,12 +107,14 @@ class Sender:
         try:
             return self._send_batch()
         except Refused as refusal:
-            if refusal.ours or refusal.status >= 500:  # a balancer's 502 or 503: down, not a Go server
-                raise
+            if refusal.ours or refusal.status != 405:  # not the Go server: what is in front of one is
+                raise  # down (a balancer's 502 while it restarts, a body limit's 413): sent again
             if not self.said_plain and self.spool is not None:
                 self.said_plain = True
+                waiting = (f"; the {self.spool.size} bytes in the spool ({self.spool.directory}) wait "
+                           "there for an orlogserver" if self.spool.pending else "")
                 print(f"orproxy: the logging server {self.sink.server_url} takes no batches "
-                      f"(HTTP {refusal.status}): logging with plain PUTs, without the spool",
+                      f"(HTTP {refusal.status}): logging with plain PUTs, without the spool{waiting}",
                       file=sys.stderr, flush=True)
             self.plain_puts_since = time.monotonic()
             self.sink.spool = None  # nothing spills: a plain-PUT server cannot resume a part

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from orproxy.logserver.web import query, textsearch  # noqa: E402
+from orproxy.logserver.web import listing, query, textsearch  # noqa: E402
 from orproxy.testing.seed_logs import VOCABULARY, corpus  # noqa: E402
 
 
@@ -32,14 +32,14 @@ def timed(fn, rounds=10):
 
 
 def profile(conn, text):
-    listing = query.parse_list_query({"q": [text]})
-    phrase = listing.where.search
+    parsed = query.parse_list_query({"q": [text]})
+    phrase = parsed.where.search
     matches = conn.execute("SELECT count(*) FROM texts WHERE texts MATCH ?", (phrase,)).fetchone()[0] if phrase else 0
-    sql, args = query._newest_first(listing.where.flat(), None, listing.limit + 1)
-    items = [{"id": row["id"]} for row in conn.execute(sql, args).fetchall()][:listing.limit]
+    sql, args = listing._newest_first(parsed.where.flat(), None, parsed.limit + 1)
+    items = [{"id": row["id"]} for row in conn.execute(sql, args).fetchall()][:parsed.limit]
     print("q=%r: %d texts match" % (text, matches))
     matching = "SELECT count(*) FROM (%s)" % textsearch.TEXT_MATCHES
-    for name, fn in (("page (list_rows)", lambda: query.list_rows(conn, listing)),
+    for name, fn in (("page (list_rows)", lambda: listing.list_rows(conn, parsed)),
                      ("the matches alone", lambda: conn.execute(matching, (phrase,)).fetchall() if phrase else None),
                      ("main query", lambda: conn.execute(sql, args).fetchall()),
                      ("snippets", lambda: textsearch.add_snippets(conn, [dict(i) for i in items], phrase or ""))):

@@ -365,7 +365,7 @@ def test_the_request_fields_are_derived_when_the_request_ends(tmp_path, monkeypa
     from orproxy.logserver.store.index import Index
     from orproxy.logserver.store.ingest import Ingest
     from orproxy.logserver.store.logdir import LogDir
-    from orproxy.logserver.web import query
+    from orproxy.logserver.web import listing
 
     log_dir = LogDir(str(tmp_path))
     index = Index(log_dir.path)
@@ -389,10 +389,10 @@ def test_the_request_fields_are_derived_when_the_request_ends(tmp_path, monkeypa
         gevent.sleep(0.15)  # the response has begun
         ingest.store_part(rid, "request", {"wsgi.input": io.BytesIO(request)})
         index.flush(5)
-        early = log_dir.read_metadata(rid), index.read(query.get_row, rid)
+        early = log_dir.read_metadata(rid), index.read(listing.get_row, rid)
         answer.get()
         index.flush(5)
-        return early, (log_dir.read_metadata(rid), index.read(query.get_row, rid))
+        return early, (log_dir.read_metadata(rid), index.read(listing.get_row, rid))
 
     try:
         (document, row), (final, final_row) = exchange(str(uuid.uuid4()))

@@ -161,15 +161,15 @@ def test_a_reindex_into_postgresql_gives_the_listing_of_the_files(postgres_clust
 
 def test_a_nul_in_a_value_or_a_text_is_stored_as_u_fffd_and_costs_no_other_row(postgres_cluster):
     from orproxy.logserver.store.pgindex import PgIndex
-    from orproxy.logserver.web import query
+    from orproxy.logserver.web import listing, query
     index = PgIndex(postgres_cluster.new_database())
     try:
         index.upsert_rows([{"id": "a", "rev": 1, "started_at": 1.0, "path": "/ws\x00echo"},
                            {"id": "b", "rev": 1, "started_at": 2.0, "path": "/plain"}],
                           {"a": "binary\x00frame", "b": "plain words"})
-        assert index.read(query.get_row, "a")["path"] == "/ws\ufffdecho"
-        assert index.read(query.get_row, "b")["path"] == "/plain"
-        found = index.read(query.list_rows, query.parse_list_query({"q": ["binary frame"]}))
+        assert index.read(listing.get_row, "a")["path"] == "/ws\ufffdecho"
+        assert index.read(listing.get_row, "b")["path"] == "/plain"
+        found = index.read(listing.list_rows, query.parse_list_query({"q": ["binary frame"]}))
         assert [i["id"] for i in found["items"]] == ["a"]
     finally:
         index.close()

@@ -80,31 +80,32 @@ def _texts_db(bodies):
 
 
 def test_a_phrase_is_a_membership_test_in_the_newest_first_scan_common_or_rare():
-    from orproxy.logserver.web import query
+    from orproxy.logserver.web import listing, query
     conn = _texts_db(["a rare one"] + ["common words here"] * 1500 + ["words common"])
     conn.row_factory = None
     for text, expected in (("common words", ["e1501", "e1499", "e1497"]), ("rare", ["e1"]), ("nothing", [])):
-        listing = query.parse_list_query({"q": [text], "status": ["200"], "limit": ["3"]})
-        sql, args = query._newest_first(listing.where.flat(), None, 3)
+        parsed = query.parse_list_query({"q": [text], "status": ["200"], "limit": ["3"]})
+        sql, args = listing._newest_first(parsed.where.flat(), None, 3)
         sql = sql.replace("SELECT *", "SELECT id")
         assert [r[0] for r in conn.execute(sql, args)] == expected, text
         plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
         assert "SCAN exchanges USING INDEX by_time" in plan and "TEMP B-TREE" not in plan, plan
         # first sought among the newest rows: the common phrase fills its page there, the others not
-        others = query.Where(list(listing.where.clauses), list(listing.where.args))
-        sql, args = query._among_newest(others, None, listing.where.text, 3)
+        others = query.Where(list(parsed.where.clauses), list(parsed.where.args))
+        sql, args = listing._among_newest(others, None, parsed.where.text, 3)
         found = [r[0] for r in conn.execute(sql.replace("SELECT * FROM exchanges WHERE rowid IN", "SELECT id FROM "
                                                         "exchanges WHERE rowid IN"), args)]
         assert found == (expected if text == "common words" else []), text
 
 
 def test_a_search_takes_the_cheapest_exact_plan_for_its_number_of_matches(monkeypatch):
-    from orproxy.logserver.web import query
-    monkeypatch.setattr(query, "COLLECT", 100)  # (2,048 in use: too many rows for a unit test)
+    from orproxy.logserver.web import listing, query
+    monkeypatch.setattr(listing, "COLLECT", 100)  # (2,048 in use: too many rows for a unit test)
     bodies = []
     for i in range(1, 3001):  # every row "common"; "middle" in 2000-2900, "old" in 1-200, "rare" in 3
         bodies.append(" ".join(["common"] + ["middle"] * (2000 <= i <= 2900) + ["old"] * (i <= 200)
-                               + ["rare"] * (i in (10, 20, 30)) + ["sparse"] * (i % 20 == 0)))
+                               + ["rare"] * (i in (10, 20, 30)) + ["sparse"] * (i % 20 == 0)
+                               + ["few"] * (i == 2990 or 100 <= i <= 150)))
     conn = _texts_db(bodies)
     conn.row_factory = None
     statements = []
@@ -112,8 +113,8 @@ def test_a_search_takes_the_cheapest_exact_plan_for_its_number_of_matches(monkey
 
     def search(text, **params):
         statements.clear()
-        listing = query.parse_list_query({"q": [text], "limit": ["3"], **params})
-        return [row[0] for row in query._page(conn, listing, 4)], len(statements)
+        parsed = query.parse_list_query({"q": [text], "limit": ["3"], **params})
+        return [row[0] for row in listing._page(conn, parsed, 4)], len(statements)
 
     # a common phrase: among the newest 8 pages; a rare one: collected and sorted, complete
     assert search("common") == (["e3000", "e2999", "e2998", "e2997"], 1)
@@ -131,6 +132,10 @@ def test_a_search_takes_the_cheapest_exact_plan_for_its_number_of_matches(monkey
     assert search("old", status=["5xx"]) == (["e200", "e198", "e196", "e194"], 3)
     assert "+rowid IN" in statements[-1] and "USING INDEX by_time" in " / ".join(
         r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + statements[-1]))
+    # a few among the newest, but the scan would still go far: counted, and collected if few
+    monkeypatch.setattr(listing, "SCAN_ROWS", 10)
+    assert search("few") == (["e2990", "e150", "e149", "e148"], 3)
+    assert search("sparse") == (["e3000", "e2980", "e2960", "e2940"], 3)  # 150: too many, the scan
 
 
 def test_a_snippet_shows_the_match_in_its_own_case_with_words_around_it():

@@ -111,7 +111,7 @@ class Subscriber:
     def __init__(self, params: Filters) -> None:
         self.key = filter_key(params)
         where = query.parse_filters({k: v for k, v in params.items() if k not in query.LIVE_PARAMS}, set())
-        # flat(): every condition as a plain clause (query.py may keep some apart for list_rows)
+        # flat(): every condition as a plain clause (query.py keeps some apart for listing.py)
         self.where = where.flat() if hasattr(where, "flat") else where
         self.queue: Queue = Queue(QUEUE_SIZE)
         self.seq = 0          # the last seq this client has been sent

@@ -48,7 +48,7 @@ _thread_id = get_original("_thread", "get_ident")
 
 INDEXES = (  # name, columns, and for a partial index the rows it covers
     ("by_time", "started_at, id", ""),
-    ("by_model", "model, started_at, id", ""),  # ordered scans per model: see query._newest_first
+    ("by_model", "model, started_at, id", ""),  # ordered scans per model: see listing._newest_first
     ("by_model_requested", "model_requested, started_at, id", ""),
     ("by_route", "route, started_at, id", ""),
     ("by_seq", "seq", ""),

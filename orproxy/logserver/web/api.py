@@ -27,7 +27,7 @@ from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
-from orproxy.logserver.web import har, openapi, query, stats
+from orproxy.logserver.web import har, listing, openapi, query, stats
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, json_response
 from orproxy.logserver.web.routes import openapi_paths
@@ -90,7 +90,7 @@ class Api:
 
     def list(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
         q = query.parse_list_query(_params(environ))
-        return json_response(start_response, "200 OK", self.index.read(query.list_rows, q),
+        return json_response(start_response, "200 OK", self.index.read(listing.list_rows, q),
                              [("Cache-Control", "no-store")])
 
     def stats(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
@@ -106,7 +106,7 @@ class Api:
 
     def _row(self, exchange_id: str, document: dict[str, Any]) -> dict[str, Any]:
         """Its index row, or until the index has it, the row its file gives (priced alike)."""
-        return self.index.read(query.get_row, exchange_id) or row_from_document(document, pricing=self.index.pricing)
+        return self.index.read(listing.get_row, exchange_id) or row_from_document(document, pricing=self.index.pricing)
 
     def one(self, environ: dict[str, Any], start_response: Callable, exchange_id: str) -> list[bytes]:
         _no_params(_params(environ))

@@ -2,7 +2,7 @@
 serves them, har_entry.py builds each entry).
 
 Streamed, so that an export of 100,000 exchanges never sits in memory: the index is paged
-through with the listing's own query and cursor (query.list_rows, newest first like the
+through with the listing's own query and cursor (listing.list_rows, newest first like the
 list), and each entry is built on a thread from the exchange's files, written out, and
 dropped before the next one is read. One entry costs at most its two bodies, each read
 back up to har_entry.BODY_LIMIT decoded bytes. The document goes out as a chunked
@@ -18,7 +18,7 @@ from orproxy.logserver.llm.httpfile import Message, read_message
 from orproxy.logserver.store.stores import IndexStore
 from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
-from orproxy.logserver.web import query
+from orproxy.logserver.web import listing, query
 from orproxy.logserver.web.har_entry import BODY_LIMIT, har_entry
 from orproxy.logserver.web.query import ParamError, Where
 
@@ -78,7 +78,7 @@ def _rows(index: IndexStore, where: Where, limit: int | None) -> Iterator[dict[s
     """The matching rows, newest first, a page at a time (the listing's cursor)."""
     cursor, left = None, limit
     while left is None or left > 0:
-        page = index.read(query.list_rows, query.ListQuery(where, PAGE if left is None else min(PAGE, left),
+        page = index.read(listing.list_rows, query.ListQuery(where, PAGE if left is None else min(PAGE, left),
                                                             cursor))
         yield from page["items"]
         if left is not None:

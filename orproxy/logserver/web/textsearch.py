@@ -2,13 +2,13 @@
 finds it in the `texts` table (SQLite FTS5, store/index.py), and the snippets of a page.
 
 The clause is a membership test (the listing first looks for a page among the newest rows
-with `among` instead: query._among_newest): the phrase's matching rowids are collected once (FTS5
+with `among` instead: listing._among_newest): the phrase's matching rowids are collected once (FTS5
 walks the phrase's words' lists: 4 ms for 20,000 matches), and the newest-first scan of
 the time index checks each row it meets against them, with no read of the row itself, and
 stops at the page's end. That costs about the same whether a phrase is rare (the scan goes
 far, at 0.15 µs a row) or common (a long list, a short scan). Driving the query from the
 matches instead, then sorting them, costs 3-10 µs a match (60 ms for 20,000): worth it
-only for a few, which query._page counts first when the newest rows held almost none (a
+only for a few, which listing._page counts first when the newest rows held almost none (a
 phrase nothing matches is then no scan at all). An FTS5 lookup per row checked costs
 40-100 µs a row (2 s for a rare phrase).
 """
@@ -29,10 +29,15 @@ ID_MATCHES = "SELECT rowid FROM exchanges WHERE id >= ? AND id < ?"  # the rows 
 _FROM_OLDEST = " AND rowid >= (SELECT min(rowid) FROM {table})"
 
 
+def union(sets: list[str]) -> str:
+    """One query of the rowids of these sets (a rowid may come twice)."""
+    return " UNION ALL ".join(sets)
+
+
 def matching(sets: list[str]) -> str:
     """The clause: the row is in one of these sets of rowids. Its `+` keeps SQLite from
     driving the query by them (the module docstring says why)."""
-    return f"+rowid IN ({' UNION ALL '.join(sets)})" if sets else "0 = 1"
+    return f"+rowid IN ({union(sets)})" if sets else "0 = 1"
 
 
 def among(clause: str, table: str) -> str:

@@ -96,7 +96,8 @@ def test_a_name_given_with_allowed_host_is_answered_on_any_port_as_behind_a_bala
     for host in ("logs.team.example:8443", "LOGS.team.example", "logs.team.example:%d" % server.port):
         answer, _ = raw(server.url, request("GET", "/api/health", host, f"Origin: http://{host}"))
         assert status_of(answer) == 200, host
-    for host in ("127.0.0.1:1", "localhost:8443", "evil.example:%d" % server.port, "team.example:8443"):
+    for host in ("127.0.0.1:1", "localhost:8443", "evil.example:%d" % server.port, "team.example:8443",
+                 "logs.team.example:x@evil.example"):
         answer, _ = raw(server.url, request("GET", "/api/health", host))
         assert status_of(answer) == 403, host
     answer, _ = raw(server.url, request("GET", "/api/health", "logs.team.example:8443",
@@ -106,6 +107,7 @@ def test_a_name_given_with_allowed_host_is_answered_on_any_port_as_behind_a_bala
     tls = ("logs.team.example", "Origin: https://logs.team.example")
     assert status_of(raw(server.url, request("GET", "/api/health", *tls))[0]) == 403
     assert status_of(raw(server.url, request("GET", "/api/health", *tls, "X-Forwarded-Proto: https"))[0]) == 200
+    assert status_of(raw(server.url, request("GET", "/api/health", *tls, "X-Forwarded-Proto: https, http"))[0]) == 200
 
 
 def test_a_cross_site_websocket_to_the_live_feed_is_refused(logserver):

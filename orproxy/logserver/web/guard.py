@@ -94,7 +94,7 @@ class Guard:
         name, _, port = host.lower().rpartition(":") if not host.endswith("]") else (host.lower(), "", "")
         if not name:  # no port given: port 80
             name, port = host.lower(), "80"
-        if name in self.allowed:
+        if name in self.allowed and port.isdigit():
             return True
         if local is not None:
             listen_host, listen_port = local
@@ -139,7 +139,7 @@ class Guard:
 def _scheme(environ: dict[str, Any]) -> str:
     """The scheme the browser used: a TLS front end says it in X-Forwarded-Proto (a page of
     another origin cannot send that header without a preflight, which is refused)."""
-    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "").lower()
+    forwarded = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip().lower()  # the first front end's
     return forwarded if forwarded in ("http", "https") else environ.get("wsgi.url_scheme", "http")
 
 

@@ -2,9 +2,9 @@
 dir with the SQLite index, and with the PostgreSQL index, behind one logging server and
 behind two (on one log dir and one database).
 
-Each exchange is PUT to the logging server as the proxy sends it (request, response,
-metadata: bench/scenarios/index.py's `ingest`), `--count` of them at `--concurrency`, split
-between the servers; it is logged when /api/stats counts its tokens. CPU per exchange is
+Each exchange is sent to the logging server as three PUTs (request, response, metadata:
+bench/scenarios/index.py's `ingest`; orproxy sends batches instead), `--count` of them at
+`--concurrency`, split between the servers; it is logged when /api/stats counts its tokens. CPU per exchange is
 that of the logging servers and, with PostgreSQL, of every PostgreSQL process too (from
 /proc, over the load and the catch-up). On a 2-core machine this is the per-exchange cost;
 two servers cannot show scaling here.

@@ -175,3 +175,14 @@ def test_stats_sum_each_model_and_route_from_one_grouped_pass():
     assert result["latency_ms"]["max"] == 300.0
     empty = stats.compute(conn, query.parse_filters({"route": ["none"]}, set()))
     assert (empty["count"], empty["cost"], empty["by_model"], empty["latency_ms"]["p50"]) == (0, None, [], None)
+
+
+def test_a_link_to_an_alike_turn_of_another_session_is_not_sure_so_it_is_looked_for_again():
+    from orproxy.logserver.store.linking import Clue, Turn, _best
+    clue = Clue(None, [(3, "k")], {3: "answer"})
+    other = Turn("b", "b", "session-b", 10.0, True, "answer")
+    own = Turn("a", "a", "session-a", 9.0, True, "answer")
+    assert _best(clue, {"k": [other]}, 11.0, "session-a").sure is False  # its own not seen yet
+    link = _best(clue, {"k": [other, own]}, 11.0, "session-a")
+    assert link.previous is own and link.sure
+    assert _best(clue, {"k": [other]}, 11.0, None).sure  # no session: nothing better to wait for

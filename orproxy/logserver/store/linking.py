@@ -155,7 +155,9 @@ class Linker:
 
 def _best(found: Clue, turns: dict[str, list[Turn]], started_at: float, session_id: str | None) -> Link | None:
     """At the longest prefix that some turn had, the best of those turns (module docstring).
-    Sure: at the longest prefix of all, by a turn whose answer is the one sent back (or not known)."""
+    Sure: at the longest prefix of all, by a turn whose answer is the one sent back (or not
+    known), of the request's session if it has one (an alike turn of another session may be
+    all that is indexed yet, with the session's own still on its way from another server)."""
     for i, key in found.candidates:
         before = [t for t in turns[key] if t.started_at <= started_at + EARLIER_BY]
         if before:
@@ -163,7 +165,8 @@ def _best(found: Clue, turns: dict[str, list[Turn]], started_at: float, session_
             best = max(before, key=lambda t: (t.answer_key is not None and t.answer_key == sent_back,
                                               session_id is not None and t.session_id == session_id,
                                               t.answered, t.started_at))
-            sure = i == found.longest and best.answer_key in (None, sent_back)
+            sure = (i == found.longest and best.answer_key in (None, sent_back)
+                    and (session_id is None or best.session_id == session_id))
             return Link(best, i, sure)
     return None
 

@@ -218,9 +218,86 @@ class LogServer(SessionServer):
         return box["data"]
 
 
-# The index: SQLite in the log dir, or PostgreSQL (`--index`). A module marked
+class BalancedLogServer(LogServer):
+    """Two orlogserver processes on one log dir and one index behind nginx, used as one
+    logging server: `url` is nginx's, whose port stays across a stop and a start, and
+    `process` is the first server's. The "balanced" index kind runs the API and UI suites
+    through it, so that any of the two may take any batch and answer any call."""
+
+    def __init__(self, log_dir, workdir, args=()):
+        self.servers = [LogServer(log_dir, Path(workdir) / f"server{n}", args) for n in (1, 2)]
+        super().__init__(log_dir, workdir, args)
+        self.balancer = None
+
+    @property
+    def args(self):
+        return self.servers[0].args
+
+    @args.setter
+    def args(self, value):  # a test that restarts it with other arguments restarts both
+        for server in self.servers:
+            server.args = list(value)
+
+    def start(self, timeout=STARTUP_TIMEOUT):
+        for server in self.servers:
+            server.start(timeout)
+        if self.balancer is None:
+            from orproxy.testing.balancer import Balancer
+            nginx = Balancer.start([server.port for server in self.servers])
+            self.balancer = nginx.__enter__()
+            _BALANCERS.append(nginx)  # stopped at the session's end (the proxies keep its URL)
+            self.port, self.url = self.balancer.port, self.balancer.url
+        return self
+
+    @property
+    def process(self):
+        return self.servers[0].process if hasattr(self, "servers") else None
+
+    @process.setter
+    def process(self, value):
+        pass  # (SessionServer's own; this one has none)
+
+    @property
+    def alive(self):
+        return all(server.alive for server in self.servers)
+
+    def stop(self, timeout=15.0):
+        for server in self.servers:
+            server.stop(timeout)
+
+    def kill(self):
+        for server in self.servers:
+            server.kill()
+
+    def stdout_text(self):
+        return "".join(server.stdout_text() for server in self.servers)
+
+    def stderr_text(self):
+        return "".join(server.stderr_text() for server in self.servers)
+
+
+_BALANCERS = []
+BEHIND_NGINX = "--behind-nginx"  # in index_args' list (never passed on): a BalancedLogServer
+
+
+def new_logserver(log_dir, workdir, args=()):
+    """The logging server of these arguments: a BalancedLogServer for the "balanced" kind."""
+    if BEHIND_NGINX in args:
+        return BalancedLogServer(log_dir, workdir, [a for a in args if a != BEHIND_NGINX])
+    return LogServer(log_dir, workdir, args)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_balancers():
+    yield
+    while _BALANCERS:
+        _BALANCERS.pop().__exit__(None, None, None)
+
+
+# The index: SQLite in the log dir, or PostgreSQL (`--index`), or PostgreSQL with two
+# servers behind nginx (test_scaleout.py's setup). A module marked
 # `pytestmark = pytest.mark.both_indexes` runs its logging servers with each.
-INDEX_KINDS = ("sqlite", "postgresql")
+INDEX_KINDS = ("sqlite", "postgresql", "balanced")
 
 
 def pytest_generate_tests(metafunc):
@@ -248,18 +325,33 @@ def postgres_cluster():
 
 
 @pytest.fixture(scope="session")
+def nginx():
+    """Skips where nginx is not installed; ORPROXY_REQUIRE_NGINX=1 (CI) fails instead."""
+    from orproxy.testing.balancer import find_nginx
+    if find_nginx() is None:
+        message = "nginx is not installed (Debian: apt-get install nginx-light)"
+        if os.environ.get("ORPROXY_REQUIRE_NGINX") == "1":
+            pytest.fail(message + ", and ORPROXY_REQUIRE_NGINX=1")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
 def index_args(request, index_kind):
     """A function giving a new logging server's index arguments: none for SQLite, else
-    `--index` and a new database of the session's cluster."""
+    `--index` and a new database of the session's cluster (and, balanced, the name nginx
+    passes on and the marker that makes new_logserver put two servers behind nginx)."""
     if index_kind == "sqlite":
         return lambda: []
     cluster = request.getfixturevalue("postgres_cluster")
+    if index_kind == "balanced":
+        request.getfixturevalue("nginx")
+        return lambda: ["--index", cluster.new_database(), "--allowed-host", "127.0.0.1", BEHIND_NGINX]
     return lambda: ["--index", cluster.new_database()]
 
 
 @pytest.fixture(scope="session")
 def _logserver_session(tmp_path_factory, index_args):
-    server = LogServer(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("orlogserver"), index_args())
+    server = new_logserver(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("orlogserver"), index_args())
     server.start()
     yield server
     server.stop(timeout=5)
@@ -281,7 +373,7 @@ def make_logserver(tmp_path, index_args):
 
     def factory(*args):
         work = tmp_path / ("logserver%d" % len(started))
-        server = LogServer(work / "logs", work, [*index_args(), *args]).start()
+        server = new_logserver(work / "logs", work, [*index_args(), *args]).start()
         started.append(server)
         return server
 

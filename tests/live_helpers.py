@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import LogServer, build_config, start_proxy
+from conftest import build_config, new_logserver, start_proxy
 
 CHAT_PATH = "/api/v1/chat/completions"
 
@@ -77,7 +77,7 @@ class Stack(object):
     a test sees only its exchanges and may stop the logging server."""
 
     def __init__(self, tmp_path_factory, upstream_url, name="ui", token=None, index=()):
-        self.logserver = LogServer(tmp_path_factory.mktemp(name + "_logs"), tmp_path_factory.mktemp(name + "_orlogserver"),
+        self.logserver = new_logserver(tmp_path_factory.mktemp(name + "_logs"), tmp_path_factory.mktemp(name + "_orlogserver"),
                                    [*index, *(["--token", token] if token else [])]).start()
         config = build_config(upstream_url, self.logserver.url, logging={"token": token} if token else None)
         self.proxy = start_proxy(tmp_path_factory.mktemp(name + "_proxy"), config)

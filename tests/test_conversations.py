@@ -135,8 +135,15 @@ def _sse_answer(api, text):
     return [e for e in events if e["type"] == "response.completed"][0]["response"]
 
 
-def rows(api, ids):
-    return [api.wait_row(i, derived_done) for i in ids]
+def rows(api, ids, chain=True):
+    """The rows of these exchanges once derived; of one agent's turns (chain), once each is
+    linked to the turn before. A turn derived before the one it continues is in the index
+    is linked a moment later (relinking.py): through two proxy workers, or with two logging
+    servers, each deriving the turns it took (the balanced index kind)."""
+    def ready():
+        found = [api.wait_row(i, derived_done) for i in ids]
+        return found if not chain or [r["previous_id"] for r in found] == [None, *ids[:-1]] else None
+    return wait_until(ready, 10, 0.1, "each turn derived" + (", and linked to the one before it" if chain else ""))
 
 
 # -- linking -----------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def test_turns_logged_out_of_order_through_two_proxy_workers_are_linked_all_the_
                     {r["conversation_id"] for r in found} != {ids[0]}:
                 return False
         return True
-    rows(api, [i for ids in runs for i in ids])
+    rows(api, [i for ids in runs for i in ids], chain=False)
     wait_until(linked, 30, 0.5, "every turn linked to the one before it")
 
 
@@ -282,7 +289,7 @@ def test_the_diff_shows_changed_and_removed_messages_tools_system_model_and_para
     second = send([{"role": "system", "content": "Be very brief."}, {"role": "user", "content": "one"},
                    {"role": "assistant", "content": "the quick red fox"}],
                   model="gpt-4o-mini", temperature=0.7, top_p=0.9, tools=[changed_tool])
-    rows(api, [first, second])
+    rows(api, [first, second], chain=False)
     diff = api.ok("/api/requests/%s/diff" % second, against=first)
     assert (diff["against"], diff["against_is"]) == (first, "given")
     assert [(m["op"], m.get("role")) for m in diff["messages"]] == [

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from api_helpers import ApiClient, derived_done
-from conftest import LogServer
+from conftest import new_logserver
 
 pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 
@@ -71,7 +71,7 @@ def test_prices_of_your_own_come_from_the_config_file(tmp_path, make_proxy, fake
                                                       index_args):
     config = write_config({"prices": {"my-local-*": {"input": 1.0, "output": 2.0},
                                       "gpt-4o": {"input": 0, "output": 0}}}, name="prices.yaml")
-    own = LogServer(tmp_path / "logs", tmp_path / "work", [*index_args(), "--config", str(config)]).start()
+    own = new_logserver(tmp_path / "logs", tmp_path / "work", [*index_args(), "--config", str(config)]).start()
     try:
         proxy = make_proxy(routes=[{"source": "/v1/", "destination": fake_upstream.url + "/agent/v1/"}],
                            logging={"server_url": own.url})

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from api_helpers import ApiClient
-from conftest import LogServer
+from conftest import new_logserver
 from helpers import http_request, wait_until
 from live_helpers import Stack
 from log_helpers import host_port, send, split_head
@@ -139,7 +139,7 @@ def test_a_streamed_replay_answers_at_the_head_and_is_logged_whole(proxy, fake_u
 
 
 def test_replay_of_is_kept_by_a_rebuild_of_the_index_from_the_files(tmp_path, make_proxy, index_args):
-    server = LogServer(tmp_path / "logs", tmp_path / "server", index_args()).start()
+    server = new_logserver(tmp_path / "logs", tmp_path / "server", index_args()).start()
     try:
         proxy = make_proxy(logging={"server_url": server.url})
         own = ApiClient(server.url)
@@ -283,7 +283,7 @@ def test_only_proxies_on_loopback_or_given_with_replay_via_are_replayed_through(
                                                                                index_args):
     """A forged Host must not take the caller's key elsewhere. 0.0.0.0 is no loopback
     address, but Linux connects it to this machine: the proxy, once allowed."""
-    server = LogServer(tmp_path / "logs", tmp_path / "server", index_args()).start()
+    server = new_logserver(tmp_path / "logs", tmp_path / "server", index_args()).start()
     try:
         proxy = make_proxy(logging={"server_url": server.url})
         own, tag = ApiClient(server.url), uuid.uuid4().hex
@@ -294,7 +294,7 @@ def test_only_proxies_on_loopback_or_given_with_replay_via_are_replayed_through(
         assert code == 409 and "--replay-via http://%s to replay" % elsewhere in answer["error"]["message"], answer
         assert len(received(fake_upstream, tag)) == 1
         server.stop()
-        server.args = ["--replay-via", "http://" + elsewhere]
+        server.args = [*server.args, "--replay-via", "http://" + elsewhere]
         server.start()
         code, answer = replay(ApiClient(server.url), rid, {})
         assert code == 201 and answer["sent_to"] == "http://%s%s" % (elsewhere, CHAT), answer

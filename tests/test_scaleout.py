@@ -23,16 +23,6 @@ from log_helpers import exchange, host_port, logged_once
 from test_ui_browser import _expect, _wait_live, browser, row_of  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="session")
-def nginx():
-    from orproxy.testing.balancer import find_nginx
-    if find_nginx() is None:
-        message = "nginx is not installed (Debian: apt-get install nginx-light)"
-        if os.environ.get("ORPROXY_REQUIRE_NGINX") == "1":
-            pytest.fail(message + ", and ORPROXY_REQUIRE_NGINX=1")
-        pytest.skip(message)
-
-
 def test_the_readmes_nginx_configuration_is_the_one_the_tests_run():
     from orproxy.testing.balancer import SITE
     readme = (Path(__file__).parent.parent / "README.md").read_text()

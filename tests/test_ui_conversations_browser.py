@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from api_helpers import derived_done
+from helpers import wait_until
 from live_helpers import wait_row
 from test_ui_browser import _expect, browser, page, row_of, stack  # noqa: F401 (fixtures)
 
@@ -48,8 +49,12 @@ class Chat:
         return self.ids[-1]
 
     def rows(self):
-        """Every turn's row once linked and priced."""
-        return [wait_row(self.logserver, i, derived_done) for i in self.ids]
+        """Every turn's row once priced and linked to the turn before (with two logging
+        servers a turn may be linked a moment later: relinking.py)."""
+        def ready():
+            found = [wait_row(self.logserver, i, derived_done) for i in self.ids]
+            return found if [r["previous_id"] for r in found] == [None, *self.ids[:-1]] else None
+        return wait_until(ready, 10, 0.1, "each turn linked to the one before it")
 
 
 def js_cost(c):

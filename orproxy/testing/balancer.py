@@ -35,6 +35,7 @@ server {{
     proxy_set_header X-Forwarded-Proto $scheme;  # the page's own origin, behind TLS: https
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection $connection_upgrade;
+    proxy_connect_timeout 2s;          # a server that is down is passed over quickly
     proxy_read_timeout 1h;
     proxy_send_timeout 1h;
     location / {{ proxy_pass http://logservers; }}
@@ -61,10 +62,10 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 
 
-def site(listen: str, backends: Iterable[str], backup: Iterable[str] = ()) -> str:
+def site(listen: str, backends: Iterable[str], backup: Iterable[str] = (), params: str = "") -> str:
     """The `server` block (and its upstream) that balances over `backends`; `backup` ones
-    take the traffic only while the others are down."""
-    servers = [f"    server {b};\n" for b in backends] + [f"    server {b} backup;\n" for b in backup]
+    take the traffic only while the others are down; `params` go on each server line."""
+    servers = [f"    server {b}{params};\n" for b in backends] + [f"    server {b}{params} backup;\n" for b in backup]
     return SITE.format(servers="".join(servers), listen=listen)
 
 
@@ -96,7 +97,11 @@ class Balancer:
             raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx-light)")
         work = tempfile.mkdtemp(prefix="orproxy-nginx-")
         port = _free_port()
-        text = site(f"127.0.0.1:{port}", [f"127.0.0.1:{p}" for p in backends], [f"127.0.0.1:{p}" for p in backup])
+        # max_fails=0: nginx never sets a server aside (for 10 s by default) after a failed
+        # try, so one the tests restart takes requests at once; on loopback a server that
+        # is down refuses at once.
+        text = site(f"127.0.0.1:{port}", [f"127.0.0.1:{p}" for p in backends],
+                    [f"127.0.0.1:{p}" for p in backup], " max_fails=0")
         user = "user root;\n" if os.geteuid() == 0 else ""  # its workers write the temp dirs made here
         with open(os.path.join(work, "nginx.conf"), "w") as f:
             f.write(MAIN.format(user=user, work=work, site=textwrap.indent(text, "    ")))

@@ -14,7 +14,6 @@ was answered without an error, and is the latest.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +29,6 @@ RECENT = 100_000  # keys remembered (a few turns of about 200 bytes each)
 PER_KEY = 8       # turns remembered, and read from the index, per key: the latest (an eval
                   # loop may send one prompt a million times; the latest few decide)
 EARLIER_BY = 1.0  # seconds of clock difference a turn "before" may show (proxy vs server time)
-SETTLING = 30.0   # seconds after a request starts in which a link found in the index alone is
-                  # not sure (relinking.py looks again: 0.2 to 20 s later)
 
 
 @dataclass(frozen=True)
@@ -123,17 +120,10 @@ class Linker:
         found = _best(clue_found, turns, started_at, session_id)
         if found is not None and found.sure:
             return found  # the longest prefix is in memory: nothing longer can be in the index
-        remembered = {t.id for same in turns.values() for t in same}
         for key, indexed in (self._read(_turns_by_key, list(turns)) or {}).items():
             known = {t.id for t in turns[key]}
             turns[key] += [t for t in indexed if t.id not in known]
-        found = _best(clue_found, turns, started_at, session_id)
-        if (found is not None and found.sure and found.previous.id not in remembered
-                and time.time() - started_at < SETTLING):
-            # Found in the index alone: another process or server may hold a later alike
-            # turn (the one just before) that is not indexed yet. Looked for again.
-            found = Link(found.previous, found.new_from, sure=False)
-        return found
+        return _best(clue_found, turns, started_at, session_id)
 
     def conversation_of(self, turn: Turn) -> str:
         """The conversation `turn` belongs to, after any merge (`merge`)."""

@@ -58,8 +58,6 @@ class Relinker:
                 if link.previous.id != linked_to:
                     self._relink(exchange_id, link.previous.id, conversation_id, link.new_from, linked_to)
                     linked_to = link.previous.id
-                else:  # the same turn again: turns that continued it meanwhile, in another process
-                    self._join(exchange_id, conversation_id)
                 if link.sure:
                     joined = conversation_id
         finally:

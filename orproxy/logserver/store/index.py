@@ -36,6 +36,8 @@ from orproxy.logserver.llm.searchtext import indexed_text
 from orproxy.logserver.store.indexqueue import QueuedIndex
 from orproxy.logserver.store.schema import COLUMNS, DEFAULT_PRICING, FIELDS, row_from_document
 
+_sleep = get_original("time", "sleep")  # in the index's own thread: a real sleep
+
 SCHEMA_VERSION = 6  # 3: incomplete_reason, the in_flight index; 4: conversations, cost, texts; 5: replay_of;
 # 6: the texts hold the short columns' values
 FILENAME = "index.sqlite3"
@@ -77,9 +79,23 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _set_wal(conn: sqlite3.Connection, tries: int = 100) -> None:
+    """WAL mode. Two worker processes starting together may both ask for it, and SQLite
+    then answers one "database is locked" at once, without waiting its busy timeout: try
+    again (a gunicorn worker died of it at start, now and then, in the suite)."""
+    for attempt in range(tries):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == tries - 1:
+                raise
+            _sleep(0.05)
+
+
 def create_schema(conn: sqlite3.Connection) -> bool:
     """Create (or, after a schema change, recreate) the table; True if it was (re)created."""
-    conn.execute("PRAGMA journal_mode = WAL")
+    _set_wal(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -38,8 +38,10 @@ def test_orproxy_logs_to_the_go_logging_server_with_plain_puts(make_proxy, go_lo
     assert status == status2 == 200
 
     def files(exchange_id):
-        names = sorted(f.name for f in go_logging_server.logs.iterdir() if exchange_id[:8] in f.name)
-        return names if len(names) == 2 else None
+        """Its two files, the request's first (each is named by the time its PUT came, and
+        the two PUTs go at once: their names may sort either way)."""
+        names = [f.name for f in go_logging_server.logs.iterdir() if exchange_id[:8] in f.name]
+        return sorted(names, key=lambda name: name.endswith("_response.bin")) if len(names) == 2 else None
     for exchange_id, request_body, response_body in ((rid, body, answer), (rid2, b"", streamed)):
         request, response = wait_until(lambda: files(exchange_id), 10, message="both parts at the Go server")
         assert request.endswith("_request.bin") and response.endswith("_response.bin")

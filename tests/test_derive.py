@@ -38,7 +38,8 @@ def logged(tmp_path, start_line, body, content_type=None, encoding=None, name="p
     head = "\r\n".join([start_line, *headers, "X-Proxy-Path: http://127.0.0.1:5601/v1/x", "", ""])
     path = tmp_path / name
     path.write_bytes(head.encode() + ENCODERS[encoding](body))
-    return read_message(str(path), 1 << 20)
+    with open(path, "rb") as f:
+        return read_message(f, 1 << 20)
 
 
 def exchange(tmp_path, request_name, response_name, encoding=None, path="/v1/chat/completions"):
@@ -205,13 +206,18 @@ def test_malformed_bodies_leave_fields_empty_and_never_raise(tmp_path, body, cty
         assert fields[name] is None, name
 
 
+def read_stored(path, limit):
+    with open(path, "rb") as f:
+        return read_message(f, limit)
+
+
 def test_corrupt_encoding_is_reported_not_raised(tmp_path):
     path = tmp_path / "x.bin"
     path.write_bytes(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip at all")
-    message = read_message(str(path), 1000)
+    message = read_stored(path, 1000)
     assert message.body.decode_error and message.body.data == b"not gzip at all"
     path.write_bytes(b"HTTP/1.1 200 OK\r\nContent-Encoding: zstd\r\n\r\nabc")
-    assert "zstd" in read_message(str(path), 1000).body.decode_error
+    assert "zstd" in read_stored(path, 1000).body.decode_error
 
 
 def test_decoding_is_bounded():

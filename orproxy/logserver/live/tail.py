@@ -30,7 +30,7 @@ from orproxy.logserver.llm.apis import delta
 from orproxy.logserver.llm.httpfile import MAX_HEAD, Decoder, Head, decoders, parse_head
 from orproxy.logserver.llm.sse import parse_sse
 from orproxy.logserver.store.follow import PartFollower
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.stores import BodyStore
 from orproxy.logserver.web.replies import error_response
 
 MAX_BODY_TEXT = 1024 * 1024        # body text sent; the rest is in the raw download
@@ -164,7 +164,7 @@ class TailEvents:
 
 
 class Tail:
-    def __init__(self, log_dir: LogDir, stopping: Event) -> None:
+    def __init__(self, log_dir: BodyStore, stopping: Event) -> None:
         self.log_dir = log_dir
         self.stopping = stopping
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024
@@ -190,22 +190,22 @@ def decode_body(raw: bytes, encoding: str | None, limit: int) -> tuple[bytes, bo
     return data[:limit], cut or len(data) > limit, None
 
 
-def read_message(path: str, limit: int, raw_limit: int | None = None) -> Message:
-    """Parse a `.bin` file: its head, and its body decoded up to `limit` bytes.
+def read_message(f: BinaryIO, limit: int, raw_limit: int | None = None) -> Message:
+    """Parse a stored part (an open, seekable stream): its head, and its body decoded up
+    to `limit` bytes.
 
     `raw_limit` bounds the encoded bytes read (default: 4 x `limit`, a compressed body's
     plausible ratio for text; beyond it the body is marked truncated).
     """
     raw_limit = raw_limit or 4 * limit
-    with open(path, "rb") as f:
-        start = f.read(MAX_HEAD)
-        head = parse_head(start)
-        if head is None:
-            f.seek(0)
-            return _headless(start, _size(f), limit)
-        f.seek(head.size)
-        raw = f.read(raw_limit + 1)
-        raw_size = _size(f) - head.size
+    start = f.read(MAX_HEAD)
+    head = parse_head(start)
+    if head is None:
+        f.seek(0)
+        return _headless(start, _size(f), limit)
+    f.seek(head.size)
+    raw = f.read(raw_limit + 1)
+    raw_size = _size(f) - head.size
     return _message(head, raw, raw_size, raw_limit, limit)
 
 

@@ -31,7 +31,7 @@ from orproxy.logserver.llm.conversation import Conversation
 from orproxy.logserver.llm.httpfile import Message
 from orproxy.logserver.llm.session import session_id
 from orproxy.logserver.store.linking import Clue, Linker, Turn, clue
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.stores import BodyStore
 from orproxy.logserver.store.record import ExchangeRecord
 
 DERIVE_LIMIT = 16 * 1024 * 1024   # decoded bytes per body looked at for the derived fields
@@ -46,7 +46,7 @@ class Derivation:
     unlinked: Clue | None = None  # a continuation whose previous turn is not known yet
 
 
-def derive_request_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -> Derivation:
+def derive_request_document(log_dir: BodyStore, document: dict[str, Any], linker: Linker) -> Derivation:
     """The `derived` entry of an exchange whose request has ended and whose response has
     not: the fields the request gives (derive.request_fields) and its place in a
     conversation, so that an exchange in flight is listed with them. Its `parts` is ["request"]."""
@@ -59,7 +59,7 @@ def derive_request_document(log_dir: LogDir, document: dict[str, Any], linker: L
     return Derivation({"version": derive.VERSION, "parts": ["request"], "at": time.time(), **fields}, "")
 
 
-def derive_document(log_dir: LogDir, document: dict[str, Any], linker: Linker) -> Derivation:
+def derive_document(log_dir: BodyStore, document: dict[str, Any], linker: Linker) -> Derivation:
     """The `derived` entry of a metadata document, from the exchange's files, and its
     search text."""
     record = ExchangeRecord(document)
@@ -115,7 +115,7 @@ def remember_document(linker: Linker, document: dict[str, Any]) -> None:
     _remember(linker, record, fields, not record.proxy.get("error") and not fields.get("error_message"))
 
 
-def search_text(log_dir: LogDir, document: dict[str, Any]) -> str:
+def search_text(log_dir: BodyStore, document: dict[str, Any]) -> str:
     """The search text of an exchange, made again from its files (reindex.py): empty while
     it is in flight or underived (the index still adds its short columns)."""
     record = ExchangeRecord(document)
@@ -142,7 +142,7 @@ class Deriver:
     """Derives on the loop what is small, on its thread what is large; a failure is stored
     as the entry's `error` (and counted), so that a bug cannot make it try for ever."""
 
-    def __init__(self, log_dir: LogDir, linker: Linker | None = None) -> None:
+    def __init__(self, log_dir: BodyStore, linker: Linker | None = None) -> None:
         self.log_dir = log_dir
         self.linker = linker if linker is not None else Linker()
         # Told of a turn derived before the turn it continues (relinking.py), if set

@@ -15,7 +15,7 @@ from typing import Any
 
 from gevent.event import Event
 
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.stores import BodyStore
 from orproxy.logserver.store.record import ExchangeRecord
 
 BLOCK = 65536
@@ -29,7 +29,7 @@ class PartFollower:
     `end` says why: "complete" or "incomplete" (the upload ended; `part` is its entry),
     "deleted", "no <kind>", "server stopping" or "timeout"."""
 
-    def __init__(self, log_dir: LogDir, exchange_id: str, kind: str, stopping: Event | None = None) -> None:
+    def __init__(self, log_dir: BodyStore, exchange_id: str, kind: str, stopping: Event | None = None) -> None:
         self.log_dir = log_dir
         self.exchange_id = exchange_id
         self.kind = kind
@@ -58,10 +58,8 @@ class PartFollower:
                     return
                 record = ExchangeRecord(document)
                 if f is None:  # the part may not have started yet
-                    path = self.log_dir.part_file(record, self.kind)
-                    if path is not None:
-                        f = open(path, "rb")
-                    elif record.over_without(self.kind):
+                    f = self.log_dir.open_part(record, self.kind)
+                    if f is None and record.over_without(self.kind):
                         self.end = f"no {self.kind}"
                         return
                 ended = record.ended(self.kind)

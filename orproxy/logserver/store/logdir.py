@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from gevent.monkey import get_original
 
@@ -153,24 +153,44 @@ class LogDir:
             paths.append(self.metadata_path(f"{document['timestamp']}_{exchange_id[:8].lower()}"))
         return paths
 
-    def part_file(self, record: ExchangeRecord, kind: str) -> str | None:
-        """The path of a part's file, if it exists."""
+    def open_part(self, record: ExchangeRecord, kind: str) -> BinaryIO | None:
+        """A part's bytes as stored, as a readable and seekable stream that may still grow;
+        None if there are none. Readers ask for this, never for a path: another store
+        serves the same stream from elsewhere (docs/scaling-out.md, the body store's seam)."""
         path = self.file_path(str(record.part(kind).get("file", "")))
-        return path if path and os.path.exists(path) else None
-
-    def read_part(self, record: ExchangeRecord, kind: str, limit: int) -> Message | None:
-        """A part read back (its body decoded up to `limit` bytes): from memory if it was
-        just written (`keep_recent`), else from its file; None if there is none."""
-        path = self.file_path(str(record.part(kind).get("file", "")))
-        if path is None:
-            return None
-        kept = self.take_recent(os.path.basename(path))
-        if kept is not None:
-            return parse_message(kept[0], limit, head=kept[1])
         try:
-            return read_message(path, limit)
+            return open(path, "rb") if path else None
         except OSError:
             return None
+
+    def last_change(self, record: ExchangeRecord) -> float | None:
+        """When anything of the exchange was last written (its parts or its document)."""
+        names = [str(record.part(kind).get("file", "")) for kind in record.parts]
+        paths = [*map(self.file_path, names), self.metadata_path(record.prefix)]
+        times = []
+        for path in filter(None, paths):
+            try:
+                times.append(os.stat(path).st_mtime)
+            except OSError:
+                pass
+        return max(times, default=None)
+
+    def read_part(self, record: ExchangeRecord, kind: str, limit: int,
+                  raw_limit: int | None = None) -> Message | None:
+        """A part read back (its body decoded up to `limit` bytes, of at most `raw_limit`
+        stored ones): from memory if it was just written (`keep_recent`), else as stored;
+        None if there is none."""
+        kept = self.take_recent(str(record.part(kind).get("file", "")))
+        if kept is not None:
+            return parse_message(kept[0], limit, raw_limit, head=kept[1])
+        f = self.open_part(record, kind)
+        if f is None:
+            return None
+        with f:
+            try:
+                return read_message(f, limit, raw_limit)
+            except OSError:
+                return None
 
     def delete_exchange(self, document: dict[str, Any]) -> int:
         """Remove an exchange's files and its id link; returns the bytes freed."""

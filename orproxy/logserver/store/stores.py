@@ -1,4 +1,13 @@
-"""Where the index lives: SQLite in the log dir (store/index.py, the default, nothing to
+"""Where the bodies and the index live.
+
+Bodies and metadata documents: a `BodyStore`. The one built is the log dir (`LogDir`,
+store/logdir.py), which several servers can share on one file system. The readers (the
+API, HAR, replay, the tail, the sweeper, deriving) ask it by exchange and kind, never for a
+path, so an object store can implement the same protocol (docs/scaling-out.md, the body
+store's seam). The writers (ingest.py, appends.py) and reindex still hold files: they are
+the part of the seam not cut yet.
+
+The index: SQLite in the log dir (store/index.py, the default, nothing to
 set up) or PostgreSQL (store/pgindex.py), which several logging servers can share.
 
 Both are an `IndexStore`. Their readers hand `fn` a connection whose `execute(sql, args)`
@@ -7,13 +16,31 @@ both engines run alike, and pgindex.translate changes the few phrases that diffe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, Protocol, TypeVar
 
+from orproxy.logserver.llm.httpfile import Message
 from orproxy.logserver.llm.pricing import Pricing
+from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import DEFAULT_PRICING
 
 T = TypeVar("T")
 SCHEMES = ("postgresql://", "postgres://")
+
+
+class BodyStore(Protocol):
+    """What the readers of bodies and documents ask of a store."""
+    path: str  # where it is, as /api/health reports it
+
+    def read_metadata(self, exchange_id: str) -> dict[str, Any] | None: ...
+    def metadata(self, exchange_id: str, now: float) -> AbstractContextManager[dict[str, Any]]: ...
+    def exists(self, exchange_id: str) -> bool: ...
+    def open_part(self, record: ExchangeRecord, kind: str) -> BinaryIO | None: ...
+    def read_part(self, record: ExchangeRecord, kind: str, limit: int,
+                  raw_limit: int | None = None) -> Message | None: ...
+    def last_change(self, record: ExchangeRecord) -> float | None: ...
+    def delete_exchange(self, document: dict[str, Any]) -> int: ...
+    def close(self) -> None: ...
 
 
 class IndexStore(Protocol):

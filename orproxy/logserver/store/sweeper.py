@@ -10,7 +10,6 @@ simply updates it again. Each worker process sweeps; marking twice is harmless.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -73,16 +72,8 @@ class Sweeper:
     def _stale(self, record: ExchangeRecord, now: float) -> bool:
         if record.over or record.swept:
             return False
-        log_dir = self.ingest.log_dir
-        paths = [log_dir.part_file(record, kind) for kind in record.parts]
-        paths.append(log_dir.metadata_path(record.prefix))
-        for path in paths:
-            try:
-                if path and now - os.stat(path).st_mtime < self.stale_after:
-                    return False
-            except FileNotFoundError:
-                pass
-        return True
+        changed = self.ingest.log_dir.last_change(record)
+        return changed is None or now - changed >= self.stale_after
 
     def close(self) -> None:
         if self._loop is not None:

@@ -23,8 +23,7 @@ from gevent.threadpool import ThreadPool
 from orproxy import __version__
 from orproxy.logserver.llm.view import VIEW_LIMIT, exchange_view
 from orproxy.logserver.store.follow import PartFollower
-from orproxy.logserver.store.stores import IndexStore
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.stores import BodyStore, IndexStore
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document, to_api
 from orproxy.logserver.web import har, listing, openapi, query, stats
@@ -59,7 +58,7 @@ def _flag(params: dict[str, list[str]], name: str) -> bool:
 
 
 class Api:
-    def __init__(self, log_dir: LogDir, index: IndexStore, health: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, log_dir: BodyStore, index: IndexStore, health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.log_dir = log_dir
         self.index = index
         self.health_extra = health or (lambda: {})
@@ -164,17 +163,18 @@ class Api:
         _no_params(params, ("follow",))
         follow = _flag(params, "follow")
         record = ExchangeRecord(self._document(exchange_id))
-        path = self.log_dir.part_file(record, kind)
-        if path is None:
+        f = self.log_dir.open_part(record, kind)
+        if f is None:
             raise _not_found(f"exchange {exchange_id.lower()} has no {kind} file")
-        name = os.path.basename(path)
+        name = record.part(kind)["file"]
         headers = [("Content-Type", "application/octet-stream"), ("Cache-Control", "no-store"),
                    ("Content-Disposition", f'inline; filename="{name}"')]
         if follow and not record.ended(kind):
+            f.close()
             start_response("200 OK", headers)
             return PartFollower(self.log_dir, exchange_id.lower(), kind).blocks()
-        f = open(path, "rb")
-        size = os.fstat(f.fileno()).st_size
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
         start_response("200 OK", [*headers, ("Content-Length", str(size))])
         return _read_file(f, size)
 
@@ -184,7 +184,7 @@ def _openapi_bytes() -> bytes:
     return json.dumps(openapi.document(openapi_paths()), indent=1).encode()
 
 
-def _view_bytes(log_dir: LogDir, document: dict[str, Any]) -> bytes:
+def _view_bytes(log_dir: BodyStore, document: dict[str, Any]) -> bytes:
     record = ExchangeRecord(document)
     request = log_dir.read_part(record, "request", VIEW_LIMIT)
     response = log_dir.read_part(record, "response", VIEW_LIMIT)

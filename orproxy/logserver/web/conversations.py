@@ -13,14 +13,15 @@ from orproxy.logserver.llm import apis, diff
 from orproxy.logserver.llm.bodies import parse_body
 from orproxy.logserver.llm.conversation import Conversation
 from orproxy.logserver.store.deriving import DERIVE_LIMIT
-from orproxy.logserver.store.logdir import UUID_RE, LogDir
+from orproxy.logserver.store.logdir import UUID_RE
+from orproxy.logserver.store.stores import BodyStore
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.web.query import ParamError
 from orproxy.logserver.web.replies import HttpError, json_response
 
 
 class Diffs:
-    def __init__(self, log_dir: LogDir, pool: ThreadPool) -> None:
+    def __init__(self, log_dir: BodyStore, pool: ThreadPool) -> None:
         self.log_dir = log_dir
         self.pool = pool
 

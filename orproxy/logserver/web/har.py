@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from orproxy import __version__, jsoncodec
-from orproxy.logserver.llm.httpfile import Message, read_message
-from orproxy.logserver.store.stores import IndexStore
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.llm.httpfile import Message
+from orproxy.logserver.store.stores import BodyStore, IndexStore
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.web import listing, query
 from orproxy.logserver.web.har_entry import BODY_LIMIT, har_entry
@@ -46,20 +45,14 @@ def _head() -> bytes:
     return b'{"log":{"version":"1.2","creator":' + jsoncodec.dumps(creator) + b',"pages":[],"entries":['
 
 
-def _part(log_dir: LogDir, record: ExchangeRecord, kind: str) -> Message | None:
+def _part(log_dir: BodyStore, record: ExchangeRecord, kind: str) -> Message | None:
     """A part read back for an entry: its body decoded up to BODY_LIMIT, and no more
     of the file read than that needs (4 x for a compressed body)."""
-    path = log_dir.file_path(str(record.part(kind).get("file", "")))
-    if path is None:
-        return None
     encoded = bool(record.head(kind).get("content_encoding"))
-    try:
-        return read_message(path, BODY_LIMIT, 4 * BODY_LIMIT if encoded else BODY_LIMIT)
-    except OSError:
-        return None
+    return log_dir.read_part(record, kind, BODY_LIMIT, 4 * BODY_LIMIT if encoded else BODY_LIMIT)
 
 
-def entry_bytes(log_dir: LogDir, row: dict[str, Any], document: dict[str, Any] | None = None) -> bytes | None:
+def entry_bytes(log_dir: BodyStore, row: dict[str, Any], document: dict[str, Any] | None = None) -> bytes | None:
     """One entry's JSON (run on a thread: it reads and decodes files), or None if the
     exchange is gone (deleted since it was listed)."""
     document = document or log_dir.read_metadata(row["id"])
@@ -104,7 +97,7 @@ def document(entries: Iterator[bytes | None]) -> Iterator[bytes]:
     yield tail + b"}}"
 
 
-def export(index: IndexStore, log_dir: LogDir, run: Callable[..., Any], where: Where,
+def export(index: IndexStore, log_dir: BodyStore, run: Callable[..., Any], where: Where,
            limit: int | None) -> Iterator[bytes]:
     """The HAR document of every exchange `where` matches (at most `limit`), newest first;
     `run(fn, *args)` runs a function on a thread."""

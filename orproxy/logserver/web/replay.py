@@ -29,7 +29,7 @@ import gevent
 
 from orproxy import jsoncodec
 from orproxy.logserver.llm.httpfile import MAX_HEAD, Head, parse_head
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.stores import BodyStore
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.web.guard import is_loopback
 from orproxy.logserver.web.openapi import ERRORS, ID, json_content, ref
@@ -48,7 +48,7 @@ BLOCK = 65536
 class Replay:
     """The handler of `POST /api/requests/{id}/replay` (app.py binds it by name)."""
 
-    def __init__(self, log_dir: LogDir, replay_via: Iterable[str] = ()) -> None:
+    def __init__(self, log_dir: BodyStore, replay_via: Iterable[str] = ()) -> None:
         """`replay_via`: proxy origins beyond loopback to replay through (parse_origin's)."""
         self.log_dir = log_dir
         self.replay_via = {parse_origin(origin) for origin in replay_via}
@@ -150,7 +150,7 @@ def _json_body(environ: dict[str, Any]) -> Any:
         raise HttpError("400 Bad Request", f"the replay's body is not JSON: {e}") from None
 
 
-def _logged_request(log_dir: LogDir, record: ExchangeRecord) -> tuple[Head, bytes]:
+def _logged_request(log_dir: BodyStore, record: ExchangeRecord) -> tuple[Head, bytes]:
     """The logged request's head and whole body, as logged; RefusedReplay if the log does
     not hold it whole."""
     part = record.part("request")
@@ -160,12 +160,12 @@ def _logged_request(log_dir: LogDir, record: ExchangeRecord) -> tuple[Head, byte
         raise RefusedReplay("its request is still arriving; replay it once it has")
     if not part.get("complete"):
         raise RefusedReplay("its logged request broke off")
-    path = log_dir.part_file(record, "request")
-    if path is None:
+    f = log_dir.open_part(record, "request")
+    if f is None:
         raise RefusedReplay("its request file is gone")
-    with open(path, "rb") as f:
+    with f:
         data = f.read(MAX_HEAD + MAX_LOGGED_BODY + 1)
-        size = os.fstat(f.fileno()).st_size
+        size = f.seek(0, os.SEEK_END)
     head = parse_head(data[:MAX_HEAD])
     if head is None:
         raise RefusedReplay("its request file holds no HTTP head")

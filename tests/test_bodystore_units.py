@@ -1,0 +1,88 @@
+"""The body store's protocol (store/stores.py:BodyStore) and the log dir that implements it:
+the readers ask for a part by exchange and kind, and get its bytes as stored, or None.
+Unit tests: files in a temp dir, no sockets."""
+import inspect
+import os
+import uuid
+
+import pytest
+
+from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.record import ExchangeRecord
+from orproxy.logserver.store.stores import BodyStore
+
+REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n\r\n" + b'{"x":"' + b"a" * 5000 + b'"}'
+
+
+def test_the_log_dir_has_every_method_of_the_protocol_with_its_signature():
+    methods = [name for name, value in vars(BodyStore).items()
+               if callable(value) and not name.startswith("_")]
+    assert {"open_part", "read_part", "last_change", "read_metadata"} <= set(methods)
+    for name in methods:  # the same parameters (a context manager's return is typed two ways)
+        ours, protocol = (inspect.signature(getattr(cls, name)) for cls in (LogDir, BodyStore))
+        assert ours.parameters == protocol.parameters, name
+    assert "path" in BodyStore.__annotations__
+
+
+@pytest.fixture
+def stores():
+    """The log dirs a test opens, closed after it (each holds a lock file open)."""
+    opened = []
+    yield opened
+    for log_dir in opened:
+        log_dir.close()
+
+
+def logged(stores, tmp_path, file_name="REQ"):
+    """A log dir holding one exchange whose request part is REQUEST (file_name: the part's
+    name in the document; REQ stands for the name the log dir gives it)."""
+    log_dir = LogDir(str(tmp_path / "logs"))
+    stores.append(log_dir)
+    exchange_id = str(uuid.uuid4())
+    with log_dir.metadata(exchange_id, 1_700_000_000.0) as document:
+        prefix = f"{document['timestamp']}_{exchange_id[:8]}"
+        name = f"{prefix}_request.bin" if file_name == "REQ" else file_name
+        document["parts"]["request"] = {"file": name}
+    if file_name == "REQ":
+        with open(os.path.join(log_dir.path, name), "wb") as f:
+            f.write(REQUEST)
+    return log_dir, ExchangeRecord(log_dir.read_metadata(exchange_id))
+
+
+def test_a_part_is_opened_as_a_seekable_stream_of_its_stored_bytes(stores, tmp_path):
+    log_dir, record = logged(stores, tmp_path)
+    with log_dir.open_part(record, "request") as f:
+        assert f.read() == REQUEST
+        assert f.seek(0, os.SEEK_END) == len(REQUEST)
+
+
+def test_a_part_not_there_or_named_outside_the_log_dir_opens_as_none(stores, tmp_path):
+    log_dir, record = logged(stores, tmp_path)
+    assert log_dir.open_part(record, "response") is None and log_dir.read_part(record, "response", 100) is None
+    (tmp_path / "secret.bin").write_bytes(REQUEST)
+    for hostile in ("../secret.bin", str(tmp_path / "secret.bin"), ".ids", ""):
+        log_dir, record = logged(stores, tmp_path / str(len(stores)), hostile)
+        assert log_dir.open_part(record, "request") is None, hostile
+        assert log_dir.read_part(record, "request", 100) is None, hostile
+
+
+def test_a_part_read_back_keeps_to_its_limits(stores, tmp_path):
+    log_dir, record = logged(stores, tmp_path)
+    whole = log_dir.read_part(record, "request", 1 << 20)
+    assert whole.head.start_line.startswith("POST ") and len(whole.body.data) == 5008 and not whole.body.truncated
+    cut = log_dir.read_part(record, "request", 100, raw_limit=100)
+    assert len(cut.body.data) == 100 and cut.body.truncated
+
+
+def test_the_last_change_is_the_newest_write_of_the_exchange(stores, tmp_path):
+    log_dir, record = logged(stores, tmp_path)
+    part = os.path.join(log_dir.path, record.part("request")["file"])
+    document = os.path.join(log_dir.path, record.prefix + "_metadata.json")
+    os.utime(part, (1000, 1000))
+    os.utime(document, (2000, 2000))
+    assert log_dir.last_change(record) == 2000
+    os.utime(part, (3000, 3000))
+    assert log_dir.last_change(record) == 3000
+    os.unlink(part)
+    os.unlink(document)
+    assert log_dir.last_change(record) is None

@@ -146,18 +146,24 @@ def rows(api, ids, chain=True):
     return wait_until(ready, 10, 0.1, "each turn derived" + (", and linked to the one before it" if chain else ""))
 
 
+def known_balanced_gap(index_kind, request, reason):
+    """A gap known with two logging servers behind nginx (the balanced index kind), which
+    shows in some runs only: the test is a non-strict xfail there, with the reason."""
+    if index_kind == "balanced":
+        request.node.add_marker(pytest.mark.xfail(strict=False, reason=reason))
+
+
 # -- linking -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("api_name", ["openai", "anthropic", "responses"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_the_turns_of_a_conversation_are_linked_across_tool_calls(agent_proxy, api, api_name, stream,
                                                                    index_kind, request):
-    if index_kind == "balanced":  # a known gap, 1 run in 10 or so: see the mark's reason
-        request.node.add_marker(pytest.mark.xfail(strict=False, reason=(
-            "with two logging servers a turn first linked to an earlier test's alike turn is "
-            "relinked to the right one, but the turn after it, derived on the other server "
-            "meanwhile, keeps the wrong conversation_id past 10 s (relinking._join finds "
-            "followers in the index only)")))
+    known_balanced_gap(index_kind, request,
+        "with two logging servers a turn first linked to an earlier test's alike turn is "
+        "relinked to the right one, but the turn after it, derived on the other server "
+        "meanwhile, can keep the wrong conversation_id past 10 s (relinking._join finds "
+        "followers in the index only)")
     agent = Agent(agent_proxy, api_name, stream=stream)
     agent.say("please use tool read_file on main.py")
     agent.give_tool_results()
@@ -206,12 +212,11 @@ def test_turns_logged_out_of_order_through_two_proxy_workers_are_linked_all_the_
     turn is often logged before the turn it continues (about half of them, measured with
     two workers): it is linked when that turn's log arrives (relinking.py). Two rounds of
     the same agents: each run's turns also begin like the earlier run's."""
-    if index_kind == "balanced":  # a known gap, 1 run in 5 or so: see the mark's reason
-        request.node.add_marker(pytest.mark.xfail(strict=False, reason=(
-            "with two logging servers a second run's turn may be linked, surely, to the alike "
-            "turn of the first run (same prompt, same answer, no session) when its own turn "
-            "before is on the other server and not indexed yet; linking.py needs to treat a "
-            "link found only in the index as unsure for a while")))
+    known_balanced_gap(index_kind, request,
+        "with two logging servers a second run's turn may be linked, surely, to the alike "
+        "turn of the first run (same prompt, same answer, no session) when its own turn "
+        "before is on the other server and not indexed yet; linking.py needs to treat a "
+        "link found only in the index as unsure for a while")
     proxy = make_proxy(routes=[{"source": "/v1/", "destination": fake_upstream.url + "/agent/v1/"}],
                        gunicorn="orproxy.worker.GeventWorker", workers=2)
     runs = []

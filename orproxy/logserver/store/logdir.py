@@ -165,10 +165,8 @@ class LogDir:
 
     def last_change(self, record: ExchangeRecord) -> float | None:
         """When anything of the exchange was last written (its parts or its document)."""
-        names = [str(record.part(kind).get("file", "")) for kind in record.parts]
-        paths = [*map(self.file_path, names), self.metadata_path(record.prefix)]
         times = []
-        for path in filter(None, paths):
+        for path in self.exchange_files(record.document):
             try:
                 times.append(os.stat(path).st_mtime)
             except OSError:

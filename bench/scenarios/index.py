@@ -377,10 +377,9 @@ def pipeline(total: int, with_index: bool) -> dict[str, float]:
             rid, puts = exchange_puts(i, "pipeline")
             for kind, body in puts[:2]:
                 now = time.time()
-                path = log_dir.new_part_path(rid, kind, now)
-                with open(path, "wb") as f:
-                    f.write(body)
-                part = {"file": os.path.basename(path), "received_at": now, "complete": True,
+                with log_dir.open_writer(rid, kind, now, fresh=True) as writer:
+                    writer.write(body)
+                part = {"file": writer.name, "received_at": now, "complete": True,
                         "bytes": len(body), "completed_at": time.time(), "head": parse_head(body).summary()}
                 # What Ingest.store_part's last update does (ingest.py)
                 ingest._update(rid, now, lambda d, k=kind, p=part: d["parts"].__setitem__(k, p), PartEnded(kind))

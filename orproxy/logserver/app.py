@@ -94,7 +94,7 @@ class LogServerApp:
         assert not unbound, f"routes without a handler: {unbound}"
         self.rebuilding = False
         atexit.register(self.close)  # under gunicorn too: what is queued reaches the index
-        if self.index.recreated and self.log_dir.metadata_files():
+        if self.index.recreated and self.log_dir.document_keys():
             self.rebuilding = True
             gevent.spawn(self._rebuild)  # then retention: it prunes what the index lists
         else:

@@ -16,26 +16,26 @@ the document; its start, its head, its end and the proxy's metadata do.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from typing import Any
 
 from orproxy.logwire import Append, BadBatch, Metadata, records
-from orproxy.logserver.llm.httpfile import MAX_HEAD, Head, parse_head
+from orproxy.logserver.llm.httpfile import MAX_HEAD, parse_head
 from orproxy.logserver.llm.sse import strict_json
 from orproxy.logserver.store.ingest import (KEEP_BYTES, MAX_METADATA, Change, Event, HeadKnown, Ingest,
                                             PartEnded, PartStarted, ProxyMetadataStored)
-from orproxy.logserver.store.logdir import UUID_RE, close_file, write_all
+from orproxy.logserver.store.logdir import UUID_RE
+from orproxy.logserver.store.stores import PartWriter
 
-OPEN_FILES = 256            # parts still arriving whose files stay open between batches
+OPEN_FILES = 256  # parts still arriving whose writers (files) stay open between batches
 
 
 class Appends:
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
         self.log_dir = ingest.log_dir
-        self._open: OrderedDict[str, _Arriving] = OrderedDict()  # parts still arriving, by path
+        self._open: OrderedDict[tuple[str, str, float], _Arriving] = OrderedDict()  # parts still arriving
 
     def take(self, body: bytes) -> list[int]:
         """Apply a batch; the ack of each record. BadBatch for a malformed one, before any of
@@ -67,23 +67,23 @@ class Appends:
         return acks
 
     def _append(self, exchange_id: str, record: Append, now: float) -> tuple[int, Change | None, Event | None]:
-        path = self.log_dir.new_part_path(exchange_id, record.kind, record.t)
-        part = self._open.pop(path, None) or _Arriving(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
-        length = os.fstat(part.fd).st_size
+        key = (exchange_id, record.kind, record.t)
+        part = self._open.pop(key, None) or _Arriving(self.log_dir.open_writer(exchange_id, record.kind, record.t))
+        length = part.writer.stored()
         data = record.data
         end = record.offset + len(data)
         if record.offset <= length < end:
-            write_all(part.fd, data[length - record.offset:])
+            part.writer.write(data[length - record.offset:])
             length = end
         complete = record.final and length == end
         if complete:
-            close_file(part.fd)
+            part.writer.close()
         else:
-            self._keep_open(path, part)
-        name = path[len(self.log_dir.path) + 1:]
+            self._keep_open(key, part)
+        name = part.writer.name
         head = None
         if not part.head_known and record.offset < MAX_HEAD:
-            head = _head(path, data, record.offset)
+            head = parse_head(bytes(data[:MAX_HEAD]) if record.offset == 0 else part.writer.head(MAX_HEAD))
             part.head_known = head is not None
         if complete and record.offset == 0 and len(data) <= KEEP_BYTES:
             self.log_dir.keep_recent(name, bytes(data), head)  # deriving reads it from here, not the file
@@ -108,33 +108,25 @@ class Appends:
             return length, change, HeadKnown(kind)
         return length, None, None
 
-    def _keep_open(self, path: str, part: "_Arriving") -> None:
-        self._open[path] = part
+    def _keep_open(self, key: tuple[str, str, float], part: "_Arriving") -> None:
+        self._open[key] = part
         while len(self._open) > OPEN_FILES:
-            close_file(self._open.popitem(last=False)[1].fd)
+            self._open.popitem(last=False)[1].writer.close()
 
     def close(self) -> None:
         while self._open:
-            close_file(self._open.popitem()[1].fd)
+            self._open.popitem()[1].writer.close()
 
 
 class _Arriving:
-    """A part's open file between batches, and whether its head was found yet."""
+    """A part's writer held between batches, and whether its head was found yet (a head
+    longer than the first append is read back from the part's start)."""
 
-    __slots__ = ("fd", "head_known")
+    __slots__ = ("writer", "head_known")
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, writer: PartWriter) -> None:
+        self.writer = writer
         self.head_known = False
-
-
-def _head(path: str, data: memoryview, offset: int) -> Head | None:
-    """The part's head, if what has arrived holds it whole (a head longer than one append
-    is read back from the start of its file)."""
-    if offset == 0:
-        return parse_head(bytes(data[:MAX_HEAD]))
-    with open(path, "rb") as f:
-        return parse_head(f.read(MAX_HEAD))
 
 
 def _proxy_metadata(record: Metadata) -> dict[str, Any]:

@@ -13,7 +13,6 @@ last part, a large one afterwards in a rewrite of its own; the index only ever r
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from gevent.pywsgi import Input
 from orproxy.logserver.llm.httpfile import HeadSniffer
 from orproxy.logserver.llm.sse import strict_json
 from orproxy.logserver.store.deriving import Deriver
-from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.record import ExchangeRecord
+from orproxy.logserver.store.stores import BodyStore
 
 BLOCK = 65536
 MAX_METADATA = 1024 * 1024
@@ -116,7 +115,7 @@ def _gunicorn_chunk_pieces(body: Any) -> Iterator[bytes] | None:
 class Ingest:
     """Writes parts and metadata documents; `deriver` None: no derived fields (a bench)."""
 
-    def __init__(self, log_dir: LogDir, deriver: Deriver | None = None) -> None:
+    def __init__(self, log_dir: BodyStore, deriver: Deriver | None = None) -> None:
         self.log_dir = log_dir
         self.deriver = deriver
         self.subscribers: list[Subscriber] = []
@@ -225,7 +224,7 @@ class Ingest:
             self._update(exchange_id, time.time(), change, DerivedAmended())
 
     def store_part(self, exchange_id: str, kind: str, environ: dict[str, Any]) -> str:
-        """Stream one request/response part into its .bin file; returns the file name.
+        """Stream one request/response part into the store; returns its name (the file's).
 
         A part still arriving ANNOUNCE_AFTER seconds after its first block (a stream) is
         announced in the metadata file with its head's summary (method, path, status), so
@@ -233,8 +232,6 @@ class Ingest:
         (most) is recorded by one update at its end: each update rewrites the file.
         """
         now = time.time()
-        path = self.log_dir.new_part_path(exchange_id, kind, now)
-        name = os.path.basename(path)
         sniffer = HeadSniffer()
         state = {"announced": False, "ended": False}
 
@@ -253,10 +250,11 @@ class Ingest:
         size, error, timer = 0, None, None
         whole = int(environ.get("CONTENT_LENGTH") or 0)  # 0: chunked, its end unknown
         kept: list[bytes] | None = []  # a small part's bytes, for deriving without a re-read
-        with open(path, "wb", buffering=0) as f:
+        with self.log_dir.open_writer(exchange_id, kind, now, fresh=True) as writer:
+            name = writer.name
             try:
                 for block in arriving_blocks(environ):
-                    f.write(block)
+                    writer.write(block)
                     size += len(block)
                     if kept is not None and size <= KEEP_BYTES:
                         kept.append(block)

@@ -102,16 +102,6 @@ class LogDir:
         except FileExistsError:
             return self._remember(exchange_id, os.readlink(link)), False
 
-    def ensure_link(self, exchange_id: str, prefix: str) -> bool:
-        """Make `.ids/<uuid>` point at `prefix` if it points nowhere (files restored or
-        copied without `.ids`); True if it now points there."""
-        link = os.path.join(self.ids, exchange_id.lower())
-        try:
-            os.symlink(prefix, link)
-            return True
-        except FileExistsError:
-            return os.readlink(link) == prefix
-
     def exists(self, exchange_id: str) -> bool:
         exchange_id = exchange_id.lower()
         return exchange_id in self._prefixes or self.find_prefix(exchange_id) is not None
@@ -122,9 +112,13 @@ class LogDir:
         except OSError:
             return None
 
-    def new_part_path(self, exchange_id: str, kind: str, now: float) -> str:
-        """A new .bin file for one part, named by the part's own arrival time (as the seed)."""
-        return f"{self.path}/{timestamp(now)}_{exchange_id[:8].lower()}_{kind}.bin"
+    def open_writer(self, exchange_id: str, kind: str, t: float, fresh: bool = False) -> "PartFile":
+        """A part's file to write to, named by the part's own arrival time `t` (as the seed):
+        resumed where it ends (a batch's appends, a retry's), or emptied if `fresh` (a
+        streamed PUT sends a part whole)."""
+        name = f"{timestamp(t)}_{exchange_id[:8].lower()}_{kind}.bin"
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else os.O_APPEND)
+        return PartFile(f"{self.path}/{name}", name, os.open(f"{self.path}/{name}", flags, 0o644))
 
     def metadata_path(self, prefix: str) -> str:
         return f"{self.path}/{prefix}{METADATA_SUFFIX}"
@@ -135,9 +129,25 @@ class LogDir:
             return None
         return f"{self.path}/{name}"
 
-    def metadata_files(self) -> list[str]:
-        """Every exchange's metadata file, oldest first (the names start with the time)."""
+    def document_keys(self) -> list[str]:
+        """Every exchange's document, oldest first, by a key for `adopt_document` (here its
+        metadata file: the names start with the time)."""
         return sorted(glob.glob(os.path.join(glob.escape(self.path), "*" + METADATA_SUFFIX)))
+
+    def adopt_document(self, key: str) -> tuple[dict[str, Any] | None, bool]:
+        """A listed document (None if unreadable or not an exchange's), and whether it is
+        its exchange's own: its `.ids` link is made if missing (files restored or copied
+        without `.ids`); False if the link names other files (a copy of the exchange)."""
+        document = self._read_document(key)
+        if document is None or not UUID_RE.match(str(document.get("id", ""))):
+            return None, False
+        prefix = os.path.basename(key)[:-len(METADATA_SUFFIX)]
+        link = os.path.join(self.ids, document["id"].lower())
+        try:
+            os.symlink(prefix, link)
+            return document, True
+        except FileExistsError:
+            return document, os.readlink(link) == prefix
 
     def read_metadata(self, exchange_id: str) -> dict[str, Any] | None:
         prefix = self.find_prefix(exchange_id)
@@ -263,6 +273,36 @@ def _write_new(path: str, data: bytes) -> bool:
 # A file's descriptor is never watched by the gevent loop: the original close, not gevent's
 # (which asks the loop first, 12 µs a call on this project's machine).
 close_file = get_original("os", "close")
+
+
+class PartFile:
+    """A part's file open for writing, held by its writer between blocks and batches."""
+
+    __slots__ = ("path", "name", "fd")
+
+    def __init__(self, path: str, name: str, fd: int) -> None:
+        self.path, self.name, self.fd = path, name, fd
+
+    def stored(self) -> int:
+        """The bytes in the file now: another worker process may have appended to it."""
+        return os.fstat(self.fd).st_size
+
+    def write(self, data: bytes | memoryview) -> None:
+        write_all(self.fd, data)
+
+    def head(self, most: int) -> bytes:
+        """Up to `most` bytes from the part's start (a head that arrived in pieces)."""
+        with open(self.path, "rb") as f:
+            return f.read(most)
+
+    def close(self) -> None:
+        close_file(self.fd)
+
+    def __enter__(self) -> "PartFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

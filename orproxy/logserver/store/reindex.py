@@ -11,8 +11,6 @@ continues among those walked before it (linking.py, from memory).
 """
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orproxy.logserver.store.deriving import derive_document, remember_document, search_text
-from orproxy.logserver.store.stores import IndexStore
+from orproxy.logserver.store.stores import BodyStore, IndexStore
 from orproxy.logserver.store.linking import Linker
-from orproxy.logserver.store.logdir import METADATA_SUFFIX, UUID_RE, LogDir
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import row_from_document
 
@@ -38,22 +35,11 @@ class Result:
     seconds: float = 0.0
 
 
-def _load(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            document = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or not UUID_RE.match(str(document.get("id", ""))):
-        return None
-    return document
-
-
 def _indexed_ids(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT id FROM exchanges")]
 
 
-def reindex(log_dir: LogDir, index: IndexStore,
+def reindex(log_dir: BodyStore, index: IndexStore,
             run: Callable[..., Any] = lambda fn, *args: fn(*args)) -> Result:
     """Rebuild the index of `log_dir`. `run(fn, *args)` runs the file parsing (pass a
     thread pool's apply when a gevent server is serving meanwhile)."""
@@ -63,13 +49,11 @@ def reindex(log_dir: LogDir, index: IndexStore,
     batch: list[dict[str, Any]] = []
     texts: dict[str, str] = {}
     linker = Linker()
-    for path in log_dir.metadata_files():
-        document = run(_load, path)
+    for key in log_dir.document_keys():
+        document, linked = run(log_dir.adopt_document, key)
         if document is None:
             result.skipped += 1
             continue
-        prefix = os.path.basename(path)[:-len(METADATA_SUFFIX)]
-        linked = log_dir.ensure_link(document["id"], prefix)
         if ExchangeRecord(document).needs_derive:
             derivation = run(derive_document, log_dir, document, linker)
             if linked:  # store them: the next rebuild need not parse the bodies again

@@ -2,10 +2,10 @@
 
 Bodies and metadata documents: a `BodyStore`. The one built is the log dir (`LogDir`,
 store/logdir.py), which several servers can share on one file system. The readers (the
-API, HAR, replay, the tail, the sweeper, deriving) ask it by exchange and kind, never for a
-path, so an object store can implement the same protocol (docs/scaling-out.md, the body
-store's seam). The writers (ingest.py, appends.py) and reindex still hold files: they are
-the part of the seam not cut yet.
+API, HAR, replay, the tail, the sweeper, deriving) ask it by exchange and kind, and the
+writers (ingest.py's streamed PUT, appends.py's batches) and reindex by exchange, kind and
+the part's start, never for a path, so an object store can implement the same protocol
+(docs/scaling-out.md, the body store's seam).
 
 The index: SQLite in the log dir (store/index.py, the default, nothing to
 set up) or PostgreSQL (store/pgindex.py), which several logging servers can share.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, Protocol, TypeVar
 
-from orproxy.logserver.llm.httpfile import Message
+from orproxy.logserver.llm.httpfile import Head, Message
 from orproxy.logserver.llm.pricing import Pricing
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.schema import DEFAULT_PRICING
@@ -28,9 +28,29 @@ T = TypeVar("T")
 SCHEMES = ("postgresql://", "postgres://")
 
 
+class PartWriter(Protocol):
+    """A part being written: by a streamed PUT block by block, by batches append by append."""
+    name: str  # as the document names the part ("file")
+
+    def stored(self) -> int: ...  # its bytes stored now, whoever wrote them
+    def write(self, data: bytes | memoryview) -> None: ...
+    def head(self, most: int) -> bytes: ...  # its first bytes, read back
+    def close(self) -> None: ...
+    def __enter__(self) -> PartWriter: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class BodyStore(Protocol):
-    """What the readers of bodies and documents ask of a store."""
+    """What the writers and readers of bodies and documents ask of a store."""
     path: str  # where it is, as /api/health reports it
+
+    # the writers (ingest.py, appends.py) and reindex
+    def open_writer(self, exchange_id: str, kind: str, t: float, fresh: bool = False) -> PartWriter: ...
+    def keep_recent(self, name: str, data: bytes, head: Head | None = None) -> None: ...
+    def document_keys(self) -> list[str]: ...
+    def adopt_document(self, key: str) -> tuple[dict[str, Any] | None, bool]: ...
+
+    # the readers
 
     def read_metadata(self, exchange_id: str) -> dict[str, Any] | None: ...
     def metadata(self, exchange_id: str, now: float) -> AbstractContextManager[dict[str, Any]]: ...

@@ -146,32 +146,26 @@ def rows(api, ids, chain=True):
     return wait_until(ready, 10, 0.1, "each turn derived" + (", and linked to the one before it" if chain else ""))
 
 
-def known_balanced_gap(index_kind, request, reason):
-    """A gap known with two logging servers behind nginx (the balanced index kind), which
-    shows in some runs only: the test is a non-strict xfail there, with the reason."""
-    if index_kind == "balanced":
-        request.node.add_marker(pytest.mark.xfail(strict=False, reason=reason))
-
-
 # -- linking -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("api_name", ["openai", "anthropic", "responses"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_the_turns_of_a_conversation_are_linked_across_tool_calls(agent_proxy, api, api_name, stream,
-                                                                   index_kind, request):
-    known_balanced_gap(index_kind, request,
-        "with two logging servers a turn first linked to an earlier test's alike turn is "
-        "relinked to the right one, but the turn after it, derived on the other server "
-        "meanwhile, can keep the wrong conversation_id past 10 s (relinking._join finds "
-        "followers in the index only)")
+def test_the_turns_of_a_conversation_are_linked_across_tool_calls(agent_proxy, api, api_name, stream):
+    """With two logging servers a turn may be linked first to an earlier test's alike turn,
+    or take the conversation of a turn that another server relinks meanwhile: the looks of
+    relinking.py put every turn right within seconds (one server: at once)."""
     agent = Agent(agent_proxy, api_name, stream=stream)
     agent.say("please use tool read_file on main.py")
     agent.give_tool_results()
     agent.say("thanks, and now?")
-    first, second, third = rows(api, agent.ids)
+    rows(api, agent.ids)
+
+    def converged():
+        found = [api.ok("/api/requests/" + i) for i in agent.ids]
+        return found if {r["conversation_id"] for r in found} == {agent.ids[0]} else None
+    first, second, third = wait_until(converged, 25, 0.2, "every turn in the first turn's conversation")
     assert first["previous_id"] is None and first["conversation_id"] == first["id"]
     assert second["previous_id"] == first["id"] and third["previous_id"] == second["id"]
-    assert {r["conversation_id"] for r in (first, second, third)} == {first["id"]}
     listed = api.ok("/api/requests", conversation_id=first["id"])["items"]
     assert [r["id"] for r in listed] == [third["id"], second["id"], first["id"]]
     assert [r["id"] for r in api.ok("/api/requests", previous_id=first["id"])["items"]] == [second["id"]]
@@ -212,11 +206,12 @@ def test_turns_logged_out_of_order_through_two_proxy_workers_are_linked_all_the_
     turn is often logged before the turn it continues (about half of them, measured with
     two workers): it is linked when that turn's log arrives (relinking.py). Two rounds of
     the same agents: each run's turns also begin like the earlier run's."""
-    known_balanced_gap(index_kind, request,
-        "with two logging servers a second run's turn may be linked, surely, to the alike "
-        "turn of the first run (same prompt, same answer, no session) when its own turn "
-        "before is on the other server and not indexed yet; linking.py needs to treat a "
-        "link found only in the index as unsure for a while")
+    if index_kind == "balanced":  # 1 run in 30 or so on this project's machine (2026-12-03)
+        request.node.add_marker(pytest.mark.xfail(strict=False, reason=(
+            "with two logging servers a second turn can stay linked to the alike first turn "
+            "of the earlier run although its own first turn, whose answer it sends back, is "
+            "indexed: its metadata document is never rewritten (rev 1), so its relinker's "
+            "looks found nothing better or did not run; not found yet")))
     proxy = make_proxy(routes=[{"source": "/v1/", "destination": fake_upstream.url + "/agent/v1/"}],
                        gunicorn="orproxy.worker.GeventWorker", workers=2)
     runs = []

@@ -186,3 +186,30 @@ def test_a_link_to_an_alike_turn_of_another_session_is_not_sure_so_it_is_looked_
     link = _best(clue, {"k": [other, own]}, 11.0, "session-a")
     assert link.previous is own and link.sure
     assert _best(clue, {"k": [other]}, 11.0, None).sure  # no session: nothing better to wait for
+
+
+def test_of_alike_turns_one_begun_after_the_request_loses_to_one_begun_before():
+    """A later look (relinking.py) sees the alike first turn of a run that began after the
+    request, within the clock allowance (EARLIER_BY): the latest must not win by that."""
+    from orproxy.logserver.store.linking import EARLIER_BY, Clue, Turn, _best
+    clue = Clue(None, [(1, "k")], {1: "answer"})
+    own = Turn("own", "own", None, 10.0, True, "answer")
+    next_run = Turn("next", "next", None, 10.0 + 1.5 + EARLIER_BY / 2, True, "answer")
+    assert _best(clue, {"k": [own, next_run]}, 11.5, None).previous is own
+    assert _best(clue, {"k": [next_run]}, 11.5, None).previous is next_run  # the allowance still holds
+
+
+def test_a_recent_link_by_messages_is_not_sure_where_others_write_the_index():
+    """Another server may hold the turn just before, not indexed yet: the relinker looks."""
+    import time as clock
+
+    from orproxy.logserver.store.linking import SETTLING, Clue, Linker, Turn
+    clue = Clue(None, [(1, "k")], {1: "answer"})
+    alone, shared = Linker(), Linker(index=object())  # (memory answers: the index is not read)
+    for linker in (alone, shared):
+        linker.remember(Turn("t1", "t1", None, clock.time() - 1, True, "answer"), "k", None)
+    assert alone.follow(clue, clock.time(), None).sure
+    assert not shared.follow(clue, clock.time(), None).sure
+    old = clock.time() - SETTLING - 5
+    shared.remember(Turn("t0", "t0", None, old - 1, True, "answer"), "k", None)
+    assert shared.follow(clue, old, None).sure  # long settled: sure again

@@ -147,7 +147,7 @@ class Deriver:
         self.linker = linker if linker is not None else Linker()
         # Told of a turn derived before the turn it continues (relinking.py), if set
         # (id, started_at, session_id, clue, the previous_id found, or None)
-        self.on_unlinked: Callable[[str, float, str | None, Clue, str | None], None] | None = None
+        self.on_unlinked: Callable[[str, float, str | None, Clue, str | None, str | None], None] | None = None
         self.pool = ThreadPool(1)  # also rebuilds the index (app.py): files are read there
         self.errors = 0
         self._texts: OrderedDict[str, str] = OrderedDict()
@@ -177,7 +177,7 @@ class Deriver:
         if derivation.unlinked is not None and self.on_unlinked is not None:
             fields = derivation.fields
             self.on_unlinked(record.id, record.started_at or time.time(), fields.get("session_id"),
-                             derivation.unlinked, fields.get("previous_id"))
+                             derivation.unlinked, fields.get("previous_id"), fields.get("conversation_id"))
         self._texts[record.id] = derivation.text
         if len(self._texts) > TEXTS_KEPT:  # an exchange deleted before its rewrite
             self._texts.popitem(last=False)

@@ -8,12 +8,16 @@ process derived, or that came before a restart. A rebuild (reindex.py) uses memo
 filled as it walks the exchanges oldest first.
 
 Several turns may share a key: a request sent again after an error, or two agents that
-began alike. The one chosen started before the request and, of those, shares its session,
-was answered without an error, and is the latest.
+began alike. The one chosen started before the request (up to EARLIER_BY after it: clocks
+differ) and, of those, gave the answer the request sends back, shares its session, started
+before it for certain, was answered without an error, and is the latest. A later look
+(relinking.py) sees turns that began after the request too: one of another run that began
+alike must not win by being the latest.
 """
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +33,8 @@ RECENT = 100_000  # keys remembered (a few turns of about 200 bytes each)
 PER_KEY = 8       # turns remembered, and read from the index, per key: the latest (an eval
                   # loop may send one prompt a million times; the latest few decide)
 EARLIER_BY = 1.0  # seconds of clock difference a turn "before" may show (proxy vs server time)
+SETTLING = 30.0   # seconds after a request starts in which a link by its messages is not sure
+                  # where others write the index too (relinking.py looks again, 0.2 to 20 s later)
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,11 @@ class Linker:
         found = clue(conversation)
         return self.follow(found, started_at, session_id) if found is not None else None
 
-    def follow(self, clue_found: Clue, started_at: float, session_id: str | None) -> Link | None:
-        """`find` for a request's clue (relinking.py asks again later)."""
+    def follow(self, clue_found: Clue, started_at: float, session_id: str | None,
+               fresh: bool = False) -> Link | None:
+        """`find` for a request's clue. `fresh`: read the index even if memory has a link
+        (relinking.py's later looks: the turn just before may have been indexed since by
+        another process or server)."""
         if clue_found.previous_response_id:
             with self._lock:
                 turn = self._by_response.get(clue_found.previous_response_id)
@@ -118,12 +127,29 @@ class Linker:
         with self._lock:
             turns = {key: list(self._by_key.get(key, {}).values()) for _, key in candidates}
         found = _best(clue_found, turns, started_at, session_id)
-        if found is not None and found.sure:
-            return found  # the longest prefix is in memory: nothing longer can be in the index
-        for key, indexed in (self._read(_turns_by_key, list(turns)) or {}).items():
-            known = {t.id for t in turns[key]}
-            turns[key] += [t for t in indexed if t.id not in known]
-        return _best(clue_found, turns, started_at, session_id)
+        if fresh or found is None or not found.sure:
+            found = self._with_index(clue_found, turns, started_at, session_id)
+        if found is not None and found.sure and self.index is not None and time.time() - started_at < SETTLING:
+            # Other processes or servers write the index too: one of them may hold a later
+            # alike turn (the one just before, of another run that began alike) that is
+            # not indexed yet. Looked for again.
+            found = Link(found.previous, found.new_from, sure=False)
+        return found
+
+    def _with_index(self, clue_found: Clue, turns: dict[str, list[Turn]], started_at: float,
+                    session_id: str | None) -> Link | None:
+        """The best link of the turns in memory and in the index: the longest prefix's key
+        read first, the others only if no turn before has it (a link is at the longest
+        prefix that some turn has)."""
+        keys = list(turns)
+        for chunk in (keys[:1], keys[1:]):
+            for key, indexed in (self._read(_turns_by_key, chunk) or {}).items() if chunk else ():
+                known = {t.id for t in turns[key]}
+                turns[key] += [t for t in indexed if t.id not in known]
+            found = _best(clue_found, turns, started_at, session_id)
+            if found is not None and found.new_from == clue_found.longest:
+                return found
+        return found
 
     def conversation_of(self, turn: Turn) -> str:
         """The conversation `turn` belongs to, after any merge (`merge`)."""
@@ -164,7 +190,7 @@ def _best(found: Clue, turns: dict[str, list[Turn]], started_at: float, session_
             sent_back = found.sent_back.get(i)
             best = max(before, key=lambda t: (t.answer_key is not None and t.answer_key == sent_back,
                                               session_id is not None and t.session_id == session_id,
-                                              t.answered, t.started_at))
+                                              t.started_at <= started_at, t.answered, t.started_at))
             sure = (i == found.longest and best.answer_key in (None, sent_back)
                     and (session_id is None or best.session_id == session_id))
             return Link(best, i, sure)

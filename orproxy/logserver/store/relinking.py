@@ -35,38 +35,43 @@ class Relinker:
         self.waiting = 0
 
     def watch(self, exchange_id: str, started_at: float, session_id: str | None, found: Clue,
-              linked_to: str | None) -> None:
+              linked_to: str | None, conversation_id: str | None) -> None:
         """Look again for the turn before `exchange_id`; `linked_to`: the turn it was linked
-        to for now (not surely the one just before), None if none."""
+        to for now (not surely the one just before), None if none; `conversation_id`: the
+        conversation it was given with it."""
         if self.waiting < WAITING:
             self.waiting += 1
-            gevent.spawn(self._look, exchange_id, found, started_at, session_id, linked_to)
+            gevent.spawn(self._look, exchange_id, found, started_at, session_id, linked_to,
+                         conversation_id if linked_to is not None else None)
 
     def _look(self, exchange_id: str, found: Clue, started_at: float, session_id: str | None,
-              linked_to: str | None) -> None:
+              linked_to: str | None, conversation_id: str | None) -> None:
+        """Every look: find the turn before again (once surely found, that turn alone) and
+        give the turn its conversation as it is now, then the same to the turns that have
+        continued it. Each server looks for its own turns, so the turns of one conversation
+        derived on two servers converge: a turn linked to one whose conversation another
+        server changed meanwhile takes the new one at its next look."""
         try:
-            joined = None  # the conversation it joined, once surely linked
+            sure = False
             for delay in RETRY_AFTER:
                 gevent.sleep(delay)
-                if joined is not None:  # turns that continued it meanwhile, in another process
-                    self._join(exchange_id, joined)
-                    continue
-                link = self.linker.follow(found, started_at, session_id)
-                if link is None or link.previous.id == exchange_id:
-                    continue
-                conversation_id = self.linker.conversation_of(link.previous)
-                if link.previous.id != linked_to:
-                    self._relink(exchange_id, link.previous.id, conversation_id, link.new_from, linked_to)
-                    linked_to = link.previous.id
-                if link.sure:
-                    joined = conversation_id
+                link = self.linker.follow(found, started_at, session_id, fresh=True)
+                if link is not None and link.previous.id != exchange_id and \
+                        not (sure and link.previous.id != linked_to):
+                    now = self.linker.conversation_of(link.previous)
+                    if link.previous.id != linked_to or now != conversation_id:
+                        self._relink(exchange_id, link.previous.id, now, link.new_from, linked_to)
+                        linked_to, conversation_id = link.previous.id, now
+                    sure = sure or link.sure
+                if conversation_id is not None:  # turns that continued it meanwhile, on any server
+                    self._join(exchange_id, conversation_id)
         finally:
             self.waiting -= 1
 
     def _relink(self, exchange_id: str, previous_id: str, conversation_id: str, new_from: int,
                 linked_to: str | None) -> None:
-        """Link the turn to `previous_id`; it, and the turns that continue it, take
-        `conversation_id`, in their files, the index and the linker's memory."""
+        """Link the turn to `previous_id` and `conversation_id`, in its file, the index and
+        the linker's memory."""
         if linked_to is None:  # its own conversation joins the earlier one, for turns to come
             self.linker.merge(exchange_id, conversation_id)
 
@@ -77,7 +82,6 @@ class Relinker:
                 remember_document(self.linker, document)
 
         self.ingest.amend(exchange_id, link)
-        self._join(exchange_id, conversation_id)
 
     def _join(self, exchange_id: str, conversation_id: str) -> None:
         """The indexed turns that continue `exchange_id` take `conversation_id`."""

@@ -179,7 +179,11 @@ def test_an_exchange_whose_metadata_never_came_is_listed_from_its_files(logserve
     assert (row["method"], row["path"], row["status"]) == ("POST", "/anthropic/v1/messages", 200)
     assert (row["api"], row["model"], row["prompt_tokens"]) == ("anthropic", "claude-sonnet-4-20250514", 3895)
     assert row["route"] is None and row["duration_ms"] is None
-    assert [i["id"] for i in api.ok("/api/requests", state="in_flight", q=rid[:8])["items"]] == [rid]
+    # (the row above may be the one its file gives, the index's a moment later: PostgreSQL's
+    # writes are batched)
+    listed = wait_until(lambda: api.ok("/api/requests", state="in_flight", q=rid[:8])["items"], 10, 0.05,
+                        "the exchange listed as in flight")
+    assert [i["id"] for i in listed] == [rid]
 
 
 def test_an_exchange_in_flight_is_listed_while_it_streams(proxy, api, logserver):

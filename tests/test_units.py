@@ -199,17 +199,29 @@ def test_of_alike_turns_one_begun_after_the_request_loses_to_one_begun_before():
     assert _best(clue, {"k": [next_run]}, 11.5, None).previous is next_run  # the allowance still holds
 
 
-def test_a_recent_link_by_messages_is_not_sure_where_others_write_the_index():
-    """Another server may hold the turn just before, not indexed yet: the relinker looks."""
+def test_a_recent_link_by_messages_is_not_sure_once_others_are_seen_writing_the_index():
+    """Another server may hold the turn just before, not indexed yet: the relinker looks.
+    Alone (no recent turn in the index that memory lacks), a link from memory is sure."""
     import time as clock
 
-    from orproxy.logserver.store.linking import SETTLING, Clue, Linker, Turn
-    clue = Clue(None, [(1, "k")], {1: "answer"})
-    alone, shared = Linker(), Linker(index=object())  # (memory answers: the index is not read)
-    for linker in (alone, shared):
-        linker.remember(Turn("t1", "t1", None, clock.time() - 1, True, "answer"), "k", None)
-    assert alone.follow(clue, clock.time(), None).sure
-    assert not shared.follow(clue, clock.time(), None).sure
+    from orproxy.logserver.store.linking import SETTLING, Clue, Linker, Turn, _turns_by_key
+
+    class Index:  # what the index answers: the turns of a key, as _turns_by_key reads them
+        def __init__(self):
+            self.turns = {}
+
+        def read(self, fn, *args):
+            assert fn is _turns_by_key
+            return {key: self.turns[key] for key in args[0] if key in self.turns}
+
+    index = Index()
+    linker = Linker(index)
+    first = Clue(None, [(1, "k")], {1: "answer"})
+    linker.remember(Turn("t1", "t1", None, clock.time() - 1, True, "answer"), "k", None)
+    assert linker.follow(first, clock.time(), None).sure  # alone so far
+    index.turns["j"] = [Turn("theirs", "theirs", None, clock.time() - 2, True, "other")]  # another server's
+    assert linker.follow(Clue(None, [(1, "j")], {1: "other"}), clock.time(), None).previous.id == "theirs"
+    assert not linker.follow(first, clock.time(), None).sure  # others write: looked for again
     old = clock.time() - SETTLING - 5
-    shared.remember(Turn("t0", "t0", None, old - 1, True, "answer"), "k", None)
-    assert shared.follow(clue, old, None).sure  # long settled: sure again
+    linker.remember(Turn("t0", "t0", None, old - 1, True, "answer"), "k", None)
+    assert linker.follow(first, old, None).sure  # long settled: sure again

@@ -35,6 +35,7 @@ PER_KEY = 8       # turns remembered, and read from the index, per key: the late
 EARLIER_BY = 1.0  # seconds of clock difference a turn "before" may show (proxy vs server time)
 SETTLING = 30.0   # seconds after a request starts in which a link by its messages is not sure
                   # where others write the index too (relinking.py looks again, 0.2 to 20 s later)
+OTHERS_FOR = 600.0  # seconds that others count as writing the index after a turn of theirs was seen
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Linker:
         self._by_key: OrderedDict[str, dict[str, Turn]] = OrderedDict()
         self._by_response: OrderedDict[str, Turn] = OrderedDict()
         self._merged: OrderedDict[str, str] = OrderedDict()  # conversation ids found to be others'
+        self._others_seen_at = float("-inf")  # when the index last held a recent turn not derived here
 
     def remember(self, turn: Turn, turn_key: str | None, response_id: str | None) -> None:
         """A derived exchange: a later turn may continue it (by its key or its answer's id)."""
@@ -121,7 +123,10 @@ class Linker:
         if clue_found.previous_response_id:
             with self._lock:
                 turn = self._by_response.get(clue_found.previous_response_id)
-            turn = turn or self._read(_turn_by_response, clue_found.previous_response_id)
+            if turn is None:
+                turn = self._read(_turn_by_response, clue_found.previous_response_id)
+                if turn is not None and time.time() - turn.started_at < SETTLING:
+                    self._others_seen_at = time.time()  # derived by another process or server
             return Link(turn, 0) if turn is not None else None
         candidates = clue_found.candidates
         with self._lock:
@@ -129,10 +134,12 @@ class Linker:
         found = _best(clue_found, turns, started_at, session_id)
         if fresh or found is None or not found.sure:
             found = self._with_index(clue_found, turns, started_at, session_id)
-        if found is not None and found.sure and self.index is not None and time.time() - started_at < SETTLING:
+        now = time.time()
+        if found is not None and found.sure and now - started_at < SETTLING and now - self._others_seen_at < OTHERS_FOR:
             # Other processes or servers write the index too: one of them may hold a later
             # alike turn (the one just before, of another run that began alike) that is
-            # not indexed yet. Looked for again.
+            # not indexed yet. Looked for again. (Alone, memory holds every recent turn:
+            # no look, whose index reads would cost more than the exchange's logging.)
             found = Link(found.previous, found.new_from, sure=False)
         return found
 
@@ -145,7 +152,10 @@ class Linker:
         for chunk in (keys[:1], keys[1:]):
             for key, indexed in (self._read(_turns_by_key, chunk) or {}).items() if chunk else ():
                 known = {t.id for t in turns[key]}
-                turns[key] += [t for t in indexed if t.id not in known]
+                news = [t for t in indexed if t.id not in known]
+                turns[key] += news
+                if any(time.time() - t.started_at < SETTLING for t in news):
+                    self._others_seen_at = time.time()  # derived by another process or server
             found = _best(clue_found, turns, started_at, session_id)
             if found is not None and found.new_from == clue_found.longest:
                 return found

@@ -44,6 +44,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "words tsvector NOT NULL)",
         "CREATE INDEX texts_words ON texts USING gin (words)",
     )),
+    # Route and status together: a filter of both that few rows pass (a route's 5xx) scanned
+    # every row of the route by time (442 ms p99 at 1,000,000 rows, docs/scaling-out.md). The
+    # statistics tell the planner how often the pairs occur, so it takes the index for them.
+    (2, (
+        "CREATE INDEX by_route_status ON exchanges (route, status, started_at, id)",
+        "CREATE STATISTICS exchanges_route_status (mcv) ON route, status FROM exchanges",
+        "ANALYZE exchanges",
+    )),
 )
 
 

@@ -97,6 +97,7 @@ def queries(rows: int) -> dict[str, dict[str, str]]:
         "q the start of an id": {"q": "0a1b"},
         "updated_after (the live view's poll)": {"updated_after": str(rows - 200)},
         "stats: 6 h window": {"since": str(mid - 10800), "until": str(mid + 10800)},
+        "health: /api/health (a balancer's check)": {},
     }
 
 

@@ -225,3 +225,32 @@ def test_a_recent_link_by_messages_is_not_sure_once_others_are_seen_writing_the_
     old = clock.time() - SETTLING - 5
     linker.remember(Turn("t0", "t0", None, old - 1, True, "answer"), "k", None)
     assert linker.follow(first, old, None).sure  # long settled: sure again
+
+
+def test_health_counts_a_large_index_at_most_every_few_seconds():
+    """count(*) scans the index (52 ms at 1,000,000 rows in PostgreSQL) and a balancer may
+    ask every second: a small index is counted each time, a large one reused a while."""
+    from orproxy.logserver.web import api as api_module
+
+    class Index:
+        def __init__(self, count):
+            self.count, self.reads = count, 0
+
+        def read(self, fn):
+            self.reads += 1
+            return fn(self)
+
+        def execute(self, sql):
+            assert sql == "SELECT count(*) FROM exchanges"
+            return self
+
+        def fetchone(self):
+            return (self.count,)
+
+    for count, reads in ((5, 3), (api_module.LARGE, 1)):
+        index = Index(count)
+        api = api_module.Api(None, index)
+        assert [api._exchanges() for _ in range(3)] == [count] * 3 and index.reads == reads
+    api._count = (api_module.LARGE, api._count[1] - api_module.COUNT_FRESH_FOR - 1)  # long ago
+    index.count += 1
+    assert api._exchanges() == api_module.LARGE + 1 and index.reads == 2

@@ -239,7 +239,7 @@ def measure_queries(port: int, queries: dict[str, dict[str, str]], n: int) -> di
     results = {}
     try:
         for name, params in queries.items():
-            target = "/api/requests" if not name.startswith("stats") else "/api/stats"
+            target = {"stats": "/api/stats", "health": "/api/health"}.get(name.split(":")[0], "/api/requests")
             target += "?" + urlencode(params) if params else ""
             status, body = conn.request("GET", target)  # warm-up, and a check
             assert status == 200, (target, body[:300])

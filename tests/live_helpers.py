@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import build_config, new_logserver, start_proxy
+from servers import build_config, new_logserver, start_proxy
 
 CHAT_PATH = "/api/v1/chat/completions"
 

@@ -15,7 +15,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from api_helpers import ApiClient, derived_done
-from conftest import STARTUP_TIMEOUT
+from servers import STARTUP_TIMEOUT
 from helpers import http_request, start_gunicorn, stream_text, wait_until
 from live_helpers import StreamingChat
 

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from api_helpers import ApiClient, derived_done
-from conftest import new_logserver
+from servers import new_logserver
 
 pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 

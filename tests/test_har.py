@@ -18,7 +18,7 @@ from haralyzer import HarParser
 from websockets.sync.client import connect
 
 from api_helpers import ApiClient, derived_done
-from conftest import new_logserver
+from servers import new_logserver
 from har_helpers import load_har
 from helpers import http_request, stream_text, wait_until
 from log_helpers import send

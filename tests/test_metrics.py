@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import STARTUP_TIMEOUT, LogServer
+from servers import STARTUP_TIMEOUT, LogServer
 from helpers import free_port, http_request, socket_inodes, start_gunicorn, wait_until
 from log_helpers import send
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import LogServer, build_config, start_proxy
+from servers import LogServer, build_config, start_proxy
 from helpers import wait_until
 from live_helpers import send_chat, sse_events, wait_row
 from orproxy.logserver.llm.searchtext import folded_words

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from api_helpers import ApiClient
-from conftest import new_logserver
+from servers import new_logserver
 from helpers import http_request, wait_until
 from live_helpers import Stack
 from log_helpers import host_port, send, split_head

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import build_config, default_routes
+from servers import build_config, default_routes
 from helpers import ServerProcess, free_port, http_request
 
 # The `orproxy` command, with HTTPAdapter mounted once ProxyApp has built its session.

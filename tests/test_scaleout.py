@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import LogServer, build_config, start_proxy
+from servers import LogServer, build_config, start_proxy
 from helpers import wait_until
 from live_helpers import StreamingChat, send_chat, sse_events, wait_row
 from log_helpers import exchange, host_port, logged_once

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LogServer
+from servers import LogServer
 from helpers import script, wait_until
 from log_helpers import exchange_complete, host_port, send, split_head
 

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 
-from conftest import SERVERS, build_config, start_proxy
+from servers import SERVERS, build_config, start_proxy
 from helpers import ServerProcess, http_json, join_messages, socket_inodes, wait_until
 
 

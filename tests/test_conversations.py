@@ -2,12 +2,14 @@
 conversations with the fake upstream's agent endpoints (orproxy/testing/agent_api.py) in
 the three API shapes, JSON and streamed, and the index links their turns."""
 import json
+import time
+import uuid
 
 import pytest
 import requests
 
 from api_helpers import ApiClient, derived_done
-from helpers import wait_until
+from helpers import http_request, wait_until
 
 pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 
@@ -253,6 +255,42 @@ def test_claude_codes_metadata_user_id_names_the_session(agent_proxy, api):
         "model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
         "metadata": {"user_id": "user_1afa2e81_account__session_" + session}})
     assert api.wait_row(answer.headers["X-Request-Id"], derived_done)["session_id"] == session
+
+
+def log_chat(url, messages, answer, started_at):
+    """Log one chat exchange straight to the logging server (its PUTs, as a proxy sends
+    them, in the order a test needs); returns its id."""
+    exchange_id = str(uuid.uuid4())
+    metadata = json.dumps({"id": exchange_id, "started_at": started_at, "ended_at": started_at + 0.1,
+                           "status": 200}).encode()
+    body = json.dumps({"model": "gpt-4o", "messages": messages}).encode()
+    reply = json.dumps({"id": "chatcmpl-" + exchange_id[:8], "object": "chat.completion", "model": "gpt-4o",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": answer}}]}).encode()
+    for kind, data in (("request", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+                                   b"X-Proxy-Path: http://p/v1/chat/completions\r\n\r\n" + body),
+                       ("response", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + reply),
+                       ("metadata", metadata)):
+        status, _, text = http_request("PUT", "%s/%s/%s" % (url, exchange_id, kind), data)
+        assert status == 201, text
+    return exchange_id
+
+
+def test_a_turn_logged_before_the_one_it_continues_is_searched_by_its_new_messages_alone(logserver, api):
+    """Derived first, the second turn's text holds its whole history; once relinked, its new
+    messages alone, as any later turn's (the history is found in the turns it came from)."""
+    word = "axolotl" + uuid.uuid4().hex[:6]
+    first_ask = {"role": "user", "content": "tell me of the %s" % word}
+    now = time.time()
+    second = log_chat(logserver.url, [first_ask, {"role": "assistant", "content": "a salamander"},
+                                      {"role": "user", "content": "and its habitat?"}], "lakes", now)
+    api.wait_row(second, derived_done)
+    assert [r["id"] for r in api.ok("/api/requests", q=word)["items"]] == [second]  # its history, for now
+    first = log_chat(logserver.url, [first_ask], "a salamander", now - 1)
+    wait_until(lambda: api.ok("/api/requests/" + second)["previous_id"] == first, 10, 0.05,
+               "the second turn linked to the first")
+    assert wait_until(lambda: [r["id"] for r in api.ok("/api/requests", q=word)["items"]] == [first], 10, 0.05,
+                      "the word found in the first turn alone")
 
 
 def test_links_and_search_texts_survive_a_reindex(agent_proxy, api, logserver, run_cli):

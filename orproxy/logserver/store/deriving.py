@@ -178,10 +178,18 @@ class Deriver:
             fields = derivation.fields
             self.on_unlinked(record.id, record.started_at or time.time(), fields.get("session_id"),
                              derivation.unlinked, fields.get("previous_id"), fields.get("conversation_id"))
-        self._texts[record.id] = derivation.text
+        self._keep_text(record.id, derivation.text)
+        return derivation.fields
+
+    def retext(self, document: dict[str, Any]) -> None:
+        """Make the search text again for the rewrite's index write: a relinked turn's new
+        messages start elsewhere (relinking.py), and the history is not indexed again."""
+        self._keep_text(str(document["id"]), search_text(self.log_dir, document))
+
+    def _keep_text(self, exchange_id: str, text: str) -> None:
+        self._texts[exchange_id] = text
         if len(self._texts) > TEXTS_KEPT:  # an exchange deleted before its rewrite
             self._texts.popitem(last=False)
-        return derivation.fields
 
     def take_text(self, exchange_id: str) -> str | None:
         """The search text derived for an exchange, once (the index writes it with the row)."""

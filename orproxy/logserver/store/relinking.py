@@ -78,8 +78,11 @@ class Relinker:
         def link(document: dict[str, Any]) -> None:
             derived = document.get("derived")
             if isinstance(derived, dict) and derived.get("previous_id") == linked_to:  # not changed meanwhile
+                moved = derived.get("new_from") != new_from
                 derived.update(previous_id=previous_id, conversation_id=conversation_id, new_from=new_from)
                 remember_document(self.linker, document)
+                if moved and self.ingest.deriver is not None:
+                    self.ingest.deriver.retext(document)
 
         self.ingest.amend(exchange_id, link)
 

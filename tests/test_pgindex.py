@@ -141,7 +141,9 @@ def test_a_reindex_into_postgresql_gives_the_listing_of_the_files(postgres_clust
         ids = [send_chat(proxy.url, f"reindexed-{i}") for i in range(6)]
         for rid in ids:
             wait_row(server.url, rid, lambda row: row["state"] == "complete" and row["prompt_tokens"])
-        before = requests.get(server.url + "/api/requests", timeout=5).json()["items"]
+        # (a row above may be the one its file gives, the index's a moment later)
+        before = wait_until(lambda: (lambda items: items if len(items) == 6 else None)(
+            requests.get(server.url + "/api/requests", timeout=5).json()["items"]), 10, 0.05, "6 rows listed")
     finally:
         proxy.stop(timeout=5)
         server.stop(timeout=5)

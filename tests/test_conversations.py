@@ -179,7 +179,9 @@ def test_a_responses_turn_naming_its_previous_response_is_linked_to_it(agent_pro
     answer = requests.post(agent_proxy.url + "/v1/responses", timeout=10, json={
         "model": "gpt-4o", "previous_response_id": agent.last_response_id, "input": "and then?"})
     second = answer.headers["X-Request-Id"]
-    row = api.wait_row(second, derived_done)
+    # (with two logging servers the second may be derived before the first is indexed on
+    # the other, and linked a moment later: relinking.py)
+    row = api.wait_row(second, lambda r: derived_done(r) and r["previous_id"] is not None)
     assert row["previous_id"] == first and row["conversation_id"] == first
     assert api.wait_row(first, derived_done)["response_id"] == agent.last_response_id
 

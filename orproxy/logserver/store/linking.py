@@ -125,8 +125,7 @@ class Linker:
                 turn = self._by_response.get(clue_found.previous_response_id)
             if turn is None:
                 turn = self._read(_turn_by_response, clue_found.previous_response_id)
-                if turn is not None and time.time() - turn.started_at < SETTLING:
-                    self._others_seen_at = time.time()  # derived by another process or server
+                self._note_others([turn] if turn is not None else [])
             return Link(turn, 0) if turn is not None else None
         candidates = clue_found.candidates
         with self._lock:
@@ -154,12 +153,18 @@ class Linker:
                 known = {t.id for t in turns[key]}
                 news = [t for t in indexed if t.id not in known]
                 turns[key] += news
-                if any(time.time() - t.started_at < SETTLING for t in news):
-                    self._others_seen_at = time.time()  # derived by another process or server
+                self._note_others(news)
             found = _best(clue_found, turns, started_at, session_id)
             if found is not None and found.new_from == clue_found.longest:
                 return found
         return found
+
+    def _note_others(self, read: list[Turn]) -> None:
+        """Turns read from the index that memory lacked: a recent one was derived by another
+        process or server, so others write the index (`follow` doubts recent links)."""
+        now = time.time()
+        if any(now - t.started_at < SETTLING for t in read):
+            self._others_seen_at = now
 
     def conversation_of(self, turn: Turn) -> str:
         """The conversation `turn` belongs to, after any merge (`merge`)."""

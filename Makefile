@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,postgresql]'
+	$(BIN)/pip install -q -e '.[test,postgresql,s3]'
 	touch $(STAMP)
 
 # The logging server in the background, the proxy in the foreground; Ctrl-C stops both.

@@ -25,6 +25,8 @@ setup(
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.2"],  # --index postgresql://: green under gevent (store/pgindex.py)
+        # --store s3://: obstore's Rust client in a thread pool, the cheapest on the loop (store/objects.py)
+        "s3": ["obstore>=0.12", "psycopg[binary]>=3.2"],
         "test": [
             "pytest>=8",
             "gunicorn>=23",
@@ -37,6 +39,7 @@ setup(
             "hypothesis>=6.100",             # property tests of the parsers (tests/test_fuzz.py, make fuzz)
             "h11>=0.14",                     # the in-process wire tests read the proxy's answers with it
             "haralyzer>=2.4",                # a HAR reader of its own reads the HAR export back (tests/test_har.py)
+            "moto[server]>=5",               # an S3 server on loopback for the object store's tests (testing/s3.py)
         ],
     },
     entry_points={

@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, ModelPrice, load_config, load_prices  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
-from orproxy.logserver.store.stores import IndexUnavailable, open_index  # noqa: E402
+from orproxy.logserver.store.stores import IndexUnavailable, StoreUnavailable, open_stores  # noqa: E402
 from orproxy.logserver.store.sweeper import STALE_AFTER  # noqa: E402
 from orproxy.logserver.web.guard import is_loopback, token_problem  # noqa: E402
 from orproxy.logserver.web.units import parse_duration, parse_size  # noqa: E402
@@ -106,6 +106,9 @@ def lower_priority(priority: str) -> None:
 
 
 def logserver_main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["migrate"]:
+        return migrate_main(argv[1:])
     parser = _Parser(prog="orlogserver", description="The logging server of orproxy: ingest, API and UI.")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8080, help="listen port (default: 8080; 0 picks a free one)")
@@ -119,8 +122,14 @@ def logserver_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", metavar="URL", default=os.environ.get("ORLOGSERVER_INDEX") or None,
                         help="the index in PostgreSQL, postgresql://USER@HOST/DB, which several logging "
                              "servers can share (default: $ORLOGSERVER_INDEX, else SQLite in the log dir)")
+    parser.add_argument("--store", metavar="URL", default=os.environ.get("ORLOGSERVER_STORE") or None,
+                        help="keep the bodies in an S3-compatible object store, s3://BUCKET/PREFIX, with "
+                             "--index in PostgreSQL, so that servers on several hosts share them; the "
+                             "endpoint and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... "
+                             "(default: $ORLOGSERVER_STORE, else the files in the log dir)")
     parser.add_argument("--reindex", action="store_true",
-                        help="rebuild the index (.ids/index.sqlite3 in the log dir) from the files, then exit")
+                        help="rebuild the index (.ids/index.sqlite3 in the log dir) from the files, then exit; "
+                             "with --store, from the segment objects")
     parser.add_argument("--max-age", type=_more_than_0(parse_duration), metavar="DURATION",
                         help="delete exchanges older than this, in the background (e.g. 7d, 12h, 3600)")
     parser.add_argument("--stale-after", type=_more_than_0(parse_duration), metavar="DURATION",
@@ -159,7 +168,7 @@ def logserver_main(argv: list[str] | None = None) -> None:
     lower_priority(args.priority)
     prepare_process()
     if args.reindex:
-        _reindex(args.log_dir, args.index, prices)
+        _reindex(args.log_dir, args.index, args.store, prices)
         return
 
     from orproxy.logserver.app import LogServerApp
@@ -167,7 +176,10 @@ def logserver_main(argv: list[str] | None = None) -> None:
     try:
         app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
                            stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token,
-                           prices=prices, replay_via=args.replay_via, index_url=args.index)
+                           prices=prices, replay_via=args.replay_via, index_url=args.index,
+                           store_url=args.store)
+    except StoreUnavailable as e:
+        _fail("orlogserver", f"--store {e}")
     except OSError as e:
         _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
     except sqlite3.Error as e:
@@ -180,19 +192,24 @@ def logserver_main(argv: list[str] | None = None) -> None:
         _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
 
 
-def _reindex(log_dir: str, index_url: str | None, prices: tuple[ModelPrice, ...]) -> None:
+def _reindex(log_dir: str, index_url: str | None, store_url: str | None, prices: tuple[ModelPrice, ...]) -> None:
     from orproxy.logserver.llm.pricing import Pricing
-    from orproxy.logserver.store.logdir import LogDir
     from orproxy.logserver.store.reindex import reindex
 
-    if not os.path.isdir(log_dir):
+    if store_url is None and not os.path.isdir(log_dir):
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
     try:
-        files = LogDir(log_dir)
-        index = open_index(index_url, files.path, Pricing(prices))
+        files, index = open_stores(store_url, log_dir, index_url, Pricing(prices))
+        if store_url is not None:
+            from orproxy.logserver.store.transfer import restore_from_segments
+            restored = restore_from_segments(files)
+            print(f"orlogserver: {restored.segments} segments in {files.path} ({restored.recorded} recorded now), "
+                  f"{restored.documents} documents")
         result = reindex(files, index)
         index.close()
         files.close()
+    except StoreUnavailable as e:
+        _fail("orlogserver", f"--store {e}")
     except OSError as e:
         _fail("orlogserver", f"--log-dir {log_dir}: {e.strerror or e}")
     except sqlite3.Error as e:
@@ -202,6 +219,41 @@ def _reindex(log_dir: str, index_url: str | None, prices: tuple[ModelPrice, ...]
     print(f"orlogserver: indexed {result.indexed} exchanges from {files.path} in {result.seconds:.1f}s "
           f"({result.derived} derived from their bodies, {result.removed} stale rows removed, "
           f"{result.skipped} unreadable metadata files skipped)")
+
+
+def migrate_main(argv: list[str]) -> None:
+    """`orlogserver migrate --from file:DIR --to s3://… --index postgresql://…`."""
+    parser = _Parser(prog="orlogserver migrate",
+                     description="Copy a log dir (its bodies, documents and index) into an object store and "
+                                 "PostgreSQL; run it again to resume, or to copy what changed since.")
+    parser.add_argument("--from", dest="source", required=True, metavar="file:DIR", help="the log dir to copy")
+    parser.add_argument("--to", dest="target", required=True, metavar="s3://BUCKET/PREFIX",
+                        help="the object store (endpoint and credentials: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)")
+    parser.add_argument("--index", metavar="URL", default=os.environ.get("ORLOGSERVER_INDEX") or None,
+                        help="the PostgreSQL database, postgresql://USER@HOST/DB (default: $ORLOGSERVER_INDEX)")
+    args = parser.parse_args(argv)
+    if not args.source.startswith("file:"):
+        _fail("orlogserver migrate", f"--from {args.source}: give file:DIR, the log dir to copy")
+    source_dir = args.source[len("file:"):]
+    if not os.path.isdir(source_dir):
+        _fail("orlogserver migrate", f"--from {args.source}: no such directory")
+    prepare_process()
+    from orproxy.logserver.store.logdir import LogDir
+    from orproxy.logserver.store.transfer import migrate
+    work = os.path.join(os.path.abspath(source_dir), ".ids", "migrate")
+    try:
+        target, index = open_stores(args.target, work, args.index)
+        source = LogDir(source_dir)
+        result = migrate(source, target, index, say=print)
+        index.close()
+        target.close()
+    except StoreUnavailable as e:
+        _fail("orlogserver migrate", f"--to {e}")
+    except IndexUnavailable as e:
+        _fail("orlogserver migrate", f"--index {e}")
+    print(f"orlogserver: migrated {result.copied} exchanges ({result.bytes} bytes of bodies) from {source.path} "
+          f"to {target.path} in {result.seconds:.1f}s; {result.already} were there already, {result.skipped} "
+          f"skipped; {result.indexed} indexed")
 
 
 if __name__ == "__main__":

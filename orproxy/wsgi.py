@@ -84,11 +84,15 @@ def logserver_app() -> Callable:
     except ValueError as e:
         print(f"orlogserver: ORLOGSERVER_REPLAY_VIA: {e}", file=sys.stderr)
         sys.exit(4)
-    from orproxy.logserver.store.stores import IndexUnavailable
+    from orproxy.logserver.store.stores import IndexUnavailable, StoreUnavailable
     try:
         app = LogServerApp(log_dir, **limits, allowed_hosts=hosts, token=token, replay_via=via, prices=prices,
-                           index_url=os.environ.get("ORLOGSERVER_INDEX") or None)
+                           index_url=os.environ.get("ORLOGSERVER_INDEX") or None,
+                           store_url=os.environ.get("ORLOGSERVER_STORE") or None)
     except IndexUnavailable as e:
         print(f"orlogserver: ORLOGSERVER_INDEX {e}", file=sys.stderr)
+        sys.exit(4)
+    except StoreUnavailable as e:
+        print(f"orlogserver: ORLOGSERVER_STORE {e}", file=sys.stderr)
         sys.exit(4)
     return for_gunicorn(app)

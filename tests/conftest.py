@@ -57,7 +57,7 @@ def _stop_balancers():
 # The index: SQLite in the log dir, or PostgreSQL (`--index`), or PostgreSQL with two
 # servers behind nginx (test_scaleout.py's setup). A module marked
 # `pytestmark = pytest.mark.both_indexes` runs its logging servers with each.
-INDEX_KINDS = ("sqlite", "postgresql", "balanced")
+INDEX_KINDS = ("sqlite", "postgresql", "balanced", "s3")  # s3: bodies in moto's S3, the index in PostgreSQL
 
 
 def pytest_generate_tests(metafunc):
@@ -89,6 +89,22 @@ def postgres_cluster():
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server (orproxy.testing.s3) for the whole session, its AWS variables set for
+    every process the tests start. moto comes with the test extra: never skipped."""
+    from orproxy.testing.s3 import MotoS3
+    with MotoS3.start() as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        yield server
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
 def nginx():
     """Skips where nginx is not installed; ORPROXY_REQUIRE_NGINX=1 (CI) fails instead."""
     from orproxy.testing.balancer import find_nginx
@@ -110,6 +126,9 @@ def index_args(request, index_kind):
     if index_kind == "balanced":
         request.getfixturevalue("nginx")
         return lambda: ["--index", cluster.new_database(), "--allowed-host", "127.0.0.1", BEHIND_NGINX]
+    if index_kind == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        return lambda: ["--index", cluster.new_database(), "--store", s3.new_bucket()]
     return lambda: ["--index", cluster.new_database()]
 
 

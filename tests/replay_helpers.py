@@ -45,10 +45,15 @@ def header(record, name):
 
 
 def files_holding(needle, *roots):
-    """Every file under ``roots`` (log dir, spool, the servers' output) whose bytes hold ``needle``."""
+    """Every file under ``roots`` (log dir, spool, the servers' output) whose bytes hold ``needle``;
+    a root that is a logging server is its log dir, and its object store and documents if it has them."""
     needle = needle.encode()
     found = []
     for root in roots:
+        stored = root.stored() if hasattr(root, "stored") else None
+        if stored is not None:
+            found += stored.holding(needle)
+        root = getattr(root, "log_dir", root)
         for directory, _, names in os.walk(root):
             for name in names:
                 path = Path(directory) / name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import (ServerProcess, StartupError, child_env, http_json, script,
+from helpers import (ServerProcess, StartupError, child_env, http_json, run_command, script,
                      start_gunicorn, wait_until)
 
 STARTUP_TIMEOUT = 10.0
@@ -121,9 +121,19 @@ class LogServer(SessionServer):
 
     # -- files ----------------------------------------------------------------------------
 
+    def stored(self):
+        """Where its bodies are if not in its log dir: an ObjectStoreFiles (tests/stored.py)."""
+        if "--store" not in self.args:
+            return None
+        from stored import ObjectStoreFiles
+        return ObjectStoreFiles(self.args[self.args.index("--store") + 1], self.args[self.args.index("--index") + 1])
+
     def files(self, uuid):
-        """The files in log_dir whose names contain the first 8 characters of ``uuid``."""
+        """The files in log_dir whose names contain the first 8 characters of ``uuid``
+        (with --store, the exchange's parts and document, read as the server stored them)."""
         key = str(uuid)[:8]
+        if self.stored() is not None:
+            return self.stored().files(uuid)
         if not self.log_dir.is_dir():
             return []
         return sorted(p for p in self.log_dir.iterdir() if key in p.name)
@@ -247,6 +257,20 @@ def new_logserver(log_dir, workdir, args=()):
     if BEHIND_NGINX in args:
         return BalancedLogServer(log_dir, workdir, [a for a in args if a != BEHIND_NGINX])
     return LogServer(log_dir, workdir, args)
+
+
+def seeded_logserver(log_dir, workdir, args=()):
+    """A logging server of these arguments over the exchanges seeded in `log_dir`: with
+    --store, `orlogserver migrate` copies them into the object store first (and the server
+    gets a log dir of its own)."""
+    args = list(args)
+    if "--store" not in args:
+        return new_logserver(log_dir, workdir, args)
+    result = run_command([script("orlogserver"), "migrate", "--from", "file:%s" % log_dir,
+                          "--to", args[args.index("--store") + 1], "--index", args[args.index("--index") + 1]],
+                         cwd=str(workdir), timeout=300)
+    assert result.returncode == 0, result.stderr
+    return new_logserver(Path(workdir) / "local", workdir, args)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from orproxy.logserver.store.logdir import LogDir, PartFile
+from orproxy.logserver.store.objectstore import ObjectBodyStore, ObjectPartWriter
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.stores import BodyStore, PartWriter
 
@@ -19,7 +20,9 @@ REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json
 @pytest.mark.parametrize("ours, protocol, some", [
     (LogDir, BodyStore, {"open_part", "read_part", "last_change", "read_metadata", "open_writer", "adopt_document"}),
     (PartFile, PartWriter, {"stored", "write", "head", "close", "__enter__"}),
-], ids=["BodyStore", "PartWriter"])
+    (ObjectBodyStore, BodyStore, {"open_part", "read_part", "metadata", "sync", "collect", "document_keys"}),
+    (ObjectPartWriter, PartWriter, {"stored", "write", "head", "close", "__enter__"}),
+], ids=["BodyStore", "PartWriter", "BodyStore-s3", "PartWriter-s3"])
 def test_the_log_dir_has_every_method_of_the_protocol_with_its_signature(ours, protocol, some):
     methods = [name for name, value in vars(protocol).items()
                if callable(value) and (not name.startswith("_") or name in ("__enter__", "__exit__"))]
@@ -28,6 +31,8 @@ def test_the_log_dir_has_every_method_of_the_protocol_with_its_signature(ours, p
         mine, theirs = (inspect.signature(getattr(cls, name)) for cls in (ours, protocol))
         assert mine.parameters == theirs.parameters, name
     assert {"path", "name"} & set(protocol.__annotations__)
+    for attribute in protocol.__annotations__:  # the attributes too (as class or instance ones)
+        assert attribute in vars(ours) or attribute in inspect.getsource(ours), attribute
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from haralyzer import HarParser
 from websockets.sync.client import connect
 
 from api_helpers import ApiClient, derived_done
-from servers import new_logserver
+from servers import seeded_logserver
 from har_helpers import load_har
 from helpers import http_request, stream_text, wait_until
 from log_helpers import send
@@ -326,7 +326,7 @@ def test_a_large_export_is_streamed_in_bounded_memory(tmp_path, index_args):
     """300 exchanges of 1 MiB each: a document of 300 MiB, while the server grows by far less."""
     log_dir = tmp_path / "logs"
     size = _write_http_parts(str(log_dir), seed(str(log_dir), 300, bins=False), 1024 * 1024)
-    server = new_logserver(log_dir, tmp_path, index_args()).start()
+    server = seeded_logserver(log_dir, tmp_path, index_args()).start()
     try:
         api = ApiClient(server.url)
         wait_until(lambda: api.ok("/api/health")["exchanges"] == 300 and not api.ok("/api/health")["rebuilding"],

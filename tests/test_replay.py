@@ -44,9 +44,9 @@ def complete(api, rid, predicate=lambda row: True):
 def no_key_anywhere(key, logserver, *proxies):
     """The key is in no file of the log dir (the index too), the proxies' directories (their
     spools) and the servers' stdout and stderr."""
-    roots = [logserver.log_dir, logserver.workdir, *(p.workdir for p in proxies)]
+    roots = [logserver, logserver.workdir, *(p.workdir for p in proxies)]
     assert files_holding(key, *roots) == []
-    assert files_holding(key[-4:], logserver.log_dir)  # the search does look: the proxy's mask kept these
+    assert files_holding(key[-4:], logserver)  # the search does look: the proxy's mask kept these
 
 
 def test_replay_as_logged_reaches_the_upstream_byte_for_byte_with_the_callers_key(proxy, logserver,

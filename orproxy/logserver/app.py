@@ -28,11 +28,10 @@ from orproxy.logserver.store.batching import BatchingRequestHandler
 from orproxy.logserver.store.deriving import Deriver
 from orproxy.logserver.store.ingest import BadInput, Ingest
 from orproxy.logserver.store.linking import Linker
-from orproxy.logserver.store.logdir import LogDir
 from orproxy.logserver.store.reindex import reindex
 from orproxy.logserver.store.relinking import Relinker
 from orproxy.logserver.store.retention import Retention
-from orproxy.logserver.store.stores import open_index
+from orproxy.logserver.store.stores import StoreUnavailable, open_stores
 from orproxy.logserver.store.sweeper import STALE_AFTER, Sweeper
 from orproxy.logserver.web.api import Api
 from orproxy.logserver.web.conversations import Diffs
@@ -54,10 +53,10 @@ class LogServerApp:
                  retention_interval: float = 60.0, stale_after: float = STALE_AFTER,
                  allowed_hosts: Iterable[str] = (), token: str | None = None,
                  prices: tuple[ModelPrice, ...] = (),
-                 replay_via: Iterable[str] = (), index_url: str | None = None) -> None:
+                 replay_via: Iterable[str] = (), index_url: str | None = None,
+                 store_url: str | None = None) -> None:
         self.guard = Guard(allowed_hosts, token)
-        self.log_dir = LogDir(log_dir)
-        self.index = open_index(index_url, self.log_dir.path, Pricing(prices))
+        self.log_dir, self.index = open_stores(store_url, log_dir, index_url, Pricing(prices))
         self.deriver = Deriver(self.log_dir, Linker(self.index))
         self.ingest = Ingest(self.log_dir, self.deriver)
         self.deriver.on_unlinked = Relinker(self.ingest, self.deriver.linker).watch
@@ -186,6 +185,8 @@ class LogServerApp:
             acks = self.appends.take(body)
         except logwire.BadBatch as e:
             return error_response(start_response, "400 Bad Request", f"malformed batch: {e}", ours)
+        except StoreUnavailable as e:  # nothing acknowledged: the proxy sends it again
+            return error_response(start_response, "503 Service Unavailable", str(e), ours)
         return json_response(start_response, "201 Created", {"acks": acks}, ours)
 
     def _ingest(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,
@@ -197,4 +198,6 @@ class LogServerApp:
             name = self.ingest.store_part(exchange_id, kind, environ)
         except BadInput as e:
             return error_response(start_response, "400 Bad Request", str(e))
+        except StoreUnavailable as e:
+            return error_response(start_response, "503 Service Unavailable", str(e))
         return json_response(start_response, "201 Created", {"id": exchange_id.lower(), "file": name})

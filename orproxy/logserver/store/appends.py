@@ -7,7 +7,8 @@ The file holds `length` bytes: an append at that offset is written; one that sta
 before it has its first bytes skipped (they are here already: a retry); one past it (a
 gap, which a proxy that resends from its acks never makes) is not written. The ack of
 every record is the part's length after it, so the proxy frees what is here and resends
-what is not (CONTRACT.md, "Logging stream": exactly once).
+what is not (CONTRACT.md, "Logging stream": exactly once). The acks wait until the store
+holds the bytes durably (an object store's upload, store/segments.py).
 
 The metadata document of each exchange the batch changed is written once for the batch
 (ingest.Ingest.apply): a small exchange whose request, response and metadata came
@@ -48,6 +49,7 @@ class Appends:
             if isinstance(record, Metadata):
                 documents[i] = _proxy_metadata(record)
         now = time.time()
+        since = self.log_dir.sync_point()
         acks: list[int] = []
         changes: dict[str, list[tuple[float, Change, Event]]] = {}
         for i, record in enumerate(batch):
@@ -62,6 +64,7 @@ class Appends:
                 acks.append(0)
             if change is not None:
                 changes.setdefault(exchange_id, []).append((when, change, event))
+        self.log_dir.sync(since)  # the bytes durable before any document or ack claims them
         for exchange_id, exchange_changes in changes.items():
             self.ingest.apply(exchange_id, exchange_changes)
         return acks

@@ -250,6 +250,7 @@ class Ingest:
         size, error, timer = 0, None, None
         whole = int(environ.get("CONTENT_LENGTH") or 0)  # 0: chunked, its end unknown
         kept: list[bytes] | None = []  # a small part's bytes, for deriving without a re-read
+        since = self.log_dir.sync_point()
         with self.log_dir.open_writer(exchange_id, kind, now, fresh=True) as writer:
             name = writer.name
             try:
@@ -273,6 +274,8 @@ class Ingest:
         state["ended"] = True
         if timer is not None:
             timer.kill()
+        if error is None:
+            self.log_dir.sync(since)  # durable before the answer (StoreUnavailable: the proxy resends)
         if kept and error is None:
             self.log_dir.keep_recent(name, b"".join(kept))
         final = entry()

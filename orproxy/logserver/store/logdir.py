@@ -25,14 +25,13 @@ from typing import Any, BinaryIO, Iterator
 from gevent.monkey import get_original
 
 from orproxy import jsoncodec
-from orproxy.logserver.llm.httpfile import Head, Message, parse_message, read_message
+from orproxy.logserver.store.recent import PartReading
 from orproxy.logserver.store.record import ExchangeRecord
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 KINDS = ("request", "response", "metadata")
 METADATA_SUFFIX = "_metadata.json"
 PREFIX_CACHE = 4096
-RECENT_BYTES = 32 * 1024 * 1024  # small parts kept in memory for deriving: a whole batch's
 _PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{3}_[0-9a-f]{8}$")
 
 
@@ -47,40 +46,34 @@ def timestamp(now: float) -> str:
     return f"{_second[1]}.{int(now * 1000) % 1000:03d}"
 
 
-class LogDir:
+class LogDir(PartReading):
     """Paths here are joined with f-strings, not os.path.join: a few are built for every
     exchange, and join costs microseconds each on this project's machine."""
+    blocking = True  # file calls block: retention and reindex run them on a thread
+
+    def sync_point(self) -> int:
+        return 0
+
+    def sync(self, since: int) -> None:
+        """Written is stored: the page cache holds it across a crash of the server (not of
+        the machine), as it always did."""
+
+    def collect(self) -> int:
+        return 0  # an exchange's files go with it
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = os.path.abspath(path)
         self.ids = os.path.join(self.path, ".ids")
         os.makedirs(self.ids, exist_ok=True)
         self._lock: Any = None  # opened by the first metadata rewrite
         self._prefixes: OrderedDict[str, str] = OrderedDict()  # id -> prefix, recently used
-        self._recent: OrderedDict[str, tuple[bytes, Head | None]] = OrderedDict()  # file name -> bytes, head
-        self._recent_bytes = 0
 
     def close(self) -> None:
         """Close the lock file that serialises metadata rewrites across processes."""
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-    def keep_recent(self, name: str, data: bytes, head: Head | None = None) -> None:
-        """A part file's whole content, just written (and its head if parsed already), for
-        one `take_recent` to read instead of the file (every small exchange's fields are
-        derived from it)."""
-        self.take_recent(name)
-        self._recent[name] = (data, head)
-        self._recent_bytes += len(data)
-        while self._recent_bytes > RECENT_BYTES:
-            self._recent_bytes -= len(self._recent.popitem(last=False)[1][0])
-
-    def take_recent(self, name: str) -> tuple[bytes, Head | None] | None:
-        kept = self._recent.pop(name, None)
-        if kept is not None:
-            self._recent_bytes -= len(kept[0])
-        return kept
 
     def _remember(self, exchange_id: str, prefix: str) -> str:
         self._prefixes[exchange_id] = prefix
@@ -182,23 +175,6 @@ class LogDir:
             except OSError:
                 pass
         return max(times, default=None)
-
-    def read_part(self, record: ExchangeRecord, kind: str, limit: int,
-                  raw_limit: int | None = None) -> Message | None:
-        """A part read back (its body decoded up to `limit` bytes, of at most `raw_limit`
-        stored ones): from memory if it was just written (`keep_recent`), else as stored;
-        None if there is none."""
-        kept = self.take_recent(str(record.part(kind).get("file", "")))
-        if kept is not None:
-            return parse_message(kept[0], limit, raw_limit, head=kept[1])
-        f = self.open_part(record, kind)
-        if f is None:
-            return None
-        with f:
-            try:
-                return read_message(f, limit, raw_limit)
-            except OSError:
-                return None
 
     def delete_exchange(self, document: dict[str, Any]) -> int:
         """Remove an exchange's files and its id link; returns the bytes freed."""

@@ -209,10 +209,7 @@ class PgIndex(QueuedIndex):
     def __init__(self, url: str, pricing: Pricing = DEFAULT_PRICING, connections: int = CONNECTIONS) -> None:
         super().__init__(pricing)
         self.url = url
-        self._slots: LifoQueue = LifoQueue()
-        for _ in range(connections):
-            self._slots.put(None)  # a connection is opened when first needed
-        self._by_thread: dict[int, psycopg.Connection[Any]] = {}
+        self.pool = Pool(url, connections)
         first = connect(url)
         try:
             self.recreated = migrate(first)
@@ -220,39 +217,15 @@ class PgIndex(QueuedIndex):
             first.close()
 
     def _use(self, fn: Callable[..., T], args: tuple[Any, ...], wrap: bool = True) -> T:
-        conn = self._slots.get()
-        try:
-            if conn is None or conn.closed:
-                conn = connect(self.url)
-            result = fn(Connection(conn) if wrap else conn, *args)
-            if conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.rollback()
-            return result
-        except psycopg.OperationalError:  # the server went away: the next call reconnects
-            if conn is not None:
-                conn.close()
-            conn = None
-            raise
-        except BaseException:
-            if conn is not None and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.rollback()
-            raise
-        finally:
-            self._slots.put(conn)
+        with self.pool.connection() as conn:
+            return fn(Connection(conn) if wrap else conn, *args)
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) on a pooled connection; the calling greenlet waits."""
         return self._use(fn, args)
 
     write = read
-
-    def read_here(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(connection, *args) from a thread that is not the loop's (the deriver's),
-        on that thread's own connection."""
-        conn = self._by_thread.get(_thread_id())
-        if conn is None or conn.closed:
-            conn = self._by_thread[_thread_id()] = connect(self.url)
-        return fn(Connection(conn), *args)
+    read_here = read  # from a thread that is not the loop's (the deriver's): its own connection
 
     def write_documents(self, documents: list[dict[str, Any]], texts: dict[str, str]) -> None:
         self.upsert_rows([row_from_document(d, pricing=self.pricing) for d in documents], texts)
@@ -271,6 +244,52 @@ class PgIndex(QueuedIndex):
 
     def close(self) -> None:
         self.stop_writing()
+        self.pool.close()
+
+
+class Pool:
+    """Connections to one database: up to `size` shared by the loop's greenlets, opened when
+    first needed, and one of its own for each other thread (the deriver's)."""
+
+    def __init__(self, url: str, size: int = CONNECTIONS) -> None:
+        self.url = url
+        self._slots: LifoQueue = LifoQueue()
+        for _ in range(size):
+            self._slots.put(None)
+        self._loop_thread = _thread_id()
+        self._by_thread: dict[int, psycopg.Connection[Any]] = {}
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection, idle again (its transaction rolled back) when given back; one the
+        server dropped is closed, and the next use reconnects."""
+        thread = _thread_id()
+        if thread != self._loop_thread:
+            conn = self._by_thread.get(thread)
+            if conn is None or conn.closed:
+                conn = self._by_thread[thread] = connect(self.url)
+            yield conn
+            return
+        conn = self._slots.get()
+        try:
+            if conn is None or conn.closed:
+                conn = connect(self.url)
+            yield conn
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.rollback()
+        except psycopg.OperationalError:  # the server went away: the next call reconnects
+            if conn is not None:
+                conn.close()
+            conn = None
+            raise
+        except BaseException:
+            if conn is not None and not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.rollback()
+            raise
+        finally:
+            self._slots.put(conn)
+
+    def close(self) -> None:
         while not self._slots.empty():
             conn = self._slots.get_nowait()
             if conn is not None:

@@ -52,6 +52,21 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE STATISTICS exchanges_route_status (mcv) ON route, status FROM exchanges",
         "ANALYZE exchanges",
     )),
+    # Bodies in an object store (`--store s3://…`, store/objectstore.py): each exchange's
+    # metadata document, the segment objects uploaded, and where each piece of each part is.
+    (3, (
+        'CREATE TABLE documents (id text COLLATE "C" PRIMARY KEY, body text NOT NULL, rev bigint NOT NULL, '
+        'created double precision NOT NULL, changed double precision NOT NULL, segment text COLLATE "C")',
+        "CREATE INDEX documents_by_segment ON documents (segment)",
+        "CREATE INDEX documents_by_created ON documents (created, id)",
+        'CREATE TABLE segments (object text COLLATE "C" PRIMARY KEY, bytes bigint NOT NULL, '
+        "at double precision NOT NULL)",
+        'CREATE TABLE extents (id text COLLATE "C" NOT NULL, name text COLLATE "C" NOT NULL, '
+        'part_offset bigint NOT NULL, length bigint NOT NULL, object text COLLATE "C" NOT NULL, '
+        "position bigint NOT NULL, at double precision NOT NULL)",
+        "CREATE INDEX extents_of_part ON extents (id, name, part_offset)",
+        "CREATE INDEX extents_by_object ON extents (object)",
+    )),
 )
 
 

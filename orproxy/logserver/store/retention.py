@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.threadpool import ThreadPool
 
-from orproxy.logserver.store.stores import IndexStore
-from orproxy.logserver.store.logdir import LogDir
+from orproxy.logserver.store.stores import BodyStore, IndexStore
 
 STALE_IN_FLIGHT = 3600.0
 BATCH = 500
@@ -54,7 +53,7 @@ def select_victims(conn: sqlite3.Connection, now: float, max_age: float | None,
     return list(victims.items())
 
 
-def _delete_files(log_dir: LogDir, ids: list[str]) -> int:
+def _delete_files(log_dir: BodyStore, ids: list[str]) -> int:
     freed = 0
     for exchange_id in ids:
         document = log_dir.read_metadata(exchange_id)
@@ -64,7 +63,7 @@ def _delete_files(log_dir: LogDir, ids: list[str]) -> int:
 
 
 class Retention:
-    def __init__(self, log_dir: LogDir, index: IndexStore, max_age: float | None = None,
+    def __init__(self, log_dir: BodyStore, index: IndexStore, max_age: float | None = None,
                  max_bytes: int | None = None, interval: float = 60.0) -> None:
         self.log_dir = log_dir
         self.index = index
@@ -107,9 +106,14 @@ class Retention:
             ids = [v[0] for v in victims]
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start:start + BATCH]
-                pruned.bytes += self.pool.apply(_delete_files, (self.log_dir, chunk))
+                if self.log_dir.blocking:
+                    pruned.bytes += self.pool.apply(_delete_files, (self.log_dir, chunk))
+                else:
+                    pruned.bytes += _delete_files(self.log_dir, chunk)
                 self.index.delete_rows(chunk)
                 pruned.exchanges += len(chunk)
+            if ids:
+                self.log_dir.collect()
         return pruned
 
     def close(self) -> None:

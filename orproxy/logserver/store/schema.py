@@ -149,7 +149,7 @@ def row_from_document(document: dict[str, Any], *, pricing: Pricing,
     record = ExchangeRecord(document)
     proxy, derived = record.proxy, record.derived
     req_head, resp_head = record.head("request"), record.head("response")
-    started_at = proxy.get("started_at") or record.received_at or _file_time(document.get("timestamp"))
+    started_at = proxy.get("started_at") or record.received_at or file_time(document.get("timestamp"))
     row: dict[str, Any] = {
         "id": document.get("id"),
         "rev": int(document.get("rev") or 0),
@@ -209,7 +209,7 @@ _CONVERTERS = tuple((f.name, {"str": _as_str, "int": _as_int, "float": _as_float
                               "list": _as_list}[f.kind]) for f in FIELDS if f.name != "seq")
 
 
-def _file_time(stamp: Any) -> float | None:
+def file_time(stamp: Any) -> float | None:
     """Epoch seconds of a file-name timestamp (local time, as logdir.timestamp writes it)."""
     try:
         return time.mktime(time.strptime(str(stamp)[:19], "%Y-%m-%d_%H-%M-%S")) + int(str(stamp)[20:23]) / 1000

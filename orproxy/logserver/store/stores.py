@@ -43,6 +43,13 @@ class PartWriter(Protocol):
 class BodyStore(Protocol):
     """What the writers and readers of bodies and documents ask of a store."""
     path: str  # where it is, as /api/health reports it
+    ids: str   # a local dir of its own (the metrics files)
+    blocking: bool  # its calls block the loop (files): retention and reindex run them on a thread
+
+    # durability: what was written since `sync_point()` is durable once `sync` returns
+    # (StoreUnavailable if some of it was lost: it must not be acknowledged)
+    def sync_point(self) -> int: ...
+    def sync(self, since: int) -> None: ...
 
     # the writers (ingest.py, appends.py) and reindex
     def open_writer(self, exchange_id: str, kind: str, t: float, fresh: bool = False) -> PartWriter: ...
@@ -60,6 +67,7 @@ class BodyStore(Protocol):
                   raw_limit: int | None = None) -> Message | None: ...
     def last_change(self, record: ExchangeRecord) -> float | None: ...
     def delete_exchange(self, document: dict[str, Any]) -> int: ...
+    def collect(self) -> int: ...  # storage freed once nothing points into it, after deletes
     def close(self) -> None: ...
 
 
@@ -79,6 +87,11 @@ class IndexStore(Protocol):
     def analyze(self) -> None: ...
     def last_seq(self) -> int: ...
     def close(self) -> None: ...
+
+
+class StoreUnavailable(OSError):
+    """The body store did not take a write (an object store's upload failed): the writer is
+    answered 503, and the proxy sends the bytes again from its spool."""
 
 
 class IndexUnavailable(Exception):
@@ -102,3 +115,26 @@ def open_index(url: str | None, log_dir: str, pricing: Pricing = DEFAULT_PRICING
         return PgIndex(url, pricing=pricing)
     except psycopg.Error as e:
         raise IndexUnavailable(f"{masked(url)}: {str(e).strip()}") from None
+
+
+def open_stores(store_url: str | None, log_dir: str, index_url: str | None,
+                pricing: Pricing = DEFAULT_PRICING) -> tuple[BodyStore, IndexStore]:
+    """The body store (the log dir, or the object store at `store_url`, whose documents go
+    in the index's PostgreSQL database) and the index. StoreUnavailable: a store that cannot be."""
+    if store_url is None:
+        from orproxy.logserver.store.logdir import LogDir
+        files = LogDir(log_dir)
+        return files, open_index(index_url, files.path, pricing)
+    if index_url is None or not index_url.startswith(SCHEMES):
+        raise StoreUnavailable(f"{store_url}: bodies in an object store need the index in PostgreSQL too "
+                         "(--index postgresql://USER@HOST/DB)")
+    index = open_index(index_url, log_dir, pricing)  # its migrations make the store's tables
+    try:
+        from orproxy.logserver.store.objectstore import ObjectBodyStore
+        return ObjectBodyStore(store_url, log_dir, index_url), index
+    except ValueError as e:  # not an s3:// URL
+        index.close()
+        raise StoreUnavailable(str(e)) from None
+    except BaseException:
+        index.close()
+        raise

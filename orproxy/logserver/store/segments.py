@@ -1,0 +1,189 @@
+"""Bodies batched into segment objects (store/objectstore.py): many parts' bytes in one PUT.
+
+Each logging server appends the bytes it receives, of any part, to its one open segment in
+memory. A segment is uploaded when it holds SEGMENT_BYTES, when it is SEGMENT_AGE old, or
+when a writer needs its bytes durable: an `/ingest` batch before its acks, a streamed PUT
+before its answer. Writers that wait meanwhile share the next upload (a group commit), so
+under load one PUT carries many batches. After the PUT, one transaction records the segment
+and its extents (which bytes of which part lie where in it) in PostgreSQL.
+
+A failed upload loses the open segment's bytes too: a writer whose bytes were in either is
+not acknowledged (`sync` raises), the proxy keeps them in its spool and sends them again,
+and the exactly-once offsets take them where the store's extents end.
+
+Each object ends with a footer (the extents, and the documents written since the last
+upload) and a trailer of its length and MAGIC, so that reindex can rebuild PostgreSQL from
+a listing of the objects alone.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.lock import BoundedSemaphore
+
+from orproxy import jsoncodec
+from orproxy.logserver.store.objects import ObjectStoreError, Objects
+
+SEGMENT_BYTES = 8 * 1024 * 1024
+SEGMENT_AGE = 1.0  # seconds: the tail of a stream crosses instances within about this
+PREFIX = "segments/"
+MAGIC = b"orseg001"
+TRAILER = struct.Struct(">Q8s")  # the footer's length, MAGIC
+
+Key = tuple[str, str]  # (exchange id, part name)
+
+
+class Segment:
+    """The bytes of one segment and what lies where in it."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.data = bytearray()
+        self.extents: list[list[Any]] = []  # [id, name, part offset, length, position]
+        self.last: dict[Key, list[Any]] = {}  # each part's latest extent, which the next write may extend
+        self.documents: dict[str, str] = {}   # id -> the document as last written (for reindex)
+        self.opened = time.monotonic()
+
+    def append(self, key: Key, offset: int, data: bytes | memoryview) -> None:
+        extent = self.last.get(key)
+        position = len(self.data)
+        if extent is not None and extent[2] + extent[3] == offset and extent[4] + extent[3] == position:
+            extent[3] += len(data)
+        else:
+            extent = [key[0], key[1], offset, len(data), position]
+            self.extents.append(extent)
+            self.last[key] = extent
+        self.data += data
+
+    def pieces(self, key: Key) -> list[tuple[int, bytes]]:
+        """(part offset, bytes) of the part's extents here."""
+        return [(e[2], bytes(self.data[e[4]:e[4] + e[3]])) for e in self.extents if (e[0], e[1]) == key]
+
+    def end(self, key: Key) -> int | None:
+        extent = self.last.get(key)
+        return None if extent is None else extent[2] + extent[3]
+
+    def body(self) -> bytes:
+        footer = jsoncodec.dumps({"extents": self.extents, "documents": self.documents})
+        return bytes(self.data) + footer + TRAILER.pack(len(footer), MAGIC)
+
+    def __bool__(self) -> bool:
+        return bool(self.extents or self.documents)
+
+
+def segment_footer(objects: Objects, key: str, size: int) -> dict[str, Any] | None:
+    """A segment object's footer; None if the object is not one (no trailer)."""
+    if size < TRAILER.size:
+        return None
+    length, magic = TRAILER.unpack(objects.get_range(key, size - TRAILER.size, TRAILER.size))
+    if magic != MAGIC or length > size - TRAILER.size:
+        return None
+    footer = jsoncodec.loads(objects.get_range(key, size - TRAILER.size - length, length))
+    return footer if isinstance(footer, dict) else None
+
+
+class Segments:
+    """This server's open segment, its uploads, and the bytes not yet uploaded."""
+
+    def __init__(self, objects: Objects, record: Callable[[str, Segment], None]) -> None:
+        self.objects = objects
+        self._record = record  # (object key, segment): its extents into PostgreSQL
+        self._instance = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._numbers = 0
+        self._open = self._new()
+        self._uploading: Segment | None = None
+        self._uploaded = 0   # the number of the newest segment uploaded or lost
+        self._lost: list[int] = []  # the numbers of the segments lost lately
+        self._lock = BoundedSemaphore()
+        self._ticker = gevent.spawn(self._flush_when_old)
+
+    def _new(self) -> Segment:
+        self._numbers += 1
+        return Segment(self._numbers)
+
+    def append(self, key: Key, offset: int, data: bytes | memoryview) -> int:
+        """Add a part's bytes at `offset`; the number of the segment that holds them."""
+        segment = self._open
+        segment.append(key, offset, data)
+        if len(segment.data) >= SEGMENT_BYTES:
+            try:
+                self.sync(segment.number)
+            except ObjectStoreError:
+                pass  # the writer's own sync says so
+        return segment.number
+
+    def note_document(self, exchange_id: str, body: str) -> int:
+        self._open.documents[exchange_id] = body
+        return self._open.number
+
+    @property
+    def current(self) -> int:
+        """The number of the open segment: what `sync` makes durable."""
+        return self._open.number
+
+    def end(self, key: Key) -> int | None:
+        """Where the part's bytes not yet uploaded end (None if there are none)."""
+        ends = [s.end(key) for s in (self._uploading, self._open) if s is not None]
+        return max((e for e in ends if e is not None), default=None)
+
+    def pieces(self, key: Key) -> list[tuple[int, bytes]]:
+        """(part offset, bytes) of the part's bytes not yet uploaded."""
+        return [p for s in (self._uploading, self._open) if s is not None for p in s.pieces(key)]
+
+    def sync(self, number: int, since: int | None = None) -> None:
+        """Return once segment `number` (and all before it) is uploaded and recorded; raise
+        ObjectStoreError if it, or one since segment `since`, was lost."""
+        with self._lock:
+            if number > self._uploaded:
+                self._flush()
+        first = number if since is None else since
+        if any(first <= lost <= number for lost in self._lost):
+            raise ObjectStoreError(f"{self.objects.url}: segment upload failed; the proxy sends the bytes again")
+
+    def _flush(self) -> None:
+        """Upload the open segment (called holding the lock)."""
+        segment, self._open = self._open, self._new()
+        if not segment:
+            self._uploaded = segment.number
+            return
+        self._uploading = segment
+        key = f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self._instance}-{segment.number:08d}"
+        try:
+            self.objects.put(key, segment.body())
+            self._record(key, segment)
+            self._uploaded = segment.number
+        except Exception as e:
+            lost, self._open = self._open, self._new()  # its bytes may continue the lost ones
+            self._uploaded = lost.number
+            self._lost = [*self._lost[-62:], segment.number, lost.number]
+            print(f"orlogserver: a segment was not stored, its {len(segment.data) + len(lost.data)} bytes "
+                  f"go again from the proxies' spools: {e}", file=sys.stderr, flush=True)
+        finally:
+            self._uploading = None
+
+    def _flush_when_old(self) -> None:
+        while True:
+            gevent.sleep(SEGMENT_AGE / 4)
+            segment = self._open
+            if segment and time.monotonic() - segment.opened >= SEGMENT_AGE:
+                try:
+                    self.sync(segment.number)
+                except ObjectStoreError:
+                    pass  # said in _flush
+
+    def close(self) -> None:
+        """Upload what is open (at exit), then stop."""
+        self._ticker.kill()
+        if self._open:
+            try:
+                self.sync(self._open.number)
+            except ObjectStoreError:
+                pass

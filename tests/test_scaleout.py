@@ -1,6 +1,7 @@
 """Several logging servers behind one balancer (issue 15; README, "Scaling out"): two
-orlogserver processes on one log dir and one PostgreSQL index, behind nginx, and a proxy
-logging through nginx. Real processes throughout: nginx, PostgreSQL, orproxy, orlogserver,
+orlogserver processes behind nginx, and a proxy logging through nginx, with either storage:
+one log dir and one PostgreSQL index ("shared-dir"), or bodies in an object store (moto's
+S3) and the index in PostgreSQL, each server with a local dir of its own ("s3"). Real processes throughout: nginx, PostgreSQL, orproxy, orlogserver,
 the fake upstream, and Chromium for the UI.
 
 Without nginx these tests are skipped, unless ORPROXY_REQUIRE_NGINX=1 (CI) makes that a
@@ -32,12 +33,22 @@ def test_the_readmes_nginx_configuration_is_the_one_the_tests_run():
             assert line.strip() in block, line
 
 
+@pytest.fixture(params=["shared-dir", "s3"])
+def storage(request):
+    """The servers' arguments and log dirs: one shared dir, or an object store and dirs of their own."""
+    if request.param == "shared-dir":
+        return [], lambda tmp_path, n: tmp_path / "logs"
+    bucket = request.getfixturevalue("s3_server").new_bucket()
+    return ["--store", bucket], lambda tmp_path, n: tmp_path / f"local{n}"
+
+
 @contextmanager
-def _behind_nginx(postgres_cluster, tmp_path, fake_upstream, backup):
+def _behind_nginx(postgres_cluster, tmp_path, fake_upstream, backup, storage):
     from orproxy.testing.balancer import Balancer
     url = postgres_cluster.new_database()
-    servers = [LogServer(tmp_path / "logs", tmp_path / f"server{n}",
-                         ["--index", url, "--allowed-host", "127.0.0.1"]).start() for n in (1, 2)]
+    args, log_dir = storage
+    servers = [LogServer(log_dir(tmp_path, n), tmp_path / f"server{n}",
+                         ["--index", url, "--allowed-host", "127.0.0.1", *args]).start() for n in (1, 2)]
     first, second = (s.port for s in servers)
     try:
         with Balancer.start([first] if backup else [first, second], [second] if backup else []) as balancer:
@@ -52,18 +63,18 @@ def _behind_nginx(postgres_cluster, tmp_path, fake_upstream, backup):
 
 
 @pytest.fixture
-def balanced(nginx, postgres_cluster, tmp_path, fake_upstream):
-    """Two logging servers on one log dir and one new database, behind nginx (round
+def balanced(nginx, postgres_cluster, tmp_path, fake_upstream, storage):
+    """Two logging servers on one storage and one new database, behind nginx (round
     robin), and a proxy logging through it: (servers, balancer, proxy)."""
-    with _behind_nginx(postgres_cluster, tmp_path, fake_upstream, backup=False) as parts:
+    with _behind_nginx(postgres_cluster, tmp_path, fake_upstream, False, storage) as parts:
         yield parts
 
 
 @pytest.fixture
-def primary_and_backup(nginx, postgres_cluster, tmp_path, fake_upstream):
+def primary_and_backup(nginx, postgres_cluster, tmp_path, fake_upstream, storage):
     """The same, but nginx sends everything to the first server while it is up, and to
     the second (its `backup`) only while the first is down."""
-    with _behind_nginx(postgres_cluster, tmp_path, fake_upstream, backup=True) as parts:
+    with _behind_nginx(postgres_cluster, tmp_path, fake_upstream, True, storage) as parts:
         yield parts
 
 
@@ -80,7 +91,7 @@ def test_behind_a_balancer_every_exchange_is_logged_once_byte_exact_and_listed_a
     servers, balancer, proxy = balanced
     sent = [exchange(proxy.url, i) for i in range(24)]  # JSON 20 KB up, 300 KB down, SSE
     for rid, request_body, response_body in sent:
-        logged_once(servers[0], rid, request_body, response_body)  # (one log dir: either server's view)
+        logged_once(servers[0], rid, request_body, response_body)  # (one storage: either server's view)
     ids = {rid for rid, _, _ in sent}
     wait_until(lambda: {row[0] for row in _listing(servers[0])} == ids
                and all(row[1] == "complete" for row in _listing(servers[0]))

@@ -36,37 +36,47 @@ def _free_port() -> int:
 @dataclass
 class MotoS3:
     endpoint: str
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     buckets: int = 0
+    work: str = ""
 
     @classmethod
     @contextmanager
     def start(cls) -> Iterator["MotoS3"]:
+        work = tempfile.mkdtemp(prefix="orproxy-s3-")
+        server = cls("", None, work=work)  # type: ignore[arg-type]
+        try:
+            server.restart(_free_port())
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+    def restart(self, port: int) -> None:
+        """Start the server (again) on `port`: empty, moto keeps nothing."""
         command = find_moto()
         if command is None:
             raise FileNotFoundError("moto's server is not installed (pip install 'moto[server]')")
-        port = _free_port()
-        work = tempfile.mkdtemp(prefix="orproxy-s3-")
-        with open(os.path.join(work, "log"), "wb") as log:
-            process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=work)
-        server = cls(f"http://127.0.0.1:{port}", process)
-        try:
-            server._wait(port)
-            yield server
-        finally:
-            process.terminate()
+        with open(os.path.join(self.work, "log"), "ab") as log:
+            self.process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=self.work)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self._wait(port)
+
+    def stop(self) -> None:
+        """Stop the server (the object store goes away)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
             try:
-                process.wait(10)
+                self.process.wait(10)
             except subprocess.TimeoutExpired:
-                process.kill()
-            shutil.rmtree(work, ignore_errors=True)
+                self.process.kill()
 
     def _wait(self, port: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto's server exited ({self.process.returncode})")
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError("moto's server exited")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
@@ -83,7 +93,12 @@ class MotoS3:
     def new_bucket(self, prefix: str = "logs") -> str:
         """The URL of a new, empty bucket's prefix, s3://orproxy-tN/PREFIX."""
         self.buckets += 1
-        name = f"orproxy-t{self.buckets}"
+        url = f"s3://orproxy-t{self.buckets}/{prefix}" if prefix else f"s3://orproxy-t{self.buckets}"
+        self.create(url)
+        return url
+
+    def create(self, url: str) -> None:
+        """Make the bucket of an s3:// URL (again, after a restart)."""
+        name = url[len("s3://"):].split("/", 1)[0]
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{name}", data=b"", method="PUT"),
                                timeout=10).close()
-        return f"s3://{name}/{prefix}" if prefix else f"s3://{name}"

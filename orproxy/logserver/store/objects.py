@@ -24,6 +24,13 @@ THREADS = 8
 _thread_id = get_original("_thread", "get_ident")
 
 
+def _caught(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    try:
+        return False, fn(*args, **kwargs)
+    except Exception as e:
+        return True, e
+
+
 class ObjectStoreError(StoreUnavailable):
     """The object store refused or did not answer (named in the message, never its keys)."""
 
@@ -58,14 +65,16 @@ class Objects:
         self._loop_thread = _thread_id()
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if _thread_id() == self._loop_thread:
-                return self._pool.apply(fn, args, kwargs)
-            return fn(*args, **kwargs)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # obstore's errors carry the request, not the credentials
-            raise ObjectStoreError(f"{self.url}: {str(e).splitlines()[0][:300]}") from None
+        if _thread_id() == self._loop_thread:  # its error comes back as a value: gevent would print it
+            failed, value = self._pool.apply(_caught, (fn, args, kwargs))
+        else:
+            failed, value = _caught(fn, args, kwargs)
+        if not failed:
+            return value
+        if isinstance(value, FileNotFoundError):
+            raise value
+        # obstore's errors carry the request, not the credentials
+        raise ObjectStoreError(f"{self.url}: {str(value).splitlines()[0][:300]}") from None
 
     def put(self, key: str, data: bytes) -> None:
         import obstore

@@ -1,0 +1,127 @@
+"""Bodies in an object store (`orlogserver --store s3://…`, issue 15): what only it has.
+The API, UI, HAR and replay suites already run against it (the "s3" kind, conftest.py),
+and test_scaleout.py runs two servers on it behind nginx. Here: reindex from the segment
+objects, `orlogserver migrate` from a log dir, its command-line mistakes, and an object
+store that goes away while the proxy logs. Real processes: moto's S3 server, PostgreSQL,
+orlogserver, orproxy and the fake upstream."""
+import time
+
+import pytest
+import requests
+
+from helpers import wait_until
+from log_helpers import exchange, logged_once
+from servers import LogServer, build_config, start_proxy
+
+from orproxy.testing.seed_logs import seed
+
+pytestmark = pytest.mark.usefixtures("s3_server")
+
+
+def _listing(server):
+    items = requests.get(server.url + "/api/requests", params={"limit": 1000}, timeout=10).json()["items"]
+    return sorted((i["id"], i["state"], i["status"], i["model"], i["request_bytes"], i["response_bytes"],
+                   i["prompt_tokens"], i["conversation_id"]) for i in items)
+
+
+def _bodies(server, ids):
+    return {(rid, kind): requests.get(f"{server.url}/api/requests/{rid}/{kind}", timeout=10).content
+            for rid in ids for kind in ("request", "response")}
+
+
+def test_a_reindex_from_the_segment_objects_reproduces_the_index(tmp_path, postgres_cluster, s3_server,
+                                                                 fake_upstream, run_cli):
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    server = LogServer(tmp_path / "local", tmp_path / "first", ["--index", index, "--store", store]).start()
+    proxy = start_proxy(tmp_path / "proxy", build_config(fake_upstream.url, server.url))
+    try:
+        sent = [exchange(proxy.url, i) for i in range(12)]  # JSON 20 KB up, 300 KB down, SSE
+        for rid, request_body, response_body in sent:
+            logged_once(server, rid, request_body, response_body)
+        ids = [rid for rid, _, _ in sent]
+        wait_until(lambda: len(_listing(server)) == 12 and all(r[1] == "complete" for r in _listing(server)),
+                   10, 0.1, "all twelve listed")
+        before, bodies = _listing(server), _bodies(server, ids)
+    finally:
+        proxy.stop(timeout=5)
+        server.stop(timeout=10)
+    fresh = postgres_cluster.new_database()  # the database lost: only the objects are left
+    result = run_cli("orlogserver", "--reindex", "--log-dir", str(tmp_path / "local2"), "--index", fresh,
+                     "--store", store, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "indexed 12 exchanges" in result.stdout and "12 documents" in result.stdout, result.stdout
+    again = LogServer(tmp_path / "local2", tmp_path / "second", ["--index", fresh, "--store", store]).start()
+    try:
+        assert _listing(again) == before
+        assert _bodies(again, ids) == bodies
+    finally:
+        again.stop(timeout=10)
+
+
+def test_migrate_copies_a_log_dir_its_bodies_and_index_and_a_second_run_copies_only_what_changed(
+        tmp_path, postgres_cluster, s3_server, run_cli):
+    log_dir = tmp_path / "logs"
+    seed(str(log_dir), 60)
+    files = LogServer(log_dir, tmp_path / "files").start()  # the same log dir served as it is
+    try:
+        wait_until(lambda: len(_listing(files)) == 60, 30, 0.2, "the log dir indexed")
+        before = _listing(files)
+        ids = [row[0] for row in before]
+        bodies = _bodies(files, ids)
+    finally:
+        files.stop(timeout=10)
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    migrate = ["migrate", "--from", "file:%s" % log_dir, "--to", store, "--index", index]
+    first = run_cli("orlogserver", *migrate, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "migrated 60 exchanges" in first.stdout and "0 were there already" in first.stdout, first.stdout
+    seed(str(log_dir), 5, seed_value=2, base_time=time.time() - 60)  # five more since
+    second = run_cli("orlogserver", *migrate, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "migrated 5 exchanges" in second.stdout and "60 were there already" in second.stdout, second.stdout
+    server = LogServer(tmp_path / "local", tmp_path / "s3", ["--index", index, "--store", store]).start()
+    try:
+        wait_until(lambda: len(_listing(server)) == 65, 10, 0.2, "the migrated exchanges listed")
+        assert set(before) <= set(_listing(server))
+        assert _bodies(server, ids) == bodies
+    finally:
+        server.stop(timeout=10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--store", "s3://orproxy-t1/x"], "need the index in PostgreSQL"),
+    (["--store", "ftp://host/x", "--index", "INDEX"], "is not a store this server knows"),
+    (["--store", "s3://orproxy-no-such-bucket/x", "--index", "INDEX"], "orproxy-no-such-bucket"),
+    (["migrate", "--from", "logs", "--to", "s3://orproxy-t1/x"], "give file:DIR"),
+    (["migrate", "--from", "file:/nonexistent/orproxy", "--to", "s3://orproxy-t1/x"], "no such directory"),
+])
+def test_store_mistakes_exit_2_with_one_line(run_cli, postgres_cluster, args, message):
+    args = [postgres_cluster.new_database() if a == "INDEX" else a for a in args]
+    result = run_cli("orlogserver", *args, timeout=30)
+    assert result.returncode == 2, result
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_while_the_object_store_is_down_nothing_is_acknowledged_and_nothing_is_lost(
+        tmp_path, postgres_cluster, fake_upstream, monkeypatch):
+    from orproxy.testing.s3 import MotoS3
+    with MotoS3.start() as s3:  # a store of its own, to stop
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+        store = s3.new_bucket()
+        server = LogServer(tmp_path / "local", tmp_path / "server",
+                           ["--index", postgres_cluster.new_database(), "--store", store]).start()
+        proxy = start_proxy(tmp_path / "proxy", build_config(fake_upstream.url, server.url))
+        port = int(s3.endpoint.rsplit(":", 1)[1])
+        try:
+            logged_once(server, *exchange(proxy.url, 0))
+            s3.stop()  # the store goes away: uploads fail, batches are answered 503
+            during = [exchange(proxy.url, i) for i in range(1, 7)]
+            wait_until(lambda: "segment was not stored" in server.stderr_text(), 15, 0.1, "an upload failing" + server.stderr_text() + proxy.stderr_text())
+            s3.restart(port)  # back, empty (moto keeps nothing): the spool sends it all again
+            s3.create(store)
+            for rid, request_body, response_body in during:
+                logged_once(server, rid, request_body, response_body, timeout=60)
+        finally:
+            proxy.stop(timeout=5)
+            server.stop(timeout=10)

@@ -196,6 +196,8 @@ def _reindex(log_dir: str, index_url: str | None, store_url: str | None, prices:
     from orproxy.logserver.llm.pricing import Pricing
     from orproxy.logserver.store.reindex import reindex
 
+    if store_url is not None and store_url.startswith("file:"):
+        store_url, log_dir = None, store_url[len("file:"):] or log_dir
     if store_url is None and not os.path.isdir(log_dir):
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
     try:

@@ -123,7 +123,7 @@ class LogServer(SessionServer):
 
     def stored(self):
         """Where its bodies are if not in its log dir: an ObjectStoreFiles (tests/stored.py)."""
-        if "--store" not in self.args:
+        if "--store" not in self.args or not self.args[self.args.index("--store") + 1].startswith("s3://"):
             return None
         from stored import ObjectStoreFiles
         return ObjectStoreFiles(self.args[self.args.index("--store") + 1], self.args[self.args.index("--index") + 1])

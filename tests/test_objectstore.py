@@ -88,6 +88,19 @@ def test_migrate_copies_a_log_dir_its_bodies_and_index_and_a_second_run_copies_o
         server.stop(timeout=10)
 
 
+def test_the_default_store_can_be_named_file_colon_a_log_dir(tmp_path):
+    server = LogServer(tmp_path / "unused", tmp_path / "server", ["--store", "file:%s" % (tmp_path / "named")]).start()
+    try:
+        rid = "0b0e6a2c-4f8e-4b8a-9d7e-6f2b4a1c3d5e"
+        answer = requests.put(f"{server.url}/{rid}/request", data=b"POST /v1/x HTTP/1.1\r\n\r\n{}", timeout=10)
+        assert answer.status_code == 201
+        assert (tmp_path / "named" / answer.json()["file"]).read_bytes() == b"POST /v1/x HTTP/1.1\r\n\r\n{}"
+        assert not (tmp_path / "unused").exists()
+        assert requests.get(server.url + "/api/health", timeout=5).json()["log_dir"] == str(tmp_path / "named")
+    finally:
+        server.stop(timeout=5)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--store", "s3://orproxy-t1/x"], "need the index in PostgreSQL"),
     (["--store", "ftp://host/x", "--index", "INDEX"], "is not a store this server knows"),

@@ -293,8 +293,23 @@ def exchange_puts(i: int, route: str) -> tuple[str, list[tuple[str, bytes]]]:
     return rid, [("request", request), ("response", response), ("metadata", metadata)]
 
 
-def ingest(port: int, total: int, rate: float | None, concurrency: int, seconds_cap: float) -> dict[str, float]:
-    """PUT `total` exchanges (at `rate` per second, or flat out); return timings."""
+def exchange_batch(rid: str, puts: list[tuple[str, bytes]]) -> bytes:
+    """The exchange as orproxy's lane sends a small one: one /ingest batch (logwire.py) of its
+    request and response, each whole, and its metadata."""
+    from orproxy import logwire
+    now, body = time.time(), b""
+    for kind, data in puts:
+        if kind == "metadata":
+            body += logwire.metadata_head(rid, len(data)) + data
+        else:
+            body += logwire.append_head(rid, kind, now, now, 0, len(data), True) + data
+    return body
+
+
+def ingest(port: int, total: int, rate: float | None, concurrency: int, seconds_cap: float,
+           batched: bool = False) -> dict[str, float]:
+    """PUT `total` exchanges (at `rate` per second, or flat out), or POST each as one batch
+    (`batched`, as orproxy does); return timings."""
     conns: list[Conn] = []
     pool = Pool(concurrency)
     errors = 0
@@ -307,7 +322,10 @@ def ingest(port: int, total: int, rate: float | None, concurrency: int, seconds_
         conn = conns.pop() if conns else Conn(port)
         try:
             rid, puts = exchange_puts(i, route)
-            for kind, body in puts:
+            if batched:
+                status, _ = conn.request("POST", "/ingest", exchange_batch(rid, puts))
+                errors += status != 201
+            for kind, body in puts if not batched else ():
                 status, _ = conn.request("PUT", f"/{rid}/{kind}", body)
                 if status != 201:
                     errors += 1

@@ -73,6 +73,8 @@ class Appends:
         key = (exchange_id, record.kind, record.t)
         part = self._open.pop(key, None) or _Arriving(self.log_dir.open_writer(exchange_id, record.kind, record.t))
         length = part.writer.stored()
+        if record.offset > length:  # a gap, by what the writer knows: is it one?
+            length = part.writer.stored(look=True)
         data = record.data
         end = record.offset + len(data)
         if record.offset <= length < end:

@@ -259,7 +259,7 @@ class PartFile:
     def __init__(self, path: str, name: str, fd: int) -> None:
         self.path, self.name, self.fd = path, name, fd
 
-    def stored(self) -> int:
+    def stored(self, look: bool = False) -> int:
         """The bytes in the file now: another worker process may have appended to it."""
         return os.fstat(self.fd).st_size
 

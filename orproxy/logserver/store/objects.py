@@ -39,7 +39,7 @@ def parse_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket/prefix`; ValueError for anything else."""
     if not url.startswith("s3://"):
         raise ValueError(f"{url.split(':', 1)[0]!r} is not a store this server knows: give s3://BUCKET/PREFIX, "
-                         "or leave --store out for the log dir")
+                         "or file:DIR (the default: the log dir)")
     bucket, _, prefix = url[len("s3://"):].partition("/")
     if not bucket:
         raise ValueError(f"{url}: no bucket named (s3://BUCKET/PREFIX)")

@@ -72,14 +72,17 @@ class ObjectBodyStore(PartReading):
         some of it was lost (the writer must not acknowledge it)."""
         self.segments.sync(self.segments.current, since)
 
-    def stored(self, key: Key) -> int:
-        """Where the part's bytes end now, as far as this server knows (another server may
-        have taken a resend; its bytes then overlap, and are read once)."""
+    def stored(self, key: Key, look: bool = True) -> int:
+        """Where the part's bytes end now, as far as this server knows, or, if it knows
+        nothing and need not `look`, 0: bytes written again overlap the stored ones, and
+        are read once (so does a resend another server took)."""
         pending = self.segments.end(key)
         if pending is not None:
             return pending
         known = self._ends.get(key)
         if known is None:
+            if not look:
+                return 0
             known = self._remember_end(key, _covered(self._extents(key))[1])
         return known
 
@@ -219,13 +222,13 @@ class ObjectPartWriter:
         self.store, self.key, self.name = store, key, key[1]
         self._offset: int | None = 0 if fresh else None
 
-    def stored(self) -> int:
-        self._offset = self.store.stored(self.key)
+    def stored(self, look: bool = False) -> int:
+        self._offset = self.store.stored(self.key, look)
         return self._offset
 
     def write(self, data: bytes | memoryview) -> None:
         if self._offset is None:
-            self.stored()
+            self.stored(look=True)
         self.store.segments.append(self.key, self._offset, data)
         self._offset += len(data)
 

@@ -32,7 +32,9 @@ class PartWriter(Protocol):
     """A part being written: by a streamed PUT block by block, by batches append by append."""
     name: str  # as the document names the part ("file")
 
-    def stored(self) -> int: ...  # its bytes stored now, whoever wrote them
+    # Its bytes stored now, whoever wrote them; a store that must ask elsewhere may answer what
+    # it knows (never more than is stored), and asks only if `look`.
+    def stored(self, look: bool = False) -> int: ...
     def write(self, data: bytes | memoryview) -> None: ...
     def head(self, most: int) -> bytes: ...  # its first bytes, read back
     def close(self) -> None: ...
@@ -119,8 +121,11 @@ def open_index(url: str | None, log_dir: str, pricing: Pricing = DEFAULT_PRICING
 
 def open_stores(store_url: str | None, log_dir: str, index_url: str | None,
                 pricing: Pricing = DEFAULT_PRICING) -> tuple[BodyStore, IndexStore]:
-    """The body store (the log dir, or the object store at `store_url`, whose documents go
-    in the index's PostgreSQL database) and the index. StoreUnavailable: a store that cannot be."""
+    """The body store and the index. The store is the log dir (`store_url` None, or
+    `file:DIR`), or the object store at an s3:// `store_url`, whose documents go in the
+    index's PostgreSQL database. StoreUnavailable: a store that cannot be."""
+    if store_url is not None and store_url.startswith("file:"):  # the default, named (CONTRACT.md)
+        store_url, log_dir = None, store_url[len("file:"):] or log_dir
     if store_url is None:
         from orproxy.logserver.store.logdir import LogDir
         files = LogDir(log_dir)

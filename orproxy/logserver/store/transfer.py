@@ -145,7 +145,7 @@ def _copy_parts(source: LogDir, target: ObjectBodyStore, record: ExchangeRecord)
             continue
         writer = ObjectPartWriter(target, (record.id, name), fresh=False)
         with f:
-            f.seek(writer.stored())
+            f.seek(writer.stored(look=True))
             while block := f.read(BLOCK):
                 writer.write(block)
                 copied += len(block)

@@ -11,7 +11,7 @@ import requests
 
 from helpers import wait_until
 from log_helpers import exchange, logged_once
-from servers import LogServer, build_config, start_proxy
+from servers import LogServer, build_config, seeded_logserver, start_proxy
 
 from orproxy.testing.seed_logs import seed
 
@@ -99,6 +99,24 @@ def test_the_default_store_can_be_named_file_colon_a_log_dir(tmp_path):
         assert requests.get(server.url + "/api/health", timeout=5).json()["log_dir"] == str(tmp_path / "named")
     finally:
         server.stop(timeout=5)
+
+
+def test_max_age_prunes_the_old_exchanges_documents_and_bodies_from_the_store(tmp_path, postgres_cluster,
+                                                                              s3_server):
+    log_dir, now = tmp_path / "logs", time.time()
+    documents = seed(str(log_dir), 120, seed_value=5, base_time=now - 400)  # one every ~2 s
+    args = ["--index", postgres_cluster.new_database(), "--store", s3_server.new_bucket()]
+    server = seeded_logserver(log_dir, tmp_path, [*args, "--max-age", "5m"]).start()
+    try:
+        old = {d["id"] for d in documents if d.get("proxy") and d["proxy"]["started_at"] < now - 330}
+        young = {d["id"] for d in documents if d.get("proxy") and d["proxy"]["started_at"] > now - 270}
+        assert old and young
+        wait_until(lambda: not old & {row[0] for row in _listing(server)}, 30, 0.2, "the old pruned")
+        stored = server.stored()
+        assert all(stored.document(i) is None for i in old)
+        assert all(stored.files(i)[0].read_bytes() for i in young)  # their bodies still read
+    finally:
+        server.stop(timeout=10)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,7 +2,9 @@
 stream, indexed, and served to people through a REST API and a UI.
 
   app.py   the WSGI app: builds the parts, dispatches from the route table
-  store/   the log dir (logdir.py), each exchange's metadata document and its state
+  store/   the body stores (stores.py): the log dir (logdir.py), or an S3-compatible object
+           store (objectstore.py: segments.py, objects.py, documents in PostgreSQL), each
+           exchange's metadata document and its state
            (record.py), ingest of the proxy's PUTs (ingest.py, batched per connection:
            batching.py), the derived LLM fields (deriving.py), the SQLite index (index.py,
            its columns: schema.py), rebuilding it (reindex.py), retention, and following a

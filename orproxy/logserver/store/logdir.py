@@ -61,6 +61,17 @@ class LogDir(PartReading):
     def collect(self) -> int:
         return 0  # an exchange's files go with it
 
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A lock file in `.ids`, taken without waiting: whether this process holds it."""
+        with open(os.path.join(self.ids, f".{name}.lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            yield True
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = os.path.abspath(path)

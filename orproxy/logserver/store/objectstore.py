@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -205,6 +206,19 @@ class ObjectBodyStore(PartReading):
                 "AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.segment = s.object) RETURNING object")]
         self.objects.delete(gone)
         return len(gone)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """An advisory lock of the database, taken without waiting, for as long as this
+        holds: whether this server holds it (the others share the database, not a dir)."""
+        key = zlib.crc32(f"orproxy {name}".encode())
+        with self._writes.connection() as conn:
+            ours = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+            try:
+                yield ours
+            finally:
+                if ours:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def close(self) -> None:
         self.segments.close()

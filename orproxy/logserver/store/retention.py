@@ -1,15 +1,13 @@
 """Retention: `--max-age` and `--max-bytes` prune the oldest exchanges, files and rows.
 
 Runs in the background, once at start and then every `interval` seconds. With several
-worker processes one prunes at a time (a non-blocking lock file; the others skip that
-round). `--max-bytes` counts the exchanges' files (`stored_bytes`), not the index. An
+worker processes or servers one prunes at a time (the store's `exclusive`: a lock file in
+the log dir, an advisory lock in PostgreSQL; the others skip that round). `--max-bytes` counts the exchanges' files (`stored_bytes`), not the index. An
 exchange still in flight is left alone unless it started over an hour ago (a proxy that
 died mid-stream never finishes it).
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import sys
 import time
@@ -71,7 +69,6 @@ class Retention:
         self.max_bytes = max_bytes
         self.interval = interval
         self.pool = ThreadPool(1)
-        self._lock_path = os.path.join(log_dir.ids, ".retention.lock")
         self._loop: gevent.Greenlet | None = None
 
     @property
@@ -95,10 +92,8 @@ class Retention:
         pruned = Pruned()
         if not self.enabled:
             return pruned
-        with open(self._lock_path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+        with self.log_dir.exclusive("retention") as ours:
+            if not ours:
                 return pruned
             self.index.flush(5)
             victims = self.index.read(select_victims, time.time() if now is None else now,

@@ -9,7 +9,8 @@ import time
 import pytest
 import requests
 
-from helpers import wait_until
+from helpers import start_gunicorn, stream_text, wait_until
+from live_helpers import StreamingChat, sse_events, wait_row
 from log_helpers import exchange, logged_once
 from servers import LogServer, build_config, seeded_logserver, start_proxy
 
@@ -27,6 +28,28 @@ def _listing(server):
 def _bodies(server, ids):
     return {(rid, kind): requests.get(f"{server.url}/api/requests/{rid}/{kind}", timeout=10).content
             for rid in ids for kind in ("request", "response")}
+
+
+def test_under_gunicorn_two_workers_share_the_object_store(tmp_path, postgres_cluster, s3_server, fake_upstream):
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    process = start_gunicorn("logserver-gunicorn", "orproxy.wsgi:logserver_app()", tmp_path, workers=2,
+                             env={"ORLOGSERVER_LOG_DIR": tmp_path / "local", "ORLOGSERVER_STORE": store,
+                                  "ORLOGSERVER_INDEX": index})
+    files = LogServer(tmp_path / "local", tmp_path, ["--store", store, "--index", index])  # its reader only
+    proxy = start_proxy(tmp_path / "proxy", build_config(fake_upstream.url, process.url))
+    try:
+        for rid, request_body, response_body in [exchange(proxy.url, i) for i in range(6)]:
+            logged_once(files, rid, request_body, response_body)
+        chat = StreamingChat(proxy.url, "acme/gunicorn-s3", events=20, interval_ms=50).start()
+        wait_row(process.url, chat.id)
+        with requests.get(f"{process.url}/api/requests/{chat.id}/tail", stream=True, timeout=20) as resp:
+            got = list(sse_events(resp))
+        assert got[-1][0] == "end" and got[-1][1]["reason"] == "complete"
+        assert "".join(d.get("text", "") for n, ds, _ in got if n == "deltas" for d in ds) == stream_text(20)
+        chat.wait()
+    finally:
+        proxy.stop(timeout=5)
+        process.stop(timeout=10)
 
 
 def test_a_reindex_from_the_segment_objects_reproduces_the_index(tmp_path, postgres_cluster, s3_server,

@@ -11,7 +11,8 @@ import requests
 
 from helpers import start_gunicorn, stream_text, wait_until
 from live_helpers import StreamingChat, sse_events, wait_row
-from log_helpers import exchange, logged_once
+from log_helpers import exchange, logged_once, send, split_head
+from orproxy.testing.pattern import pattern_bytes
 from servers import LogServer, build_config, seeded_logserver, start_proxy
 
 from orproxy.testing.seed_logs import seed
@@ -50,6 +51,30 @@ def test_under_gunicorn_two_workers_share_the_object_store(tmp_path, postgres_cl
     finally:
         proxy.stop(timeout=5)
         process.stop(timeout=10)
+
+
+def test_a_body_larger_than_a_segment_spreads_over_several_and_reads_back_whole(
+        tmp_path, postgres_cluster, s3_server, fake_upstream):
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    server = LogServer(tmp_path / "local", tmp_path / "server", ["--index", index, "--store", store]).start()
+    proxy = start_proxy(tmp_path / "proxy", build_config(fake_upstream.url, server.url))
+    try:
+        n = 20 * 1024 * 1024 + 17  # past two segments of 8 MiB
+        status, _, body, rid = send(proxy.url, "GET", "/v1/bytes?n=%d&chunked=1&block=65536" % n, timeout=60)
+        assert status == 200 and body == pattern_bytes(n)
+        logged_once(server, rid, b"", body, timeout=60)
+        raw = requests.get(f"{server.url}/api/requests/{rid}/response", timeout=30).content
+        assert split_head(raw)[2] == body
+        pieces = server.stored()._query("SELECT count(DISTINCT object) FROM extents WHERE id = %s", (rid,))
+        assert pieces[0][0] >= 3, pieces  # its bytes in three segments or more
+        put_id, data = "5e1f3c2a-8b4d-4e6f-9a0b-1c2d3e4f5a6b", pattern_bytes(9 * 1024 * 1024 + 5, offset=3)
+        answer = requests.put(f"{server.url}/{put_id}/request", data=iter([data[i:i + 65536] for i in
+                                                                           range(0, len(data), 65536)]), timeout=60)
+        assert answer.status_code == 201  # a streamed PUT (the Go program's), answered once stored
+        assert requests.get(f"{server.url}/api/requests/{put_id}/request", timeout=30).content == data
+    finally:
+        proxy.stop(timeout=5)
+        server.stop(timeout=10)
 
 
 def test_a_reindex_from_the_segment_objects_reproduces_the_index(tmp_path, postgres_cluster, s3_server,

@@ -348,3 +348,19 @@ def test_screenshots_conversation_view_curl_and_dark_theme(browser, tmp_path_fac
     finally:
         context.close()
         stack.close()
+
+
+def test_a_detail_opened_before_its_exchange_is_logged_shows_it_once_it_is(page, stack):
+    """A replay opens its new exchange at once, before the proxy has logged it: the detail
+    says it cannot load it, then shows it when the live feed brings its row."""
+    expect = _expect()
+    rid = str(uuid.uuid4())
+    page.goto_ui("?id=" + rid)
+    expect(page.locator(".d-error")).to_contain_text("Cannot load")
+    url = "%s/%s/" % (stack.logserver.url, rid)
+    requests.put(url + "request", data=b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n{}", timeout=10)
+    requests.put(url + "response", data=b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}", timeout=10)
+    requests.put(url + "metadata", json={"id": rid, "route": "late", "status": 200, "started_at": time.time(),
+                                         "ended_at": time.time(), "log_dropped_bytes": 0}, timeout=10)
+    expect(page.get_by_test_id("detail-status")).to_have_text("200", timeout=10000)
+    expect(page.locator(".d-error")).to_have_count(0)

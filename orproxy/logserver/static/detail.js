@@ -40,6 +40,7 @@ export class DetailView {
     this.token = 0;
     this.tailDone = null;     // the id whose tail has ended: not followed again
     this.gone = null;         // the id the live feed said was deleted
+    this.failed = null;       // the id that could not be loaded (not logged yet)
   }
 
   get isOpen() { return this.id !== null; }
@@ -64,7 +65,7 @@ export class DetailView {
     const same = id === this.id && this.view;
     const scroll = same ? this.root.scrollTop : 0;
     if (id !== this.id) this.tailDone = null;
-    this.gone = null;
+    this.gone = this.failed = null;
     this.id = id;
     this.row = row || null;
     if (!same) {
@@ -79,6 +80,7 @@ export class DetailView {
       [data, view] = await Promise.all([getRequest(id), getExchange(id)]);
     } catch (e) {
       if (token !== this.token) return;
+      this.failed = id; // an exchange opened before it was logged (a replay's): loaded once the feed has it
       fill(this.root, h("div.d-error", `Cannot load ${id}: ${e.message}`),
         h("button", { type: "button", onclick: () => this.onClose() }, "Close"));
       return;
@@ -96,6 +98,7 @@ export class DetailView {
   /** The live feed changed the row: refresh the summary (and the rest, once it ends). */
   update(row) {
     if (row.id !== this.id || (this.row && (this.row.seq ?? 0) > (row.seq ?? 0))) return;
+    if (this.failed === row.id) { this.open(row.id, row); return; }
     const wasInFlight = this.row && this.row.state === "in_flight";
     const linked = !(this.row && this.row.previous_id) && row.previous_id; // derived after it ended
     this.row = { ...this.row, ...row };

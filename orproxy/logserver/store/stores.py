@@ -118,7 +118,7 @@ def open_index(url: str | None, log_dir: str, pricing: Pricing = DEFAULT_PRICING
     try:
         return PgIndex(url, pricing=pricing)
     except psycopg.Error as e:
-        raise IndexUnavailable(f"{masked(url)}: {str(e).strip()}") from None
+        raise IndexUnavailable(f"{masked(url)}: {' '.join(str(e).split())}") from None
 
 
 def open_stores(store_url: str | None, log_dir: str, index_url: str | None,

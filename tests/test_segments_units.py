@@ -102,3 +102,15 @@ def test_a_writer_whose_earlier_bytes_were_lost_is_not_acknowledged_later(segmen
     segments.append(A, 5, b"second")  # the writer goes on, unaware
     with pytest.raises(ObjectStoreError):
         segments.sync(segments.current, since)  # its bytes since `since` are not all there
+
+
+def test_the_middle_of_a_stream_waits_to_share_an_upload_and_an_end_does_not(segments):
+    def append_and_sync(n, wait):
+        gevent.sleep(n * 0.05)
+        since = segments.current
+        segments.append(("%036d" % n, "x.bin"), 0, b"data")
+        segments.sync(segments.current, since, wait)
+    gevent.joinall([gevent.spawn(append_and_sync, n, 0.5) for n in range(6)], raise_error=True)
+    assert len(segments.recorded) == 1  # six batches over 0.25 s: one upload
+    append_and_sync(0, 0.0)
+    assert len(segments.recorded) == 2  # an end is uploaded at once

@@ -64,7 +64,9 @@ class Appends:
                 acks.append(0)
             if change is not None:
                 changes.setdefault(exchange_id, []).append((when, change, event))
-        self.log_dir.sync(since)  # the bytes durable before any document or ack claims them
+        # The bytes durable before any document or ack claims them; the middle of a stream
+        # (no part ends, no metadata) may wait to share an upload: S3 bills each PUT.
+        self.log_dir.sync(since, eager=any(getattr(r, "final", True) for r in batch))
         for exchange_id, exchange_changes in changes.items():
             self.ingest.apply(exchange_id, exchange_changes)
         return acks

@@ -54,7 +54,7 @@ class LogDir(PartReading):
     def sync_point(self) -> int:
         return 0
 
-    def sync(self, since: int) -> None:
+    def sync(self, since: int, eager: bool = True) -> None:
         """Written is stored: the page cache holds it across a crash of the server (not of
         the machine), as it always did."""
 

@@ -33,7 +33,7 @@ from orproxy.logserver.store.objects import ObjectStoreError, Objects
 from orproxy.logserver.store.pgindex import Pool
 from orproxy.logserver.store.recent import PartReading
 from orproxy.logserver.store.record import ExchangeRecord
-from orproxy.logserver.store.segments import Key, Segment, Segments
+from orproxy.logserver.store.segments import SEGMENT_AGE, Key, Segment, Segments
 
 READ_BUFFER = 1024 * 1024  # a range GET per MiB of a part read through
 KNOWN_ENDS = 4096  # parts whose uploaded end this server remembers
@@ -68,10 +68,11 @@ class ObjectBodyStore(PartReading):
         """Where writes about to be made begin: give it to `sync`."""
         return self.segments.current
 
-    def sync(self, since: int) -> None:
+    def sync(self, since: int, eager: bool = True) -> None:
         """Return once everything written since `since` is durable; ObjectStoreError if
-        some of it was lost (the writer must not acknowledge it)."""
-        self.segments.sync(self.segments.current, since)
+        some of it was lost (the writer must not acknowledge it). Not `eager`: it may wait
+        for the segment's age (the middle of a stream: one upload a second, not a batch)."""
+        self.segments.sync(self.segments.current, since, 0.0 if eager else SEGMENT_AGE)
 
     def stored(self, key: Key, look: bool = True) -> int:
         """Where the part's bytes end now, as far as this server knows, or, if it knows

@@ -34,6 +34,7 @@ from orproxy.logserver.store.objects import ObjectStoreError, Objects
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_AGE = 1.0  # seconds: the tail of a stream crosses instances within about this
+WAIT_STEP = 0.05  # seconds between looks of a sync that may wait
 PREFIX = "segments/"
 MAGIC = b"orseg001"
 TRAILER = struct.Struct(">Q8s")  # the footer's length, MAGIC
@@ -138,9 +139,13 @@ class Segments:
         """(part offset, bytes) of the part's bytes not yet uploaded."""
         return [p for s in (self._uploading, self._open) if s is not None for p in s.pieces(key)]
 
-    def sync(self, number: int, since: int | None = None) -> None:
+    def sync(self, number: int, since: int | None = None, wait: float = 0.0) -> None:
         """Return once segment `number` (and all before it) is uploaded and recorded; raise
-        ObjectStoreError if it, or one since segment `since`, was lost."""
+        ObjectStoreError if it, or one since segment `since`, was lost. `wait`: upload it
+        only once it is that old, unless it is uploaded sooner (full, or another's sync)."""
+        while number > self._uploaded and number == self._open.number and \
+                time.monotonic() - self._open.opened < wait:
+            gevent.sleep(WAIT_STEP)
         with self._lock:
             if number > self._uploaded:
                 self._flush()

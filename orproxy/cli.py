@@ -236,6 +236,8 @@ def migrate_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if not args.source.startswith("file:"):
         _fail("orlogserver migrate", f"--from {args.source}: give file:DIR, the log dir to copy")
+    if not args.target.startswith("s3://"):
+        _fail("orlogserver migrate", f"--to {args.target}: give s3://BUCKET/PREFIX, the object store to fill")
     source_dir = args.source[len("file:"):]
     if not os.path.isdir(source_dir):
         _fail("orlogserver migrate", f"--from {args.source}: no such directory")

@@ -173,6 +173,7 @@ def test_max_age_prunes_the_old_exchanges_documents_and_bodies_from_the_store(tm
     (["--store", "s3://orproxy-no-such-bucket/x", "--index", "INDEX"], "orproxy-no-such-bucket"),
     (["migrate", "--from", "logs", "--to", "s3://orproxy-t1/x"], "give file:DIR"),
     (["migrate", "--from", "file:/nonexistent/orproxy", "--to", "s3://orproxy-t1/x"], "no such directory"),
+    (["migrate", "--from", "file:/tmp", "--to", "file:/tmp/elsewhere"], "give s3://BUCKET/PREFIX"),
 ])
 def test_store_mistakes_exit_2_with_one_line(run_cli, postgres_cluster, args, message):
     args = [postgres_cluster.new_database() if a == "INDEX" else a for a in args]

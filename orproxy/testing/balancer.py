@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from orproxy.testing.ports import free_port, wait_port
 
 SITE = """\
 map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
@@ -96,7 +96,7 @@ class Balancer:
         if nginx is None:
             raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx-light)")
         work = tempfile.mkdtemp(prefix="orproxy-nginx-")
-        port = _free_port()
+        port = free_port()
         # max_fails=0: nginx never sets a server aside (for 10 s by default) after a failed
         # try, so one the tests restart takes requests at once; on loopback a server that
         # is down refuses at once.
@@ -108,7 +108,7 @@ class Balancer:
         process = subprocess.Popen([nginx, "-p", work, "-c", os.path.join(work, "nginx.conf"),
                                     "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            _wait_port(port, process)
+            wait_port("nginx", port, process)
             yield cls(work, port)
         finally:
             process.terminate()
@@ -120,23 +120,3 @@ class Balancer:
             if process.stderr:
                 process.stderr.close()
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("nginx exited: " + (process.stderr.read().decode(errors="replace")
-                                                   if process.stderr else ""))
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen on {port} within {timeout:.0f} s")

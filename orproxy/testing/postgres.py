@@ -11,12 +11,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from orproxy.testing.ports import free_port
 
 
 def find_bin() -> str | None:
@@ -26,12 +27,6 @@ def find_bin() -> str | None:
             return candidate
     found = shutil.which("pg_ctl")
     return os.path.dirname(found) if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -53,7 +48,7 @@ class Cluster:
         if os.geteuid() == 0:
             shutil.chown(work, "postgres")
             user = ["runuser", "-u", "postgres", "--"]
-        cluster = cls(pg_bin, work, _free_port(), user)
+        cluster = cls(pg_bin, work, free_port(), user)
         cluster._run("initdb", "-D", f"{work}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8",
                      "--locale=C.UTF-8")
         cluster._run("pg_ctl", "-D", f"{work}/data", "-l", f"{work}/log", "-w", "-o",

@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from orproxy.testing.ports import free_port, wait_port
 
 
 def find_moto() -> str | None:
     """moto's server command, beside this Python or on PATH; None if it is not installed."""
     beside = os.path.join(os.path.dirname(sys.executable), "moto_server")
     return beside if os.path.exists(beside) else shutil.which("moto_server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -46,7 +40,7 @@ class MotoS3:
         work = tempfile.mkdtemp(prefix="orproxy-s3-")
         server = cls("", None, work=work)  # type: ignore[arg-type]
         try:
-            server.restart(_free_port())
+            server.restart(free_port())
             yield server
         finally:
             server.stop()
@@ -61,7 +55,7 @@ class MotoS3:
             self.process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
                                             stderr=subprocess.STDOUT, cwd=self.work)
         self.endpoint = f"http://127.0.0.1:{port}"
-        self._wait(port)
+        wait_port("moto's server", port, self.process, timeout=30.0)
 
     def stop(self) -> None:
         """Stop the server (the object store goes away)."""
@@ -71,18 +65,6 @@ class MotoS3:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-
-    def _wait(self, port: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError("moto's server exited")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"moto's server did not listen on port {port} within {timeout} s")
 
     @property
     def env(self) -> dict[str, str]:

@@ -26,7 +26,8 @@ setup(
     extras_require={
         "postgresql": ["psycopg[binary]>=3.2"],  # --index postgresql://: green under gevent (store/pgindex.py)
         # --store s3://: obstore's Rust client in a thread pool, the cheapest on the loop (store/objects.py)
-        "s3": ["obstore>=0.12", "psycopg[binary]>=3.2"],
+        # and boto3 for the multipart uploads of large bodies, which obstore cannot drive part by part
+        "s3": ["obstore>=0.12", "boto3>=1.36", "psycopg[binary]>=3.2"],
         "test": [
             "pytest>=8",
             "gunicorn>=23",

@@ -50,7 +50,8 @@ class ObjectStoreFiles(object):
     def part(self, uuid, name):
         data, end = bytearray(), 0
         for offset, length, obj, position in self._query(
-                "SELECT part_offset, length, object, position FROM extents WHERE id = %s AND name = %s "
+                "SELECT part_offset, length, object, position FROM extents e WHERE id = %s AND name = %s "
+                "AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.object = e.object) "  # readable once completed
                 "ORDER BY part_offset", (str(uuid).lower(), name)):
             if offset > end:
                 break

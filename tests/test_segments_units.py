@@ -3,28 +3,13 @@
 import gevent
 import pytest
 
+from memory_objects import MemoryLedger, MemoryObjects
 from orproxy.logserver.store.objects import ObjectStoreError
 from orproxy.logserver.store.objectstore import _covered, _memory_source
-from orproxy.logserver.store.segments import Segment, Segments, segment_footer
+from orproxy.logserver.store.footers import segment_footer
+from orproxy.logserver.store.segments import Segment, Segments
 
 A, B = ("a" * 36, "a_request.bin"), ("b" * 36, "b_response.bin")
-
-
-class MemoryObjects(object):
-    """put and get_range of a dict; `failing` puts raise as an unreachable store's do."""
-    url = "s3://memory/test"
-
-    def __init__(self):
-        self.objects, self.failing = {}, False
-
-    def put(self, key, data):
-        gevent.sleep(0.01)  # an upload takes a while: other writers pile up meanwhile
-        if self.failing:
-            raise ObjectStoreError("the store is down")
-        self.objects[key] = data
-
-    def get_range(self, key, start, length):
-        return self.objects[key][start:start + length]
 
 
 def test_appends_continuing_a_part_grow_its_extent_and_others_start_their_own():
@@ -61,9 +46,9 @@ def test_a_part_is_read_from_0_each_byte_once_up_to_a_gap():
 
 @pytest.fixture
 def segments():
-    recorded = []
-    store = Segments(MemoryObjects(), lambda key, segment: recorded.append((key, segment.extents)))
-    store.recorded = recorded
+    ledger = MemoryLedger()
+    store = Segments(MemoryObjects(), ledger)
+    store.recorded = ledger.recorded
     yield store
     store.close()
 

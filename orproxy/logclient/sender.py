@@ -33,7 +33,10 @@ from orproxy.logwire import CONTENT_TYPE, PATH, PROTOCOL, PROTOCOL_HEADER, appen
 if TYPE_CHECKING:
     from orproxy.logclient.sink import LogSink
 
-BATCH_BYTES = 4 * 1024 * 1024        # bytes of log data one batch carries at most
+# Bytes of log data one batch carries at most: below the logging server's MAX_BATCH (16 MiB),
+# and above two of its multipart parts (5 MiB, store/uploads.py), so that a large body
+# arriving fast goes into the object store as whole parts, not only segments.
+BATCH_BYTES = 12 * 1024 * 1024
 GATHER_DELAY = 0.002                 # seconds a batch waits: the exchanges' own next steps go first
 # A logging server that does not accept or answer within these is treated as down. It runs
 # at idle CPU priority, so on a saturated machine it may not run at all until the load

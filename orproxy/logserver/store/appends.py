@@ -30,6 +30,7 @@ from orproxy.logserver.store.logdir import UUID_RE
 from orproxy.logserver.store.stores import PartWriter
 
 OPEN_FILES = 256  # parts still arriving whose writers (files) stay open between batches
+WAIT_UNDER = 1024 * 1024  # bytes: a batch with fewer, all mid-stream, may wait to share an upload
 
 
 class Appends:
@@ -52,10 +53,11 @@ class Appends:
         since = self.log_dir.sync_point()
         acks: list[int] = []
         changes: dict[str, list[tuple[float, Change, Event]]] = {}
+        unsettled: dict[Any, PartWriter] = {}  # the writers of parts that go on
         for i, record in enumerate(batch):
             exchange_id = record.exchange_id.lower()
             if isinstance(record, Append):
-                length, change, event = self._append(exchange_id, record, now)
+                length, change, event = self._append(exchange_id, record, now, unsettled)
                 acks.append(length)
                 when = record.t0  # the first change of an exchange names its metadata file
             else:
@@ -64,14 +66,20 @@ class Appends:
                 acks.append(0)
             if change is not None:
                 changes.setdefault(exchange_id, []).append((when, change, event))
-        # The bytes durable before any document or ack claims them; the middle of a stream
-        # (no part ends, no metadata) may wait to share an upload: S3 bills each PUT.
-        self.log_dir.sync(since, eager=any(getattr(r, "final", True) for r in batch))
+        # The bytes durable before any document or ack claims them. The middle of slow
+        # streams (no part ends, no metadata, little data) may wait to share an upload: S3
+        # bills each PUT. A large body arriving does not: its proxy waits for these acks.
+        eager = any(getattr(r, "final", True) for r in batch) or \
+            sum(len(r.data) for r in batch) >= WAIT_UNDER
+        for writer in unsettled.values():
+            writer.flush()  # what it holds back for a whole multipart part, as the acks claim it
+        self.log_dir.sync(since, eager=eager)
         for exchange_id, exchange_changes in changes.items():
             self.ingest.apply(exchange_id, exchange_changes)
         return acks
 
-    def _append(self, exchange_id: str, record: Append, now: float) -> tuple[int, Change | None, Event | None]:
+    def _append(self, exchange_id: str, record: Append, now: float,
+                unsettled: dict[Any, PartWriter]) -> tuple[int, Change | None, Event | None]:
         key = (exchange_id, record.kind, record.t)
         part = self._open.pop(key, None) or _Arriving(self.log_dir.open_writer(exchange_id, record.kind, record.t))
         length = part.writer.stored()
@@ -87,6 +95,7 @@ class Appends:
             part.writer.close()
         else:
             self._keep_open(key, part)
+            unsettled[key] = part.writer
         name = part.writer.name
         head = None
         if not part.head_known and record.offset < MAX_HEAD:

@@ -8,6 +8,11 @@ variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `http://` endpoint (a MinIO on the LAN, the tests' moto) is allowed as it is named.
 
 A call from a thread that is not the loop's (the deriver's pool) runs right there.
+
+Multipart uploads (store/uploads.py) go through boto3 instead, on the loop over gevent's
+sockets: obstore offers no call that uploads one part and says when it is stored. A 5 MiB
+part costs the loop about 8 ms over http (botocore hashes the payload to sign it), less over
+https, where S3 takes it unsigned (docs/scaling-out.md).
 """
 from __future__ import annotations
 
@@ -63,6 +68,9 @@ class Objects:
                                                         "max_backoff": timedelta(seconds=2), "base": 2}})
         self._pool = ThreadPool(threads)
         self._loop_thread = _thread_id()
+        self._bucket, self._prefix = bucket, f"{prefix}/" if prefix else ""
+        self._endpoint = endpoint
+        self._boto: Any = None
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if _thread_id() == self._loop_thread:  # its error comes back as a value: gevent would print it
@@ -97,6 +105,53 @@ class Objects:
         if keys:
             self._call(obstore.delete, self._store, keys)
 
+    # -- multipart uploads (boto3) --------------------------------------------------------------
+
+    def _multipart(self, call: str, key: str, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+        if self._boto is None:
+            import boto3
+            from botocore.config import Config
+            self._boto = boto3.client("s3", config=Config(
+                connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                s3={"addressing_style": "path" if self._endpoint else "auto"}))  # as obstore addresses it
+        try:
+            return getattr(self._boto, call)(Bucket=self._bucket, Key=self._prefix + key, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            raise ObjectStoreError(f"{self.url}: {call}: {code or 'error'}: {str(e)[:300]}") from None
+        except BotoCoreError as e:
+            raise ObjectStoreError(f"{self.url}: {call}: {str(e)[:300]}") from None
+
+    def start_upload(self, key: str) -> str:
+        """A new multipart upload of `key`: its upload id."""
+        return str(self._multipart("create_multipart_upload", key)["UploadId"])
+
+    def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part `number` (stored once this returns); its ETag."""
+        return str(self._multipart("upload_part", key, UploadId=upload_id, PartNumber=number, Body=data)["ETag"])
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Join the parts, in number order, into the object `key`."""
+        self._multipart("complete_multipart_upload", key, UploadId=upload_id, MultipartUpload={
+            "Parts": [{"PartNumber": number, "ETag": etag} for number, etag in sorted(parts)]})
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Drop an upload's parts (none of its bytes is wanted any more)."""
+        try:
+            self._multipart("abort_multipart_upload", key, UploadId=upload_id)
+        except ObjectStoreError:
+            pass  # gone already; else a lifecycle rule's to remove (README, "Scaling out")
+
+    def size(self, key: str) -> int | None:
+        """An object's size; None if there is none."""
+        import obstore
+        try:
+            return int(self._call(obstore.head, self._store, key)["size"])
+        except FileNotFoundError:
+            return None
+
     def check(self) -> None:
         """Fail now, with the reason, if the bucket cannot be listed (missing, no rights)."""
         try:
@@ -106,3 +161,5 @@ class Objects:
 
     def close(self) -> None:
         self._pool.kill()
+        if self._boto is not None:
+            self._boto.close()

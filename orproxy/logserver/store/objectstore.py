@@ -11,6 +11,9 @@ postgresql://…`, docs/scaling-out.md). It answers the same protocol as the log
   with the bytes this server holds not yet uploaded. Extents may overlap (a resent append
   that landed on two servers): a part is read as the bytes from 0 that its extents cover,
   each byte once.
+- **Large parts** go as multipart uploads (store/uploads.py): their extents are recorded
+  as each part is stored, and read once the upload is completed (`uploads` lists the
+  uploads not yet completed, and who holds each: a server's advisory lock while it runs).
 - **Durable before acknowledged**: a writer's `sync` returns once its bytes are uploaded.
 - Its local dir (`--log-dir`) keeps only this server's metrics files.
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ from orproxy.logserver.store.pgindex import Pool
 from orproxy.logserver.store.recent import PartReading
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.segments import SEGMENT_AGE, Key, Segment, Segments
+from orproxy.logserver.store.uploadrows import INSERT_EXTENT, UploadRows, lock_key
 
 READ_BUFFER = 1024 * 1024  # a range GET per MiB of a part read through
 KNOWN_ENDS = 4096  # parts whose uploaded end this server remembers
@@ -43,7 +46,7 @@ _LOCK_DOCUMENT = ("INSERT INTO documents (id, body, rev, created, changed) VALUE
 Source = Callable[[int, int], bytes]  # (offset in the piece, length) -> bytes
 
 
-class ObjectBodyStore(PartReading):
+class ObjectBodyStore(PartReading, UploadRows):
     blocking = False  # its calls wait cooperatively: run them on the loop, not a thread
 
     def __init__(self, url: str, local_dir: str, database_url: str) -> None:
@@ -56,7 +59,9 @@ class ObjectBodyStore(PartReading):
         self._writes = Pool(database_url, 4)  # rewrites hold theirs across the caller's changes
         self._reads = Pool(database_url, 4)
         self._ends: OrderedDict[Key, int] = OrderedDict()  # uploaded ends of parts, recently used
-        self.segments = Segments(self.objects, self._record)
+        self.segments = Segments(self.objects, self)
+        self._database_url = database_url
+        self._hold()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -79,14 +84,12 @@ class ObjectBodyStore(PartReading):
         nothing and need not `look`, 0: bytes written again overlap the stored ones, and
         are read once (so does a resend another server took)."""
         pending = self.segments.end(key)
-        if pending is not None:
-            return pending
         known = self._ends.get(key)
-        if known is None:
+        if known is None and pending is None:
             if not look:
                 return 0
-            known = self._remember_end(key, _covered(self._extents(key))[1])
-        return known
+            known = self._remember_end(key, _covered(self._extents(key, readable=False))[1])
+        return max(pending or 0, known or 0)
 
     def _remember_end(self, key: Key, end: int) -> int:
         self._ends[key] = max(end, self._ends.pop(key, 0))
@@ -94,16 +97,14 @@ class ObjectBodyStore(PartReading):
             self._ends.popitem(last=False)
         return self._ends[key]
 
-    def _record(self, key: str, segment: Segment) -> None:
+    def segment_stored(self, key: str, segment: Segment) -> None:
         """An uploaded segment's extents, and which documents it holds the latest of."""
         now = time.time()
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s)",
                            (key, len(segment.data), now))
             if segment.extents:
-                cursor.executemany("INSERT INTO extents (id, name, part_offset, length, object, position, at) "
-                                   "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                                   [(e[0], e[1], e[2], e[3], key, e[4], now) for e in segment.extents])
+                cursor.executemany(INSERT_EXTENT, [(*e[:4], key, e[4], now) for e in segment.extents])
             if segment.documents:
                 cursor.execute("UPDATE documents SET segment = %s WHERE id = ANY(%s)", (key, list(segment.documents)))
         for extent in segment.extents:
@@ -150,10 +151,12 @@ class ObjectBodyStore(PartReading):
     def exists(self, exchange_id: str) -> bool:
         return self.read_metadata(exchange_id) is not None
 
-    def _extents(self, key: Key) -> list[tuple[int, int, Source]]:
-        """(part offset, length, source) of the part's uploaded bytes."""
-        rows = self._read("SELECT part_offset, length, object, position FROM extents "
-                          "WHERE id = %s AND name = %s ORDER BY part_offset", key)
+    def _extents(self, key: Key, readable: bool = True) -> list[tuple[int, int, Source]]:
+        """(part offset, length, source) of the part's uploaded bytes; `readable`: only
+        those in objects (not in uploads not completed yet)."""
+        rows = self._read("SELECT part_offset, length, object, position FROM extents e WHERE id = %s AND name = %s"
+                          + (" AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.object = e.object)" if readable else "")
+                          + " ORDER BY part_offset", key)
         return [(offset, length, self._object_source(obj, position)) for offset, length, obj, position in rows]
 
     def _object_source(self, obj: str, position: int) -> Source:
@@ -212,7 +215,7 @@ class ObjectBodyStore(PartReading):
     def exclusive(self, name: str) -> Iterator[bool]:
         """An advisory lock of the database, taken without waiting, for as long as this
         holds: whether this server holds it (the others share the database, not a dir)."""
-        key = zlib.crc32(f"orproxy {name}".encode())
+        key = lock_key(name)
         with self._writes.connection() as conn:
             ours = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
             try:
@@ -223,6 +226,7 @@ class ObjectBodyStore(PartReading):
 
     def close(self) -> None:
         self.segments.close()
+        self._holding.close()
         self.objects.close()
         self._writes.close()
         self._reads.close()
@@ -250,14 +254,17 @@ class ObjectPartWriter:
     def head(self, most: int) -> bytes:
         return _PartStream(self.store, self.key).read(most)
 
+    def flush(self) -> None:
+        self.store.segments.settle(self.key)
+
     def close(self) -> None:
-        pass
+        self.store.segments.finish(self.key)
 
     def __enter__(self) -> "ObjectPartWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self.close()
 
 
 class _PartStream(io.RawIOBase):

@@ -67,6 +67,12 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE INDEX extents_of_part ON extents (id, name, part_offset)",
         "CREATE INDEX extents_by_object ON extents (object)",
     )),
+    # Large parts as multipart uploads (store/uploads.py): those not completed yet, their
+    # stored parts' numbers and ETags, and the server that writes each.
+    (4, (
+        'CREATE TABLE uploads (object text COLLATE "C" PRIMARY KEY, upload_id text NOT NULL, '
+        'holder text COLLATE "C" NOT NULL, parts text NOT NULL, started double precision NOT NULL)',
+    )),
 )
 
 

@@ -11,33 +11,32 @@ A failed upload loses the open segment's bytes too: a writer whose bytes were in
 not acknowledged (`sync` raises), the proxy keeps them in its spool and sends them again,
 and the exactly-once offsets take them where the store's extents end.
 
-Each object ends with a footer (the extents, and the documents written since the last
-upload) and a trailer of its length and MAGIC, so that reindex can rebuild PostgreSQL from
-a listing of the objects alone.
+A part arriving fast enough to fill a multipart part before its segment goes up takes
+its own multipart upload instead (store/uploads.py). Each object ends with a footer
+(store/footers.py), so that reindex can rebuild PostgreSQL from a listing of the objects.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import socket
-import struct
 import sys
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.lock import BoundedSemaphore
 
-from orproxy import jsoncodec
+from orproxy.logserver.store.footers import footer
 from orproxy.logserver.store.objects import ObjectStoreError, Objects
+from orproxy.logserver.store.uploads import UPLOAD_IDLE, Ledger, Uploads
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_AGE = 1.0  # seconds: the tail of a stream crosses instances within about this
 WAIT_STEP = 0.05  # seconds between looks of a sync that may wait
-PREFIX = "segments/"
-MAGIC = b"orseg001"
-TRAILER = struct.Struct(">Q8s")  # the footer's length, MAGIC
+PREFIX = "segments/"  # every object's: uploads' too (reindex lists them)
+ADOPT_EVERY = 5.0  # seconds between looks for uploads no server is writing
 
 Key = tuple[str, str]  # (exchange id, part name)
 
@@ -64,6 +63,11 @@ class Segment:
             self.last[key] = extent
         self.data += data
 
+    def run(self, key: Key, offset: int) -> int:
+        """How many of the part's bytes lie here in one piece that ends at `offset`."""
+        extent = self.last.get(key)
+        return extent[3] if extent is not None and extent[2] + extent[3] == offset else 0
+
     def pieces(self, key: Key) -> list[tuple[int, bytes]]:
         """(part offset, bytes) of the part's extents here."""
         return [(e[2], bytes(self.data[e[4]:e[4] + e[3]])) for e in self.extents if (e[0], e[1]) == key]
@@ -73,32 +77,29 @@ class Segment:
         return None if extent is None else extent[2] + extent[3]
 
     def body(self) -> bytes:
-        footer = jsoncodec.dumps({"extents": self.extents, "documents": self.documents})
-        return bytes(self.data) + footer + TRAILER.pack(len(footer), MAGIC)
+        return bytes(self.data) + footer(self.extents, self.documents)
 
     def __bool__(self) -> bool:
         return bool(self.extents or self.documents)
 
 
-def segment_footer(objects: Objects, key: str, size: int) -> dict[str, Any] | None:
-    """A segment object's footer; None if the object is not one (no trailer)."""
-    if size < TRAILER.size:
-        return None
-    length, magic = TRAILER.unpack(objects.get_range(key, size - TRAILER.size, TRAILER.size))
-    if magic != MAGIC or length > size - TRAILER.size:
-        return None
-    footer = jsoncodec.loads(objects.get_range(key, size - TRAILER.size - length, length))
-    return footer if isinstance(footer, dict) else None
+class SegmentLedger(Ledger, Protocol):
+    """Where uploads are recorded (PostgreSQL: objectstore.ObjectBodyStore)."""
+
+    def segment_stored(self, key: str, segment: Segment) -> None: ...
+    def adopt_uploads(self) -> int: ...
 
 
 class Segments:
     """This server's open segment, its uploads, and the bytes not yet uploaded."""
 
-    def __init__(self, objects: Objects, record: Callable[[str, Segment], None]) -> None:
+    def __init__(self, objects: Objects, ledger: SegmentLedger) -> None:
         self.objects = objects
-        self._record = record  # (object key, segment): its extents into PostgreSQL
-        self._instance = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.ledger = ledger
+        self.instance = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.uploads = Uploads(objects, ledger, lambda: self._object_key("u"), self._lose_now, lambda: self._open)
         self._numbers = 0
+        self._keys = itertools.count(1)
         self._open = self._new()
         self._uploading: Segment | None = None
         self._uploaded = 0   # the number of the newest segment uploaded or lost
@@ -111,8 +112,11 @@ class Segments:
         return Segment(self._numbers)
 
     def append(self, key: Key, offset: int, data: bytes | memoryview) -> int:
-        """Add a part's bytes at `offset`; the number of the segment that holds them."""
+        """Add a part's bytes at `offset`; the number of the segment whose sync makes them
+        durable (the part's upload may take them: `settle` before that sync)."""
         segment = self._open
+        if self.uploads.route(key, offset, segment.run(key, offset), data):
+            return segment.number
         segment.append(key, offset, data)
         if len(segment.data) >= SEGMENT_BYTES:
             try:
@@ -132,12 +136,29 @@ class Segments:
 
     def end(self, key: Key) -> int | None:
         """Where the part's bytes not yet uploaded end (None if there are none)."""
-        ends = [s.end(key) for s in (self._uploading, self._open) if s is not None]
+        ends = [s.end(key) for s in (self._uploading, self._open) if s is not None] + [self.uploads.end(key)]
         return max((e for e in ends if e is not None), default=None)
 
     def pieces(self, key: Key) -> list[tuple[int, bytes]]:
         """(part offset, bytes) of the part's bytes not yet uploaded."""
-        return [p for s in (self._uploading, self._open) if s is not None for p in s.pieces(key)]
+        return [p for s in (self._uploading, self._open) if s is not None for p in s.pieces(key)] + \
+            self.uploads.pieces(key)
+
+    def settle(self, key: Key) -> None:
+        """Put what the part's upload buffers into the open segment: its writer's sync comes."""
+        self.uploads.spill(key)
+
+    def finish(self, key: Key) -> None:
+        """The part's writer is done: its upload is completed (readable) before its sync."""
+        self.uploads.finish(key)
+
+    def _object_key(self, kind: str) -> str:
+        """A new object's: when, which server, the how-manieth ("u": an upload's)."""
+        return f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self.instance}-{kind}{next(self._keys):08d}"
+
+    def _lose_now(self) -> None:
+        """Bytes written until now were lost (an upload's part): their writers' syncs raise."""
+        self._lost = [*self._lost[-62:], self._open.number]
 
     def sync(self, number: int, since: int | None = None, wait: float = 0.0) -> None:
         """Return once segment `number` (and all before it) is uploaded and recorded; raise
@@ -155,15 +176,16 @@ class Segments:
 
     def _flush(self) -> None:
         """Upload the open segment (called holding the lock)."""
+        self.uploads.spill_old(SEGMENT_AGE)
         segment, self._open = self._open, self._new()
         if not segment:
             self._uploaded = segment.number
             return
         self._uploading = segment
-        key = f"{PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self._instance}-{segment.number:08d}"
+        key = self._object_key("")
         try:
             self.objects.put(key, segment.body())
-            self._record(key, segment)
+            self.ledger.segment_stored(key, segment)
             self._uploaded = segment.number
         except Exception as e:
             lost, self._open = self._open, self._new()  # its bytes may continue the lost ones
@@ -175,8 +197,18 @@ class Segments:
             self._uploading = None
 
     def _flush_when_old(self) -> None:
+        adopted = time.monotonic()
         while True:
             gevent.sleep(SEGMENT_AGE / 4)
+            self.uploads.spill_old(SEGMENT_AGE)
+            self.uploads.finish_idle(UPLOAD_IDLE)
+            if time.monotonic() - adopted >= ADOPT_EVERY:
+                adopted = time.monotonic()
+                try:
+                    self.ledger.adopt_uploads()
+                except Exception as e:  # the next look tries again
+                    print(f"orlogserver: completing the uploads of servers gone failed: {e}",
+                          file=sys.stderr, flush=True)
             segment = self._open
             if segment and time.monotonic() - segment.opened >= SEGMENT_AGE:
                 try:
@@ -185,8 +217,9 @@ class Segments:
                     pass  # said in _flush
 
     def close(self) -> None:
-        """Upload what is open (at exit), then stop."""
+        """Complete the uploads and upload what is open (at exit), then stop."""
         self._ticker.kill()
+        self.uploads.finish_all()
         if self._open:
             try:
                 self.sync(self._open.number)

@@ -19,7 +19,8 @@ from orproxy.logserver.store.objectstore import ObjectBodyStore, ObjectPartWrite
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.reindex import reindex
 from orproxy.logserver.store.schema import file_time
-from orproxy.logserver.store.segments import PREFIX, segment_footer
+from orproxy.logserver.store.footers import segment_footer
+from orproxy.logserver.store.segments import PREFIX
 from orproxy.logserver.store.stores import IndexStore
 
 BLOCK = 1024 * 1024
@@ -143,8 +144,7 @@ def _copy_parts(source: LogDir, target: ObjectBodyStore, record: ExchangeRecord)
         f = source.open_part(record, kind) if name else None
         if f is None:
             continue
-        writer = ObjectPartWriter(target, (record.id, name), fresh=False)
-        with f:
+        with f, ObjectPartWriter(target, (record.id, name), fresh=False) as writer:  # a large one's upload completed
             f.seek(writer.stored(look=True))
             while block := f.read(BLOCK):
                 writer.write(block)

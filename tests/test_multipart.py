@@ -1,0 +1,116 @@
+"""Large bodies as multipart uploads while they stream (store/uploads.py, issue 15): real
+processes on loopback (moto's S3 server, PostgreSQL, orlogserver, orproxy and the fake
+upstream). A part is acknowledged once the object store holds it; readers see an upload's
+bytes once it is completed; an upload whose server died is completed by another."""
+import threading
+import uuid
+
+import psycopg
+import pytest
+import requests
+
+from helpers import wait_until
+from log_helpers import logged_once, send, split_head
+from orproxy import jsoncodec
+from orproxy.logserver.store.uploads import PART_BYTES
+from orproxy.logwire import CONTENT_TYPE, append_head
+from orproxy.testing.pattern import pattern_bytes
+from servers import LogServer, build_config, start_proxy
+
+pytestmark = pytest.mark.usefixtures("s3_server")
+BLOCK = 65536
+
+
+def _servers(tmp_path, postgres_cluster, s3_server, count):
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    return index, [LogServer(tmp_path / f"local{n}", tmp_path / f"server{n}", ["--index", index, "--store", store])
+                   .start() for n in range(count)]
+
+
+def _rows(index, sql, args=()):
+    with psycopg.connect(index, autocommit=True) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def _uploads(index):
+    return [(holder, len(jsoncodec.loads(parts))) for holder, parts in _rows(index, "SELECT holder, parts FROM uploads")]
+
+
+def _upload_objects(index, exchange_id):
+    return _rows(index, "SELECT DISTINCT e.object FROM extents e JOIN segments s ON s.object = e.object "
+                        "WHERE e.id = %s AND e.object LIKE '%%-u%%'", (exchange_id,))
+
+
+def _batch(url, *records):
+    body = b"".join(append_head(rid, kind, 1.7e9, 1.7e9, offset, len(data), final) + data
+                    for rid, kind, offset, data, final in records)
+    answer = requests.post(url + "/ingest", data=body, headers={"Content-Type": CONTENT_TYPE}, timeout=60)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["acks"]
+
+
+def test_a_large_body_goes_up_in_parts_while_it_streams_and_reads_back_whole_from_another_server(
+        tmp_path, postgres_cluster, s3_server):
+    index, (first, second) = _servers(tmp_path, postgres_cluster, s3_server, 2)
+    rid, data = str(uuid.uuid4()), pattern_bytes(3 * PART_BYTES + 4321)
+    halfway, answers = threading.Event(), []
+
+    def body():
+        for i in range(0, len(data), BLOCK):
+            if i == 2 * PART_BYTES + BLOCK:
+                halfway.wait(60)
+            yield data[i:i + BLOCK]
+
+    put = threading.Thread(target=lambda: answers.append(requests.put(f"{first.url}/{rid}/request", data=body(),
+                                                                      timeout=60)))
+    put.start()
+    try:
+        # Mid-stream: an upload of its own, parts stored, no object to read yet.
+        wait_until(lambda: [n for _, n in _uploads(index)] == [1], 30, 0.05, "the first part stored mid-stream")
+        assert not _upload_objects(index, rid)
+    finally:
+        halfway.set()
+        put.join(60)
+    try:
+        assert answers and answers[0].status_code == 201  # answered once the whole part is stored
+        assert _uploads(index) == [] and len(_upload_objects(index, rid)) == 1
+        for server in (first, second):
+            assert requests.get(f"{server.url}/api/requests/{rid}/request", timeout=30).content == data
+    finally:
+        first.stop(timeout=10)
+        second.stop(timeout=10)
+
+
+def test_the_acknowledged_parts_of_a_server_killed_mid_upload_are_completed_by_another(
+        tmp_path, postgres_cluster, s3_server):
+    index, (doomed, survivor) = _servers(tmp_path, postgres_cluster, s3_server, 2)
+    rid, data = str(uuid.uuid4()), pattern_bytes(3 * PART_BYTES + 999)
+    try:
+        head = 12 * 1024 * 1024  # a batch as the proxy sends a large body arriving fast
+        assert _batch(doomed.url, (rid, "request", 0, data[:head], False)) == [head]
+        assert [n for _, n in _uploads(index)] == [2]  # two parts up, acknowledged; the rest in a segment
+        doomed.kill()  # its upload is never completed by it
+        assert _batch(survivor.url, (rid, "request", head, data[head:], True)) == [len(data)]
+        # The survivor sees the holder gone (its lock free) and completes the upload.
+        wait_until(lambda: _uploads(index) == [], 30, 0.2, "the dead server's upload completed")
+        assert len(_upload_objects(index, rid)) == 1
+        wait_until(lambda: requests.get(f"{survivor.url}/api/requests/{rid}/request", timeout=30).content == data,
+                   10, 0.2, "the whole body readable")
+    finally:
+        survivor.stop(timeout=10)
+
+
+def test_a_large_response_through_the_proxy_is_logged_in_parts(tmp_path, postgres_cluster, s3_server, fake_upstream):
+    index, (server,) = _servers(tmp_path, postgres_cluster, s3_server, 1)
+    proxy = start_proxy(tmp_path / "proxy", build_config(fake_upstream.url, server.url))
+    try:
+        n = 40 * 1024 * 1024 + 3
+        status, _, body, rid = send(proxy.url, "GET", "/v1/bytes?n=%d&chunked=1&block=65536" % n, timeout=120)
+        assert status == 200 and body == pattern_bytes(n)
+        logged_once(server, rid, b"", body, timeout=60)
+        assert _upload_objects(index, rid), "no part of it went up as a multipart upload"
+        raw = requests.get(f"{server.url}/api/requests/{rid}/response", timeout=30).content
+        assert split_head(raw)[2] == body
+    finally:
+        proxy.stop(timeout=5)
+        server.stop(timeout=10)

@@ -208,6 +208,7 @@ export class DetailView {
       this._actions());
     if (loading) {
       fill(this.root, head, h("div.d-loading", "Loading…"));
+      this.showTab = (name) => { this.tab = name; }; // a tab's key pressed meanwhile: shown once loaded
       return;
     }
     const { available, turns, events } = this._tabs();

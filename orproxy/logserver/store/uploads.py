@@ -144,6 +144,8 @@ class Uploads:
             del self._by_key[upload.key]
         upload.buffer.clear()
         self._lost()
+        if upload.upload_id is not None and not upload.parts:  # nothing recorded: nothing to complete
+            self.objects.abort_upload(upload.object, upload.upload_id)
         print(f"orlogserver: {what}; the proxies send it again from their spools: {error}",
               file=sys.stderr, flush=True)
 

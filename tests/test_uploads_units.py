@@ -7,7 +7,7 @@ from orproxy.logserver.store.footers import segment_footer
 from orproxy.logserver.store.objectstore import _covered, _memory_source
 from orproxy.logserver.store.objects import ObjectStoreError
 from orproxy.logserver.store.segments import Segments
-from orproxy.logserver.store.uploads import PART_BYTES
+from orproxy.logserver.store.uploads import PART_BYTES, ROUTE_FROM
 from orproxy.testing.pattern import pattern_bytes
 
 A = ("a" * 36, "a_request.bin")
@@ -57,7 +57,7 @@ def test_a_large_part_goes_up_in_parts_while_it_streams_and_reads_back_whole(seg
     [key] = uploaded(segments)
     assert read_back(segments, A) == data
     footer = segment_footer(segments.objects, key, len(segments.objects.objects[key]))
-    first = PART_BYTES - BLOCK  # the bytes before its upload began, in a segment
+    first = ROUTE_FROM - BLOCK  # the bytes before its upload began, in a segment
     assert footer["extents"] == [[A[0], A[1], first, len(data) - first, 0]] and footer["documents"] == {}
     assert not segments.objects.uploads  # nothing left open
 
@@ -98,10 +98,10 @@ def test_an_upload_no_bytes_come_for_is_completed(segments):
 
 
 def test_a_part_whose_upload_never_filled_a_part_is_spilled_into_a_segment(segments):
-    data = pattern_bytes(PART_BYTES + BLOCK)
+    data = pattern_bytes(PART_BYTES)
     since = segments.current
-    segments.append(A, 0, data[:4 * 1024 * 1024])
-    segments.append(A, 4 * 1024 * 1024, data[4 * 1024 * 1024:])  # routed, but less than a part
+    segments.append(A, 0, data[:BLOCK])
+    segments.append(A, BLOCK, data[BLOCK:])  # routed, but less than a part
     segments.finish(A)
     segments.sync(segments.current, since)
     assert not uploaded(segments) and not segments.objects.uploads

@@ -1,8 +1,8 @@
 """Large bodies as multipart uploads while they stream (store/segments.py takes the rest).
 
-A part that arrives fast enough to fill a whole part (PART_BYTES) before the segment that
-would hold it goes up is routed to a multipart upload of its own: its bytes gather in a
-buffer, and each full buffer goes up as the next part while the stream goes on. Each part
+A part that arrives fast (ROUTE_FROM bytes of it in the open segment) is routed to a
+multipart upload of its own: its bytes gather in a buffer, and each PART_BYTES of them go
+up as the next part while the stream goes on. Each part
 is recorded in PostgreSQL as soon as it is stored (its `uploads` row and extents,
 `Ledger.part_stored`), so the bytes in it may be acknowledged: an uploaded part is durable.
 Every part but the last is PART_BYTES (S3 wants 5 MiB at least, R2 all of one size).
@@ -33,6 +33,7 @@ from orproxy.logserver.store.footers import footer
 from orproxy.logserver.store.objects import ObjectStoreError, Objects
 
 PART_BYTES = 5 * 1024 * 1024
+ROUTE_FROM = 1024 * 1024  # bytes of a part in the open segment after which its upload begins
 UPLOAD_IDLE = 5.0  # seconds without bytes after which an upload is completed
 SENDING_STEP = 0.005  # seconds between looks while another greenlet uploads a part
 
@@ -89,12 +90,12 @@ class Uploads:
         return {u.object for u in self._by_key.values()} | self._finishing
 
     def route(self, key: Key, offset: int, run: int, data: bytes | memoryview) -> bool:
-        """Take a part's bytes if they continue its upload, or would fill a part with the
-        `run` of bytes before them in the open segment (then its upload begins); False:
-        the segment takes them."""
+        """Take a part's bytes if they continue its upload, or if with the `run` of bytes
+        before them in the open segment they make ROUTE_FROM (then its upload begins);
+        False: the segment takes them."""
         upload = self._by_key.get(key)
         if upload is None:
-            if run + len(data) < PART_BYTES:
+            if run + len(data) < ROUTE_FROM:
                 return False
             upload = self._by_key[key] = Upload(key, self._name(), offset)
         elif offset != upload.end:

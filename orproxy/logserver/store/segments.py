@@ -11,9 +11,9 @@ A failed upload loses the open segment's bytes too: a writer whose bytes were in
 not acknowledged (`sync` raises), the proxy keeps them in its spool and sends them again,
 and the exactly-once offsets take them where the store's extents end.
 
-A part arriving fast enough to fill a multipart part before its segment goes up takes
-its own multipart upload instead (store/uploads.py). Each object ends with a footer
-(store/footers.py), so that reindex can rebuild PostgreSQL from a listing of the objects.
+A part arriving fast (1 MiB of it here) takes its own multipart upload instead
+(store/uploads.py). Each object ends with a footer (store/footers.py), so that reindex
+can rebuild PostgreSQL from a listing of the objects.
 """
 from __future__ import annotations
 

@@ -183,6 +183,29 @@ class ObjectBodyStore(PartReading, UploadRows):
         """Every exchange's id, oldest first."""
         return [r[0] for r in self._read("SELECT id FROM documents WHERE body <> '' ORDER BY created, id", ())]
 
+    # -- restoring from the objects (store/transfer.py) ------------------------------------
+
+    def recorded_objects(self) -> set[str]:
+        return {r[0] for r in self._read("SELECT object FROM segments", ())}
+
+    def record_object(self, key: str, size: int, extents: list[list[Any]]) -> None:
+        """An object found in the store, with the extents its footer lists."""
+        now = time.time()
+        with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                           (key, size, now))
+            cursor.executemany(INSERT_EXTENT, [(*e[:4], key, e[4], now) for e in extents])
+
+    def restore_documents(self, documents: list[tuple[str, str, int, float, str]]) -> None:
+        """(id, body, rev, created, object) of documents found in objects, unless a newer
+        revision is here."""
+        with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO documents (id, body, rev, created, changed, segment) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET body = excluded.body, rev = excluded.rev, segment = excluded.segment "
+                "WHERE documents.rev < excluded.rev",
+                [(i, body, rev, created, time.time(), key) for i, body, rev, created, key in documents])
+
     def adopt_document(self, key: str) -> tuple[dict[str, Any] | None, bool]:
         return self.read_metadata(key), True
 

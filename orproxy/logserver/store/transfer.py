@@ -40,7 +40,7 @@ def restore_from_segments(store: ObjectBodyStore) -> Restored:
     """Record every segment object's extents, and the newest copy of each document they
     hold, that the database lacks."""
     result = Restored()
-    known = {r[0] for r in store._read("SELECT object FROM segments", ())}
+    known = store.recorded_objects()
     newest: dict[str, tuple[int, str, str]] = {}  # id -> (rev, body, object)
     for key, size in store.objects.sizes(PREFIX):
         footer = segment_footer(store.objects, key, size)
@@ -53,26 +53,11 @@ def restore_from_segments(store: ObjectBodyStore) -> Restored:
             if exchange_id not in newest or rev >= newest[exchange_id][0]:
                 newest[exchange_id] = (rev, body, key)
         if key not in known:
-            _record_segment(store, key, size, footer.get("extents", []))
+            store.record_object(key, size, footer.get("extents", []))
             result.recorded += 1
-    with store._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO documents (id, body, rev, created, changed, segment) VALUES (%s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (id) DO UPDATE SET body = excluded.body, rev = excluded.rev, segment = excluded.segment "
-            "WHERE documents.rev < excluded.rev",
-            [(i, body, rev, _created(body), time.time(), key) for i, (rev, body, key) in newest.items()])
+    store.restore_documents([(i, body, rev, _created(body), key) for i, (rev, body, key) in newest.items()])
     result.documents = len(newest)
     return result
-
-
-def _record_segment(store: ObjectBodyStore, key: str, size: int, extents: list[list[Any]]) -> None:
-    now = time.time()
-    with store._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-        cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                       (key, size, now))
-        cursor.executemany("INSERT INTO extents (id, name, part_offset, length, object, position, at) "
-                           "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                           [(e[0], e[1], e[2], e[3], key, e[4], now) for e in extents])
 
 
 def _created(body: str) -> float:

@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar  # noqa: E402
 from orproxy import __version__  # noqa: E402
 from orproxy.config import ConfigError, ModelPrice, load_config, load_prices  # noqa: E402
 from orproxy.hosting.server import prepare_process, serve  # noqa: E402
-from orproxy.logserver.store.stores import IndexUnavailable, StoreUnavailable, open_stores  # noqa: E402
+from orproxy.logserver.store.stores import IndexUnavailable, StoreUnavailable, named_store, open_stores  # noqa: E402
 from orproxy.logserver.store.sweeper import STALE_AFTER  # noqa: E402
 from orproxy.logserver.web.guard import is_loopback, token_problem  # noqa: E402
 from orproxy.logserver.web.units import parse_duration, parse_size  # noqa: E402
@@ -196,8 +196,7 @@ def _reindex(log_dir: str, index_url: str | None, store_url: str | None, prices:
     from orproxy.logserver.llm.pricing import Pricing
     from orproxy.logserver.store.reindex import reindex
 
-    if store_url is not None and store_url.startswith("file:"):
-        store_url, log_dir = None, store_url[len("file:"):] or log_dir
+    store_url, log_dir = named_store(store_url, log_dir)
     if store_url is None and not os.path.isdir(log_dir):
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
     try:
@@ -234,11 +233,11 @@ def migrate_main(argv: list[str]) -> None:
     parser.add_argument("--index", metavar="URL", default=os.environ.get("ORLOGSERVER_INDEX") or None,
                         help="the PostgreSQL database, postgresql://USER@HOST/DB (default: $ORLOGSERVER_INDEX)")
     args = parser.parse_args(argv)
-    if not args.source.startswith("file:"):
+    other, source_dir = named_store(args.source, "")
+    if other is not None or not source_dir:
         _fail("orlogserver migrate", f"--from {args.source}: give file:DIR, the log dir to copy")
     if not args.target.startswith("s3://"):
         _fail("orlogserver migrate", f"--to {args.target}: give s3://BUCKET/PREFIX, the object store to fill")
-    source_dir = args.source[len("file:"):]
     if not os.path.isdir(source_dir):
         _fail("orlogserver migrate", f"--from {args.source}: no such directory")
     prepare_process()

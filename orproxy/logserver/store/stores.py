@@ -123,13 +123,20 @@ def open_index(url: str | None, log_dir: str, pricing: Pricing = DEFAULT_PRICING
         raise IndexUnavailable(f"{masked(url)}: {' '.join(str(e).split())}") from None
 
 
+def named_store(store_url: str | None, log_dir: str) -> tuple[str | None, str]:
+    """(the object store's URL, the log dir) that `--store` and `--log-dir` name: `file:DIR`
+    is the log dir DIR and no object store (the default, named: CONTRACT.md)."""
+    if store_url is not None and store_url.startswith("file:"):
+        return None, store_url[len("file:"):] or log_dir
+    return store_url, log_dir
+
+
 def open_stores(store_url: str | None, log_dir: str, index_url: str | None,
                 pricing: Pricing = DEFAULT_PRICING) -> tuple[BodyStore, IndexStore]:
     """The body store and the index. The store is the log dir (`store_url` None, or
     `file:DIR`), or the object store at an s3:// `store_url`, whose documents go in the
     index's PostgreSQL database. StoreUnavailable: a store that cannot be."""
-    if store_url is not None and store_url.startswith("file:"):  # the default, named (CONTRACT.md)
-        store_url, log_dir = None, store_url[len("file:"):] or log_dir
+    store_url, log_dir = named_store(store_url, log_dir)
     if store_url is None:
         from orproxy.logserver.store.logdir import LogDir
         files = LogDir(log_dir)

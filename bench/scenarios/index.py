@@ -325,10 +325,10 @@ def ingest(port: int, total: int, rate: float | None, concurrency: int, seconds_
             if batched:
                 status, _ = conn.request("POST", "/ingest", exchange_batch(rid, puts))
                 errors += status != 201
-            for kind, body in puts if not batched else ():
-                status, _ = conn.request("PUT", f"/{rid}/{kind}", body)
-                if status != 201:
-                    errors += 1
+            else:
+                for kind, body in puts:
+                    status, _ = conn.request("PUT", f"/{rid}/{kind}", body)
+                    errors += status != 201
             ids.append(rid)
             tokens[0] += 150 if i % 2 else 320
             conns.append(conn)

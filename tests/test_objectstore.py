@@ -4,16 +4,19 @@ and test_scaleout.py runs two servers on it behind nginx. Here: reindex from the
 objects, `orlogserver migrate` from a log dir, its command-line mistakes, and an object
 store that goes away while the proxy logs. Real processes: moto's S3 server, PostgreSQL,
 orlogserver, orproxy and the fake upstream."""
+import subprocess
 import time
 
+import psycopg
 import pytest
 import requests
 
-from helpers import start_gunicorn, stream_text, wait_until
+from helpers import child_env, script, start_gunicorn, stream_text, wait_until
 from live_helpers import StreamingChat, sse_events, wait_row
 from log_helpers import exchange, logged_once, send, split_head
 from orproxy.testing.pattern import pattern_bytes
 from servers import LogServer, build_config, seeded_logserver, start_proxy
+from stored import ObjectStoreFiles
 
 from orproxy.testing.seed_logs import seed
 
@@ -24,6 +27,14 @@ def _listing(server):
     items = requests.get(server.url + "/api/requests", params={"limit": 1000}, timeout=10).json()["items"]
     return sorted((i["id"], i["state"], i["status"], i["model"], i["request_bytes"], i["response_bytes"],
                    i["prompt_tokens"], i["conversation_id"]) for i in items)
+
+
+def _documents(stored):
+    """The documents in the store's database (0 before its tables are made)."""
+    try:
+        return stored._query("SELECT count(*) FROM documents", ())[0][0]
+    except psycopg.errors.UndefinedTable:
+        return 0
 
 
 def _bodies(server, ids):
@@ -132,6 +143,45 @@ def test_migrate_copies_a_log_dir_its_bodies_and_index_and_a_second_run_copies_o
         wait_until(lambda: len(_listing(server)) == 65, 10, 0.2, "the migrated exchanges listed")
         assert set(before) <= set(_listing(server))
         assert _bodies(server, ids) == bodies
+    finally:
+        server.stop(timeout=10)
+
+
+def test_a_migrate_killed_midway_and_run_again_copies_everything_once(tmp_path, postgres_cluster, s3_server,
+                                                                      run_cli):
+    log_dir = tmp_path / "logs"
+    seed(str(log_dir), 1000)
+    files = LogServer(log_dir, tmp_path / "files").start()
+    try:
+        wait_until(lambda: len(_listing(files)) == 1000, 60, 0.2, "the log dir indexed")
+        before = _listing(files)
+        sample = [row[0] for row in before[::20]]
+        bodies = _bodies(files, sample)
+    finally:
+        files.stop(timeout=10)
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    migrate = ["migrate", "--from", "file:%s" % log_dir, "--to", store, "--index", index]
+    first = subprocess.Popen([script("orlogserver"), *migrate], env=child_env(), cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        stored = ObjectStoreFiles(store, index)
+        wait_until(lambda: _documents(stored) > 0, 120, 0.02, "the first documents copied")
+        assert first.poll() is None, "migrate ended before it could be killed"
+    finally:
+        first.kill()
+        first.wait(10)
+    copied = _documents(stored)
+    assert 0 < copied < 1000, copied
+    again = run_cli("orlogserver", *migrate, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "migrated %d exchanges" % (1000 - copied) in again.stdout, (copied, again.stdout)
+    server = LogServer(tmp_path / "local", tmp_path / "s3", ["--index", index, "--store", store]).start()
+    try:
+        wait_until(lambda: len(_listing(server)) == 1000, 30, 0.2, "the migrated exchanges listed")
+        assert _listing(server) == before
+        assert _bodies(server, sample) == bodies
+        files_bytes = sum(path.stat().st_size for path in log_dir.glob("*.bin"))
+        assert stored._query("SELECT sum(length) FROM extents", ())[0][0] == files_bytes  # each byte copied once
     finally:
         server.stop(timeout=10)
 

@@ -114,3 +114,40 @@ def test_a_large_response_through_the_proxy_is_logged_in_parts(tmp_path, postgre
     finally:
         proxy.stop(timeout=5)
         server.stop(timeout=10)
+
+
+def test_a_server_that_lost_its_lock_records_no_part_in_an_upload_another_completed(
+        tmp_path, postgres_cluster, s3_server):
+    """In process, two stores on one bucket and database: the holder's lock goes (as when
+    PostgreSQL restarts under it), and just as a part of the holder's is stored another
+    server completes the upload. The part is not recorded, so not acknowledged: every
+    extent points at bytes that are there."""
+    from orproxy.logserver.store.stores import StoreUnavailable, open_stores
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    (holder, holder_index), (other, other_index) = (open_stores(store, str(tmp_path / n), index) for n in "ab")
+    try:
+        rid, data = str(uuid.uuid4()), pattern_bytes(3 * PART_BYTES)
+        since = holder.sync_point()
+        writer = holder.open_writer(rid, "request", 1.7e9, fresh=True)
+        writer.write(data[:2 * PART_BYTES])  # one write past 1 MiB: routed whole, two parts up
+        assert [n for _, n in _uploads(index)] == [2]
+        stored_part = holder.objects.put_part
+
+        def stored_as_the_other_completes(*args):
+            etag = stored_part(*args)
+            holder._holding.close()  # its lock is free: to the others, it is gone
+            assert other.adopt_uploads() == 1
+            return etag
+        holder.objects.put_part = stored_as_the_other_completes
+        writer.write(data[2 * PART_BYTES:])  # its third part, stored, then not recordable
+        with pytest.raises(StoreUnavailable):
+            holder.sync(since)  # so nothing of it is acknowledged
+        assert _uploads(index) == []
+        key = (rid, writer.name)
+        pieces, end = other.part_map(key)
+        assert end == 2 * PART_BYTES and b"".join(source(0, stop - start) for start, stop, source in pieces) == data[:end]
+        assert holder.stored(key, look=True) == end  # where the proxy sends the rest from
+    finally:
+        for files, files_index in ((holder, holder_index), (other, other_index)):
+            files.close()
+            files_index.close()

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from orproxy import jsoncodec
-from orproxy.logserver.store.objects import Objects
+from orproxy.logserver.store.objects import ObjectStoreError, Objects
 from orproxy.logserver.store.pgindex import Pool, connect
 from orproxy.logserver.store.segments import Segments
 from orproxy.logserver.store.uploads import Upload, complete_stored
@@ -58,9 +58,15 @@ class UploadRows:
         """A stored part of a multipart upload: its bytes, and the upload's parts so far."""
         parts = jsoncodec.dumps([*upload.parts, (number, etag)]).decode()
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            cursor.execute("INSERT INTO uploads (object, upload_id, holder, parts, started) VALUES (%s, %s, %s, %s, %s) "
-                           "ON CONFLICT (object) DO UPDATE SET parts = excluded.parts",
-                           (upload.object, upload.upload_id, self.segments.instance, parts, time.time()))
+            if not upload.parts:
+                cursor.execute("INSERT INTO uploads (object, upload_id, holder, parts, started) "
+                               "VALUES (%s, %s, %s, %s, %s)",
+                               (upload.object, upload.upload_id, self.segments.instance, parts, time.time()))
+            else:  # waits while another server completes it (the row locked), then finds it gone
+                cursor.execute("UPDATE uploads SET parts = %s WHERE object = %s", (parts, upload.object))
+                if cursor.rowcount != 1:
+                    raise ObjectStoreError(f"{self.objects.url}: another server completed an upload of this one's "
+                                           "(its lock in PostgreSQL was lost)")
             cursor.execute(INSERT_EXTENT, (*extent[:4], upload.object, extent[4], time.time()))
         self._remember_end(upload.key, extent[2] + extent[3])
 
@@ -84,25 +90,30 @@ class UploadRows:
         free), and this server's that failed to complete. How many it completed."""
         self._hold()
         done = 0
-        for key, upload_id, holder, parts in self._read("SELECT object, upload_id, holder, parts FROM uploads", ()):
+        for key, holder in self._read("SELECT object, holder FROM uploads", ()):
             if holder == self.segments.instance:
                 if key not in self.segments.uploads.active:
-                    done += self._complete_stored(key, upload_id, parts)
+                    done += self._complete_stored(key)
                 continue
             with self.exclusive(f"holder {holder}") as gone:
                 if gone:
-                    done += self._complete_stored(key, upload_id, parts)
+                    done += self._complete_stored(key)
         return done
 
-    def _complete_stored(self, key: str, upload_id: str, parts: str) -> int:
-        extents = [list(r) for r in self._read("SELECT id, name, part_offset, length, position FROM extents "
-                                               "WHERE object = %s ORDER BY position", (key,))]
-        if not extents:  # its exchange was deleted meanwhile
-            self.objects.abort_upload(key, upload_id)
-            with self._writes.connection() as conn:
-                conn.execute("DELETE FROM uploads WHERE object = %s", (key,))
-            return 0
-        complete_stored(self.objects, key, upload_id, [tuple(p) for p in jsoncodec.loads(parts)], extents)
+    def _complete_stored(self, key: str) -> int:
+        """Complete an upload from its rows, locked meanwhile: its holder, if alive after all,
+        cannot record another part in it (part_stored then fails, and acknowledges nothing)."""
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            row = cursor.execute("SELECT upload_id, parts FROM uploads WHERE object = %s FOR UPDATE", (key,)).fetchone()
+            if row is None:
+                return 0  # completed meanwhile
+            upload_id, parts = row
+            extents = [list(r) for r in cursor.execute("SELECT id, name, part_offset, length, position FROM extents "
+                                                       "WHERE object = %s ORDER BY position", (key,))]
+            if not extents:  # its exchange was deleted meanwhile
+                self.objects.abort_upload(key, upload_id)
+                cursor.execute("DELETE FROM uploads WHERE object = %s", (key,))
+                return 0
+            complete_stored(self.objects, key, upload_id, [tuple(p) for p in jsoncodec.loads(parts)], extents)
             self._completed(cursor, key, sum(e[3] for e in extents))
         return 1

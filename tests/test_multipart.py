@@ -151,3 +151,24 @@ def test_a_server_that_lost_its_lock_records_no_part_in_an_upload_another_comple
         for files, files_index in ((holder, holder_index), (other, other_index)):
             files.close()
             files_index.close()
+
+
+def test_an_exchange_deleted_while_its_upload_is_open_leaves_nothing_once_completed(
+        tmp_path, postgres_cluster, s3_server):
+    from orproxy.logserver.store.stores import open_stores
+    store, index = s3_server.new_bucket(), postgres_cluster.new_database()
+    files, files_index = open_stores(store, str(tmp_path / "a"), index)
+    try:
+        rid = str(uuid.uuid4())
+        writer = files.open_writer(rid, "request", 1.7e9, fresh=True)
+        writer.write(pattern_bytes(2 * PART_BYTES + 100))  # two parts up, 100 bytes buffered
+        assert files.delete_exchange({"id": rid}) == 2 * PART_BYTES  # retention, meanwhile
+        writer.close()  # the upload completed: its last bytes belong to nothing now
+        assert _rows(index, "SELECT count(*) FROM extents WHERE id = %s", (rid,)) == [(0,)]
+        [(upload,)] = _rows(index, "SELECT object FROM segments WHERE object LIKE '%%-u%%'")
+        assert files.objects.size(upload) is not None
+        files.collect()
+        assert files.objects.size(upload) is None  # its object goes with it
+    finally:
+        files.close()
+        files_index.close()

@@ -25,6 +25,9 @@ from orproxy.logserver.store.uploads import Upload, complete_stored
 INSERT_EXTENT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
+_INSERT_LAST_EXTENT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
+                      "SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM extents WHERE object = %s)"
+
 
 def lock_key(name: str) -> int:
     """An advisory lock's key in PostgreSQL, by what it locks."""
@@ -73,8 +76,8 @@ class UploadRows:
     def upload_completed(self, upload: Upload, extent: list[Any] | None) -> None:
         """A completed upload: its last bytes, and its object readable as a segment's."""
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            if extent is not None:
-                cursor.execute(INSERT_EXTENT, (*extent[:4], upload.object, extent[4], time.time()))
+            if extent is not None:  # unless retention deleted the exchange meanwhile (its parts' extents)
+                cursor.execute(_INSERT_LAST_EXTENT, (*extent[:4], upload.object, extent[4], time.time(), upload.object))
             self._completed(cursor, upload.object, upload.size + (extent[3] if extent else 0))
         if extent is not None:
             self._remember_end(upload.key, extent[2] + extent[3])

@@ -31,6 +31,7 @@ import yaml
 from helpers import child_env, run_command, script
 from servers import (BALANCERS, BEHIND_NGINX, SERVERS, STARTUP_TIMEOUT, FakeUpstream, build_config,
                      new_logserver, start_proxy)
+from ws_helpers import WsUpstream, ws_routes
 
 @pytest.fixture(scope="session")
 def _fake_upstream_session(tmp_path_factory):
@@ -263,6 +264,26 @@ def run_cli(tmp_path):
         return run_command([script(name), *args], cwd=cwd or tmp_path, env=child_env(env),
                            timeout=timeout, input=input)
     return run
+
+
+# -- WebSocket (tests/test_websocket*.py) ----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ws_upstream(tmp_path_factory):
+    upstream = WsUpstream(tmp_path_factory.mktemp("ws_upstream"))
+    yield upstream
+    upstream.process.stop(5)
+
+
+@pytest.fixture(scope="module", params=list(SERVERS))
+def ws_proxy(request, tmp_path_factory, ws_upstream, _logserver_session):
+    """An orproxy with the ws routes (ws_helpers.ws_routes), under its own server, then
+    gunicorn (1 worker, so that its sockets can be counted in one process)."""
+    config = build_config("http://127.0.0.1:9", _logserver_session.url, ws_routes(ws_upstream.url))
+    proxy = start_proxy(tmp_path_factory.mktemp("ws_" + request.param), config,
+                        gunicorn=SERVERS[request.param] or False, workers=1)
+    yield proxy
+    proxy.stop(timeout=15)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -26,7 +26,7 @@ from orproxy.logserver.web.har_entry import BODY_LIMIT
 from orproxy.testing.pattern import pattern_bytes
 from orproxy.testing.seed_logs import seed
 from test_hostile_content import BOMBS, REQUEST as HOSTILE_REQUEST
-from test_websocket import WsUpstream, ws_routes
+from ws_helpers import WsUpstream, ws_routes
 
 pytestmark = pytest.mark.both_indexes  # with SQLite and with PostgreSQL (conftest.py)
 

@@ -11,7 +11,8 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sqlite3  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from typing import NoReturn, TypeVar  # noqa: E402
 
 from orproxy import __version__  # noqa: E402
@@ -173,23 +174,31 @@ def logserver_main(argv: list[str] | None = None) -> None:
 
     from orproxy.logserver.app import LogServerApp
 
-    try:
+    with _storage_mistakes(args.log_dir, "opened"):
         app = LogServerApp(args.log_dir, max_age=args.max_age, max_bytes=args.max_bytes,
                            stale_after=args.stale_after, allowed_hosts=args.allowed_host, token=args.token,
                            prices=prices, replay_via=args.replay_via, index_url=args.index,
                            store_url=args.store)
-    except StoreUnavailable as e:
-        _fail("orlogserver", f"--store {e}")
-    except OSError as e:
-        _fail("orlogserver", f"--log-dir {args.log_dir}: {e.strerror}")
-    except sqlite3.Error as e:
-        _fail("orlogserver", f"--log-dir {args.log_dir}: the index cannot be opened: {e}")
-    except IndexUnavailable as e:
-        _fail("orlogserver", f"--index {e}")
     try:
         serve(app, args.host, args.port, "orlogserver", args.shutdown_timeout)
     except OSError as e:
         _fail("orlogserver", f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+
+
+@contextmanager
+def _storage_mistakes(log_dir: str, index_done: str) -> Iterator[None]:
+    """The store's and the index's refusals as one-line mistakes (exit code 2), each naming
+    the option to put right."""
+    try:
+        yield
+    except StoreUnavailable as e:  # an OSError too: first
+        _fail("orlogserver", f"--store {e}")
+    except OSError as e:
+        _fail("orlogserver", f"--log-dir {log_dir}: {e.strerror or e}")
+    except sqlite3.Error as e:
+        _fail("orlogserver", f"--log-dir {log_dir}: the index cannot be {index_done}: {e}")
+    except IndexUnavailable as e:
+        _fail("orlogserver", f"--index {e}")
 
 
 def _reindex(log_dir: str, index_url: str | None, store_url: str | None, prices: tuple[ModelPrice, ...]) -> None:
@@ -199,7 +208,7 @@ def _reindex(log_dir: str, index_url: str | None, store_url: str | None, prices:
     store_url, log_dir = named_store(store_url, log_dir)
     if store_url is None and not os.path.isdir(log_dir):
         _fail("orlogserver", f"--log-dir {log_dir}: no such directory")
-    try:
+    with _storage_mistakes(log_dir, "written"):
         files, index = open_stores(store_url, log_dir, index_url, Pricing(prices))
         if store_url is not None:
             from orproxy.logserver.store.transfer import restore_from_segments
@@ -209,14 +218,6 @@ def _reindex(log_dir: str, index_url: str | None, store_url: str | None, prices:
         result = reindex(files, index)
         index.close()
         files.close()
-    except StoreUnavailable as e:
-        _fail("orlogserver", f"--store {e}")
-    except OSError as e:
-        _fail("orlogserver", f"--log-dir {log_dir}: {e.strerror or e}")
-    except sqlite3.Error as e:
-        _fail("orlogserver", f"--log-dir {log_dir}: the index cannot be written: {e}")
-    except IndexUnavailable as e:
-        _fail("orlogserver", f"--index {e}")
     print(f"orlogserver: indexed {result.indexed} exchanges from {files.path} in {result.seconds:.1f}s "
           f"({result.derived} derived from their bodies, {result.removed} stale rows removed, "
           f"{result.skipped} unreadable metadata files skipped)")

@@ -17,7 +17,10 @@ A batch body is a series of records, each a header line and its data:
 did (epoch seconds, the proxy's clock: the logging server names the files by them, so a
 resent part finds its file again); `final` is 1 on the part's last append. The answer (201,
 `X-Orlogserver-Ingest: 2`) is JSON `{"acks": [...]}`, one integer per record: the part's
-length after it (a metadata record: 0).
+length after it (a metadata record: 0). Its `X-Orlogserver-Batch-Bytes` says how much log
+data the next batches should carry at most, as suits the server's store: BATCH_BYTES for
+the log dir, more for an object store, whose multipart parts a batch should be able to
+fill (store/uploads.py). Without it (an older server), BATCH_BYTES.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ PROTOCOL = "2"
 PROTOCOL_HEADER = "X-Orlogserver-Ingest"
 CONTENT_TYPE = "application/x-orproxy-log"
 MAX_BATCH = 16 * 1024 * 1024        # bytes of one batch body the logging server accepts
+BATCH_HEADER = "X-Orlogserver-Batch-Bytes"
+BATCH_BYTES = 4 * 1024 * 1024       # of log data a batch carries at most, unless the server says
 KINDS = ("request", "response")
 
 

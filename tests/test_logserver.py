@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ServerProcess, pattern_bytes, script, start_gunicorn, wait_until
+from orproxy import logwire
 
 BIN_NAME_RE = re.compile(
     r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{3}_([0-9a-f]{8})_(request|response)\.bin$")
@@ -115,6 +116,19 @@ def tree(root):
 
 
 # -- ingest --------------------------------------------------------------------------------
+
+
+def test_a_batch_is_answered_with_its_acks_and_the_batch_size_the_log_dir_wants(server):
+    exchange_id, data = new_id(), b"GET / HTTP/1.1\r\n\r\n"
+    body = logwire.append_head(exchange_id, "request", 1.7e9, 1.7e9, 0, len(data), True) + data
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=10)
+    try:
+        conn.request("POST", logwire.PATH, body, {"Content-Type": logwire.CONTENT_TYPE})
+        answer = conn.getresponse()
+        assert answer.status == 201 and json.loads(answer.read()) == {"acks": [len(data)]}
+        assert answer.getheader(logwire.BATCH_HEADER) == str(logwire.BATCH_BYTES)  # 4 MiB: more costs memory
+    finally:
+        conn.close()
 
 
 def test_put_parts_answer_201_and_write_named_files(server):

@@ -13,7 +13,7 @@ from helpers import wait_until
 from log_helpers import logged_once, send, split_head
 from orproxy import jsoncodec
 from orproxy.logserver.store.uploads import PART_BYTES
-from orproxy.logwire import CONTENT_TYPE, append_head
+from orproxy.logwire import BATCH_HEADER, CONTENT_TYPE, append_head
 from orproxy.testing.pattern import pattern_bytes
 from servers import LogServer, build_config, start_proxy
 
@@ -46,6 +46,7 @@ def _batch(url, *records):
                     for rid, kind, offset, data, final in records)
     answer = requests.post(url + "/ingest", data=body, headers={"Content-Type": CONTENT_TYPE}, timeout=60)
     assert answer.status_code == 201, answer.text
+    assert answer.headers[BATCH_HEADER] == str(12 * 1024 * 1024)  # what the proxy then sends: parts fill
     return answer.json()["acks"]
 
 

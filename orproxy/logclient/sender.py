@@ -1,7 +1,8 @@
 """The sender: one greenlet and one keep-alive connection carry all log data to the logging server.
 
 To orlogserver it sends batches (logwire.py, `POST /ingest`): the spool's records first,
-oldest first, then what the parts hold in memory, up to BATCH_BYTES in one write, and one
+oldest first, then what the parts hold in memory, up to the batch size the logging server
+asks for (logwire.BATCH_HEADER; 4 MiB, 12 MiB on an object store) in one write, and one
 answer acknowledges them all. While a batch is out the next one gathers, so the log costs
 a few writes a second, not a connection and a request per part (thousands of held streams
 share this one connection). A batch that fails goes again, whole: the logging server skips
@@ -28,15 +29,14 @@ from orproxy import jsoncodec
 from orproxy.connections import Connection, ConnectionPool, Key
 from orproxy.http1 import MalformedResponse, NoResponse, ResponseParser, head, read_head, receive, send_parts
 from orproxy.logclient.part import Block, Part
-from orproxy.logwire import CONTENT_TYPE, PATH, PROTOCOL, PROTOCOL_HEADER, append_head, metadata_head
+from orproxy.logwire import (BATCH_BYTES, BATCH_HEADER, CONTENT_TYPE, MAX_BATCH, PATH, PROTOCOL, PROTOCOL_HEADER,
+                             append_head, metadata_head)
 
 if TYPE_CHECKING:
     from orproxy.logclient.sink import LogSink
 
-# Bytes of log data one batch carries at most: below the logging server's MAX_BATCH (16 MiB),
-# and above two of its multipart parts (5 MiB, store/uploads.py), so that a large body
-# arriving fast goes into the object store as whole parts, not only segments.
-BATCH_BYTES = 12 * 1024 * 1024
+BATCH_LEAST = 256 * 1024             # bytes a server's batch size is taken as at least
+BATCH_MOST = MAX_BATCH - 1024 * 1024  # and at most (the record heads fit beside it)
 GATHER_DELAY = 0.002                 # seconds a batch waits: the exchanges' own next steps go first
 # A logging server that does not accept or answer within these is treated as down. It runs
 # at idle CPU priority, so on a saturated machine it may not run at all until the load
@@ -61,6 +61,7 @@ class Sender:
         self.sink, self.pool, self.key, self.host, self.base_path = sink, pool, key, host, base_path
         # Every request to the logging server carries its token (orlogserver --token), if any.
         self.auth = [("Authorization", f"Bearer {token}")] if token else []
+        self.batch_bytes = BATCH_BYTES  # until the logging server says what suits its store
         self.conn: Connection | None = None
         self.plain_puts_since: float | None = None  # when it fell back to plain PUTs
         self.spool = sink.spool  # the sink's own is None while plain PUTs are in use
@@ -132,15 +133,15 @@ class Sender:
         spool = self.sink.spool
         token = None
         if spool is not None and spool.pending:
-            spooled, token = spool.read(BATCH_BYTES)
+            spooled, token = spool.read(self.batch_bytes)
             pieces.extend(spooled)
             parts.extend([None] * len(spooled))
             size += sum(map(len, spooled))
         for part in self.sink.ready_parts():
-            if size >= BATCH_BYTES:
+            if size >= self.batch_bytes:
                 break
             if part.unsent:
-                offset, blocks, final = part.take(BATCH_BYTES - size)
+                offset, blocks, final = part.take(self.batch_bytes - size)
                 length = sum(map(len, blocks))
                 record = metadata_head(part.exchange_id, length) if part.kind == "metadata" else \
                     append_head(part.exchange_id, part.kind, part.t0, part.t, offset, length, final)
@@ -193,6 +194,9 @@ class Sender:
                       f"{body[:300]!r}); its {count} records are lost", file=sys.stderr, flush=True)
                 return [2 ** 62] * count
             raise Refused(answer.status, ours)
+        asked = next((v for n, v in answer.headers if n.lower() == BATCH_HEADER.lower()), "")
+        if asked.isdigit():
+            self.batch_bytes = min(max(int(asked), BATCH_LEAST), BATCH_MOST)
         acks = jsoncodec.loads(body)["acks"]
         if len(acks) != count:
             raise ValueError(f"the logging server acknowledged {len(acks)} of {count} records")

@@ -187,7 +187,8 @@ class LogServerApp:
             return error_response(start_response, "400 Bad Request", f"malformed batch: {e}", ours)
         except StoreUnavailable as e:  # nothing acknowledged: the proxy sends it again
             return error_response(start_response, "503 Service Unavailable", str(e), ours)
-        return json_response(start_response, "201 Created", {"acks": acks}, ours)
+        return json_response(start_response, "201 Created", {"acks": acks},
+                             [*ours, (logwire.BATCH_HEADER, str(self.ingest.log_dir.batch_bytes))])
 
     def _ingest(self, environ: dict[str, Any], start_response: Callable, exchange_id: str,
                 kind: str) -> list[bytes]:

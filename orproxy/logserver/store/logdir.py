@@ -27,6 +27,7 @@ from gevent.monkey import get_original
 from orproxy import jsoncodec
 from orproxy.logserver.store.recent import PartReading
 from orproxy.logserver.store.record import ExchangeRecord
+from orproxy.logwire import BATCH_BYTES
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 KINDS = ("request", "response", "metadata")
@@ -50,6 +51,7 @@ class LogDir(PartReading):
     """Paths here are joined with f-strings, not os.path.join: a few are built for every
     exchange, and join costs microseconds each on this project's machine."""
     blocking = True  # file calls block: retention and reindex run them on a thread
+    batch_bytes = BATCH_BYTES  # a larger batch only costs the server memory
 
     def sync_point(self) -> int:
         return 0

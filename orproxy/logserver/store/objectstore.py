@@ -48,6 +48,7 @@ Source = Callable[[int, int], bytes]  # (offset in the piece, length) -> bytes
 
 class ObjectBodyStore(PartReading, UploadRows):
     blocking = False  # its calls wait cooperatively: run them on the loop, not a thread
+    batch_bytes = 12 * 1024 * 1024  # two multipart parts and more: a large body's batch fills them
 
     def __init__(self, url: str, local_dir: str, database_url: str) -> None:
         super().__init__()

@@ -48,6 +48,7 @@ class BodyStore(Protocol):
     path: str  # where it is, as /api/health reports it
     ids: str   # a local dir of its own (the metrics files)
     blocking: bool  # its calls block the loop (files): retention and reindex run them on a thread
+    batch_bytes: int  # of log data a proxy's batch should carry at most (logwire.BATCH_HEADER)
 
     # durability: what was written since `sync_point()` is durable once `sync` returns
     # (StoreUnavailable if some of it was lost: it must not be acknowledged)

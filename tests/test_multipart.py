@@ -162,9 +162,11 @@ def test_an_exchange_deleted_while_its_upload_is_open_leaves_nothing_once_comple
     try:
         rid = str(uuid.uuid4())
         writer = files.open_writer(rid, "request", 1.7e9, fresh=True)
-        writer.write(pattern_bytes(2 * PART_BYTES + 100))  # two parts up, 100 bytes buffered
+        data = pattern_bytes(3 * PART_BYTES + 100)
+        writer.write(data[:2 * PART_BYTES + 100])  # two parts up, 100 bytes buffered
         assert files.delete_exchange({"id": rid}) == 2 * PART_BYTES  # retention, meanwhile
-        writer.close()  # the upload completed: its last bytes belong to nothing now
+        writer.write(data[2 * PART_BYTES + 100:])  # a third part up: its bytes belong to nothing now
+        writer.close()  # the upload completed: nor do its last bytes
         assert _rows(index, "SELECT count(*) FROM extents WHERE id = %s", (rid,)) == [(0,)]
         [(upload,)] = _rows(index, "SELECT object FROM segments WHERE object LIKE '%%-u%%'")
         assert files.objects.size(upload) is not None

@@ -25,7 +25,7 @@ from orproxy.logserver.store.uploads import Upload, complete_stored
 INSERT_EXTENT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
-_INSERT_LAST_EXTENT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
+_INSERT_EXTENT_IF_KEPT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
                       "SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM extents WHERE object = %s)"
 
 
@@ -70,14 +70,18 @@ class UploadRows:
                 if cursor.rowcount != 1:
                     raise ObjectStoreError(f"{self.objects.url}: another server completed an upload of this one's "
                                            "(its lock in PostgreSQL was lost)")
-            cursor.execute(INSERT_EXTENT, (*extent[:4], upload.object, extent[4], time.time()))
+            if not upload.parts:
+                cursor.execute(INSERT_EXTENT, (*extent[:4], upload.object, extent[4], time.time()))
+            else:  # unless retention deleted the exchange meanwhile (the extents of the parts before)
+                cursor.execute(_INSERT_EXTENT_IF_KEPT,
+                               (*extent[:4], upload.object, extent[4], time.time(), upload.object))
         self._remember_end(upload.key, extent[2] + extent[3])
 
     def upload_completed(self, upload: Upload, extent: list[Any] | None) -> None:
         """A completed upload: its last bytes, and its object readable as a segment's."""
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             if extent is not None:  # unless retention deleted the exchange meanwhile (its parts' extents)
-                cursor.execute(_INSERT_LAST_EXTENT, (*extent[:4], upload.object, extent[4], time.time(), upload.object))
+                cursor.execute(_INSERT_EXTENT_IF_KEPT, (*extent[:4], upload.object, extent[4], time.time(), upload.object))
             self._completed(cursor, upload.object, upload.size + (extent[3] if extent else 0))
         if extent is not None:
             self._remember_end(upload.key, extent[2] + extent[3])

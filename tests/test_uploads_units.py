@@ -7,7 +7,7 @@ from orproxy.logserver.store.footers import segment_footer
 from orproxy.logserver.store.objectstore import _covered, _memory_source
 from orproxy.logserver.store.objects import ObjectStoreError
 from orproxy.logserver.store.segments import Segments
-from orproxy.logserver.store.uploads import PART_BYTES, ROUTE_FROM
+from orproxy.logserver.store.uploads import MOST_UPLOADS, PART_BYTES, ROUTE_FROM
 from orproxy.testing.pattern import pattern_bytes
 
 A = ("a" * 36, "a_request.bin")
@@ -114,3 +114,16 @@ def test_bytes_sent_again_over_an_upload_go_into_a_segment_and_read_once(segment
     segments.append(A, 500, data[500:PART_BYTES])  # a resend, overlapping
     write_and_end(segments, A, b"", at=len(data))
     assert read_back(segments, A) == data
+
+
+def test_past_the_most_uploads_at_once_large_parts_go_in_segments(segments):
+    keys = [("%036d" % n, "x_request.bin") for n in range(MOST_UPLOADS + 1)]
+    data = pattern_bytes(2 * ROUTE_FROM)
+    for key in keys:
+        segments.append(key, 0, data)
+    assert segments.uploads.end(keys[-2]) == len(data) and segments.uploads.end(keys[-1]) is None
+    since = segments.current
+    for key in keys:
+        segments.finish(key)
+    segments.sync(segments.current, since)
+    assert all(read_back(segments, key) == data for key in keys)

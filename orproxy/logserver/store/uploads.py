@@ -7,6 +7,8 @@ is recorded in PostgreSQL as soon as it is stored (its `uploads` row and extents
 `Ledger.part_stored`), so the bytes in it may be acknowledged: an uploaded part is durable.
 Every part but the last is PART_BYTES (S3 wants 5 MiB at least, R2 all of one size).
 
+- At most MOST_UPLOADS parts go as uploads at once, each holding up to a part (and a
+  batch's bytes) in memory: past them, large parts go in segments as small ones do.
 - Bytes a writer must make durable that do not fill a part (the rest of a batch before
   its acks, a buffer SEGMENT_AGE old) go into the open segment instead (`spill`): no ack
   waits for a part to fill, and the route goes on with the bytes after them.
@@ -34,6 +36,7 @@ from orproxy.logserver.store.objects import ObjectStoreError, Objects
 
 PART_BYTES = 5 * 1024 * 1024
 ROUTE_FROM = 1024 * 1024  # bytes of a part in the open segment after which its upload begins
+MOST_UPLOADS = 8  # at once: each holds up to a part and a batch in memory; more parts go in segments
 UPLOAD_IDLE = 5.0  # seconds without bytes after which an upload is completed
 SENDING_STEP = 0.005  # seconds between looks while another greenlet uploads a part
 
@@ -95,7 +98,7 @@ class Uploads:
         False: the segment takes them."""
         upload = self._by_key.get(key)
         if upload is None:
-            if run + len(data) < ROUTE_FROM:
+            if run + len(data) < ROUTE_FROM or len(self._by_key) >= MOST_UPLOADS:
                 return False
             upload = self._by_key[key] = Upload(key, self._name(), offset)
         elif offset != upload.end:

@@ -1,5 +1,7 @@
 """Segments (store/segments.py) and how the object store reads a part from its extents
 (store/objectstore.py): unit tests with an object store in memory, no sockets."""
+import time
+
 import gevent
 import pytest
 
@@ -7,7 +9,7 @@ from memory_objects import MemoryLedger, MemoryObjects
 from orproxy.logserver.store.objects import ObjectStoreError
 from orproxy.logserver.store.objectstore import _covered, _memory_source
 from orproxy.logserver.store.footers import segment_footer
-from orproxy.logserver.store.segments import Segment, Segments
+from orproxy.logserver.store.segments import SHARE_BELOW, Segment, Segments
 
 A, B = ("a" * 36, "a_request.bin"), ("b" * 36, "b_response.bin")
 
@@ -99,3 +101,8 @@ def test_the_middle_of_a_stream_waits_to_share_an_upload_and_an_end_does_not(seg
     assert len(segments.recorded) == 1  # six batches over 0.25 s: one upload
     append_and_sync(0, 0.0)
     assert len(segments.recorded) == 2  # an end is uploaded at once
+    since, started = segments.current, time.monotonic()
+    segments.append(("%036d" % 9, "x.bin"), 0, b"x" * SHARE_BELOW)  # a large body's middle
+    segments.settle(("%036d" % 9, "x.bin"))  # its batch's acks come
+    segments.sync(segments.current, since, 0.5)
+    assert len(segments.recorded) == 3 and time.monotonic() - started < 0.25  # at once: worth its PUT

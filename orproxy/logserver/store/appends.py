@@ -30,7 +30,6 @@ from orproxy.logserver.store.logdir import UUID_RE
 from orproxy.logserver.store.stores import PartWriter
 
 OPEN_FILES = 256  # parts still arriving whose writers (files) stay open between batches
-WAIT_UNDER = 1024 * 1024  # bytes: a batch with fewer, all mid-stream, may wait to share an upload
 
 
 class Appends:
@@ -66,14 +65,11 @@ class Appends:
                 acks.append(0)
             if change is not None:
                 changes.setdefault(exchange_id, []).append((when, change, event))
-        # The bytes durable before any document or ack claims them. The middle of slow
-        # streams (no part ends, no metadata, little data) may wait to share an upload: S3
-        # bills each PUT. A large body arriving does not: its proxy waits for these acks.
-        eager = any(getattr(r, "final", True) for r in batch) or \
-            sum(len(r.data) for r in batch) >= WAIT_UNDER
+        # The bytes durable before any document or ack claims them; the middle of a stream
+        # (no part ends, no metadata) may wait to share an upload: S3 bills each PUT.
         for writer in unsettled.values():
             writer.flush()  # what it holds back for a whole multipart part, as the acks claim it
-        self.log_dir.sync(since, eager=eager)
+        self.log_dir.sync(since, eager=any(getattr(r, "final", True) for r in batch))
         for exchange_id, exchange_changes in changes.items():
             self.ingest.apply(exchange_id, exchange_changes)
         return acks

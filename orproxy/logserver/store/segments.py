@@ -30,11 +30,14 @@ from gevent.lock import BoundedSemaphore
 
 from orproxy.logserver.store.footers import footer
 from orproxy.logserver.store.objects import ObjectStoreError, Objects
-from orproxy.logserver.store.uploads import UPLOAD_IDLE, Ledger, Uploads
+from orproxy.logserver.store.uploads import Ledger, Uploads
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_AGE = 1.0  # seconds: the tail of a stream crosses instances within about this
 WAIT_STEP = 0.05  # seconds between looks of a sync that may wait
+# A segment holding fewer bytes may wait for others to share its PUT; a fuller one goes at
+# once (a large body arriving: its proxy sends nothing more until it is acknowledged).
+SHARE_BELOW = 1024 * 1024
 PREFIX = "segments/"  # every object's: uploads' too (reindex lists them)
 ADOPT_EVERY = 5.0  # seconds between looks for uploads no server is writing
 
@@ -163,9 +166,10 @@ class Segments:
     def sync(self, number: int, since: int | None = None, wait: float = 0.0) -> None:
         """Return once segment `number` (and all before it) is uploaded and recorded; raise
         ObjectStoreError if it, or one since segment `since`, was lost. `wait`: upload it
-        only once it is that old, unless it is uploaded sooner (full, or another's sync)."""
+        only once it is that old, unless it is uploaded sooner (full, or another's sync), or
+        holds SHARE_BELOW bytes already: worth its PUT alone."""
         while number > self._uploaded and number == self._open.number and \
-                time.monotonic() - self._open.opened < wait:
+                len(self._open.data) < SHARE_BELOW and time.monotonic() - self._open.opened < wait:
             gevent.sleep(WAIT_STEP)
         with self._lock:
             if number > self._uploaded:
@@ -201,7 +205,7 @@ class Segments:
         while True:
             gevent.sleep(SEGMENT_AGE / 4)
             self.uploads.spill_old(SEGMENT_AGE)
-            self.uploads.finish_idle(UPLOAD_IDLE)
+            self.uploads.finish_idle()
             if time.monotonic() - adopted >= ADOPT_EVERY:
                 adopted = time.monotonic()
                 try:

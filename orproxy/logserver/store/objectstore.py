@@ -36,7 +36,7 @@ from orproxy.logserver.store.pgindex import Pool
 from orproxy.logserver.store.recent import PartReading
 from orproxy.logserver.store.record import ExchangeRecord
 from orproxy.logserver.store.segments import SEGMENT_AGE, Key, Segment, Segments
-from orproxy.logserver.store.uploadrows import INSERT_EXTENT, UploadRows, lock_key
+from orproxy.logserver.store.uploadrows import UploadRows, insert_object, lock_key
 
 READ_BUFFER = 1024 * 1024  # a range GET per MiB of a part read through
 KNOWN_ENDS = 4096  # parts whose uploaded end this server remembers
@@ -100,12 +100,8 @@ class ObjectBodyStore(PartReading, UploadRows):
 
     def segment_stored(self, key: str, segment: Segment) -> None:
         """An uploaded segment's extents, and which documents it holds the latest of."""
-        now = time.time()
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s)",
-                           (key, len(segment.data), now))
-            if segment.extents:
-                cursor.executemany(INSERT_EXTENT, [(*e[:4], key, e[4], now) for e in segment.extents])
+            insert_object(cursor, key, len(segment.data), segment.extents)
             if segment.documents:
                 cursor.execute("UPDATE documents SET segment = %s WHERE id = ANY(%s)", (key, list(segment.documents)))
         for extent in segment.extents:
@@ -191,11 +187,8 @@ class ObjectBodyStore(PartReading, UploadRows):
 
     def record_object(self, key: str, size: int, extents: list[list[Any]]) -> None:
         """An object found in the store, with the extents its footer lists."""
-        now = time.time()
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                           (key, size, now))
-            cursor.executemany(INSERT_EXTENT, [(*e[:4], key, e[4], now) for e in extents])
+            insert_object(cursor, key, size, extents)
 
     def restore_documents(self, documents: list[tuple[str, str, int, float, str]]) -> None:
         """(id, body, rev, created, object) of documents found in objects, unless a newer

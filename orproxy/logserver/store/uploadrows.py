@@ -24,9 +24,18 @@ from orproxy.logserver.store.uploads import Upload, complete_stored
 
 INSERT_EXTENT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)"
-
 _INSERT_EXTENT_IF_KEPT = "INSERT INTO extents (id, name, part_offset, length, object, position, at) " \
-                      "SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM extents WHERE object = %s)"
+                         "SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM extents WHERE object = %s)"
+
+
+def insert_object(cursor: Any, key: str, size: int, extents: list[list[Any]]) -> None:
+    """An object's row and its extents' (a segment's, a completed upload's, or one reindex
+    found in the store)."""
+    now = time.time()
+    cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                   (key, size, now))
+    if extents:
+        cursor.executemany(INSERT_EXTENT, [(*e[:4], key, e[4], now) for e in extents])
 
 
 def lock_key(name: str) -> int:
@@ -61,27 +70,26 @@ class UploadRows:
         """A stored part of a multipart upload: its bytes, and the upload's parts so far."""
         parts = jsoncodec.dumps([*upload.parts, (number, etag)]).decode()
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            row = (*extent[:4], upload.object, extent[4], time.time())
             if not upload.parts:
                 cursor.execute("INSERT INTO uploads (object, upload_id, holder, parts, started) "
                                "VALUES (%s, %s, %s, %s, %s)",
                                (upload.object, upload.upload_id, self.segments.instance, parts, time.time()))
+                cursor.execute(INSERT_EXTENT, row)
             else:  # waits while another server completes it (the row locked), then finds it gone
                 cursor.execute("UPDATE uploads SET parts = %s WHERE object = %s", (parts, upload.object))
                 if cursor.rowcount != 1:
-                    raise ObjectStoreError(f"{self.objects.url}: another server completed an upload of this one's "
-                                           "(its lock in PostgreSQL was lost)")
-            if not upload.parts:
-                cursor.execute(INSERT_EXTENT, (*extent[:4], upload.object, extent[4], time.time()))
-            else:  # unless retention deleted the exchange meanwhile (the extents of the parts before)
-                cursor.execute(_INSERT_EXTENT_IF_KEPT,
-                               (*extent[:4], upload.object, extent[4], time.time(), upload.object))
+                    raise ObjectStoreError(f"{self.objects.url}: another server completed an upload of this "
+                                           "one's (its lock in PostgreSQL was lost)")
+                cursor.execute(_INSERT_EXTENT_IF_KEPT, (*row, upload.object))  # unless its exchange was deleted
         self._remember_end(upload.key, extent[2] + extent[3])
 
     def upload_completed(self, upload: Upload, extent: list[Any] | None) -> None:
         """A completed upload: its last bytes, and its object readable as a segment's."""
         with self._writes.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            if extent is not None:  # unless retention deleted the exchange meanwhile (its parts' extents)
-                cursor.execute(_INSERT_EXTENT_IF_KEPT, (*extent[:4], upload.object, extent[4], time.time(), upload.object))
+            if extent is not None:  # unless its exchange was deleted meanwhile (its parts' extents with it)
+                cursor.execute(_INSERT_EXTENT_IF_KEPT, (*extent[:4], upload.object, extent[4], time.time(),
+                                                        upload.object))
             self._completed(cursor, upload.object, upload.size + (extent[3] if extent else 0))
         if extent is not None:
             self._remember_end(upload.key, extent[2] + extent[3])
@@ -89,8 +97,7 @@ class UploadRows:
     @staticmethod
     def _completed(cursor: Any, key: str, size: int) -> None:
         cursor.execute("DELETE FROM uploads WHERE object = %s", (key,))
-        cursor.execute("INSERT INTO segments (object, bytes, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                       (key, size, time.time()))
+        insert_object(cursor, key, size, [])
 
     def adopt_uploads(self) -> int:
         """Complete the uploads no server is writing: those whose holder is gone (its lock

@@ -39,8 +39,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
 
-def _send(url: str, body: bytes, batch: int) -> None:
-    """One body as a part, in batches of `batch` bytes, each sent once the last is acked."""
+def _send(url: str, body: bytes, batch: int) -> str:
+    """One body as a part, in batches of `batch` bytes, each sent once the last is acked; its id."""
     rid, t = str(uuid.uuid4()), time.time()
     with requests.Session() as session:
         for offset in range(0, len(body), batch):
@@ -74,7 +74,9 @@ def run(batch_mib: int, count: int, mib: int, senders: int, store: str, index: s
         log_at = os.path.getsize(moto_log)
         before, moto_before, started = cpu_ticks(watched), cpu_ticks([moto_pid]), time.monotonic()
         each = [count // senders + (1 if n < count % senders else 0) for n in range(senders)]
-        jobs = [gevent.spawn(lambda k: [_send(url, body, batch_mib * MIB) for _ in range(k)][-1], k) for k in each]
+        def sender(bodies: int) -> str:
+            return [_send(url, body, batch_mib * MIB) for _ in range(bodies)][-1]
+        jobs = [gevent.spawn(sender, k) for k in each]
         gevent.joinall(jobs, raise_error=True)
         seconds = time.monotonic() - started
         ticks, moto_ticks = cpu_ticks(watched) - before, cpu_ticks([moto_pid]) - moto_before
